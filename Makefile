@@ -1,0 +1,46 @@
+# One entry point for people and CI.
+#   make up      install if needed, then start everything that is built (official weights required)
+#   make demo    the same on synthetic weights of the reduced architecture (labelled as such everywhere)
+#   make test    lint, type-check and the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= serve,export,embedded,test
+# The CPU build of torch lies in /opt/wheels on these machines; elsewhere pip finds it on PyPI.
+PIP_FIND_LINKS_ARG := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install up demo test lint typecheck pytest clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FIND_LINKS_ARG) -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+up: install
+	$(PY) -m gateway up
+
+demo: install
+	$(PY) -m gateway up --demo
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+pytest: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""One module per network: classes, then the checkpoint filter, then its configurations."""

@@ -1,0 +1,142 @@
+"""Checkpoint plumbing: manifests, synthetic checkpoints in the official layouts, strict loading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from export.paths import MANIFEST_DIR as SHARED_MANIFEST_DIR
+from export.synthetic import synthetic_state_dict, synthetic_tensor
+from export.weights import (
+    MANIFEST_DIR,
+    OFFICIAL_FILES,
+    CheckpointError,
+    TensorSpec,
+    fold_spectral_norm,
+    load_strict,
+    read_checkpoint,
+    read_manifest,
+)
+
+
+@pytest.mark.parametrize("file_name", sorted(OFFICIAL_FILES))
+def test_packaged_manifest_equals_shared_reference(file_name: str) -> None:
+    ours = json.loads((MANIFEST_DIR / f"{file_name}.json").read_text())
+    reference = json.loads((SHARED_MANIFEST_DIR / f"{file_name}.json").read_text())
+    assert ours == reference
+
+
+@pytest.mark.parametrize("file_name", sorted(OFFICIAL_FILES))
+def test_synthetic_checkpoint_has_exactly_the_manifest_layout(
+    file_name: str, synthetic_checkpoint: Callable[[str], Path]
+) -> None:
+    path = synthetic_checkpoint(file_name)
+    manifest = read_manifest(file_name)
+    if OFFICIAL_FILES[file_name] is not None:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        assert OFFICIAL_FILES[file_name] in payload
+    state = read_checkpoint(path)
+    assert set(state) == {t.name for t in manifest.tensors}
+    for spec in manifest.tensors:
+        tensor = state[spec.name]
+        assert tuple(tensor.shape) == spec.shape, spec.name
+        assert tensor.dtype == spec.torch_dtype, spec.name
+        assert torch.isfinite(tensor.float()).all(), spec.name
+
+
+def test_synthetic_values_follow_the_golden_rule_by_tensor_kind() -> None:
+    var = synthetic_tensor(TensorSpec("bn.running_var", (64,), "float32"), 3)
+    mean = synthetic_tensor(TensorSpec("bn.running_mean", (64,), "float32"), 4)
+    gain = synthetic_tensor(TensorSpec("bn.weight", (64,), "float32"), 5)
+    conv = synthetic_tensor(TensorSpec("conv.weight", (8, 4, 3, 3), "float32"), 6)
+    count = synthetic_tensor(TensorSpec("bn.num_batches_tracked", (), "int64"), 7)
+    assert 0.75 <= var.min() and var.max() <= 1.25
+    assert -0.1 <= mean.min() and mean.max() <= 0.1
+    assert 0.9 <= gain.min() and gain.max() <= 1.1
+    bound = (3.0 / 36) ** 0.5
+    assert conv.abs().max() <= bound and conv.abs().max() > 0.9 * bound
+    assert count.dtype == torch.int64 and int(count) == 0
+    # The first element of tensor k is frac(sin((1 + 7919 k) · 12.9898) · 43758.5453), here for a bias.
+    x = torch.sin(torch.tensor((1.0 + 7919.0 * 9) * 12.9898, dtype=torch.float64)) * 43758.5453
+    u = x - torch.floor(x)
+    bias = synthetic_tensor(TensorSpec("conv.bias", (2,), "float32"), 9)
+    assert float(bias[0]) == pytest.approx(float(0.2 * (u - 0.5)), abs=1e-6)
+
+
+def test_seed_changes_values_and_seed_zero_is_the_golden_rule() -> None:
+    spec = TensorSpec("w", (16, 16), "float32")
+    assert not torch.equal(synthetic_tensor(spec, 0, seed=0), synthetic_tensor(spec, 0, seed=1))
+    assert torch.equal(synthetic_tensor(spec, 0), synthetic_tensor(spec, 0, seed=0))
+
+
+def test_synthetic_spectral_vectors_are_consistent_with_their_weight() -> None:
+    state = synthetic_state_dict(read_manifest("SadTalker_V0.0.2_256.safetensors"), prefix="generator.")
+    triples = [k[: -len("_orig")] for k in state if k.endswith(".weight_orig")]
+    assert len(triples) == 18
+    for base in triples:
+        w = state[base + "_orig"].double()
+        u, v = state[base + "_u"].double(), state[base + "_v"].double()
+        wv = w.reshape(w.shape[0], -1) @ v
+        assert float(v.norm()) == pytest.approx(1.0, abs=1e-6)
+        torch.testing.assert_close(u, wv / wv.norm(), atol=1e-6, rtol=0)
+
+
+def test_fold_spectral_norm_equals_torch_spectral_norm_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    conv = nn.utils.spectral_norm(nn.Conv2d(4, 6, 3))
+    conv.train()
+    conv(torch.randn(1, 4, 8, 8))  # one power iteration updates u and v
+    conv.eval()
+    expected = conv.weight.detach().clone()
+    folded = fold_spectral_norm(conv.state_dict())
+    assert set(folded) == {"weight", "bias"}
+    torch.testing.assert_close(folded["weight"], expected, rtol=1e-6, atol=1e-7)
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.norm = nn.BatchNorm1d(2)
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in _Tiny().state_dict().items()}
+
+
+def test_load_strict_accepts_the_exact_layout_and_the_ignored_extras() -> None:
+    state = _tiny_state()
+    state["discriminator.weight"] = torch.zeros(1)
+    module = _Tiny()
+    load_strict(module, state, source="tiny.pth", ignored={"discriminator.weight"})
+    torch.testing.assert_close(module.fc.weight, state["fc.weight"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda s: s.pop("fc.bias"), "missing tensors: fc.bias"),
+        (lambda s: s.__setitem__("fc.extra", torch.zeros(1)), "unexpected tensors: fc.extra"),
+        (lambda s: s.__setitem__("fc.weight", torch.zeros(2, 4)), "fc.weight has shape (2, 4) in the file"),
+    ],
+)
+def test_load_strict_names_the_file_and_the_tensor(edit: Callable[[dict], object], expected: str) -> None:
+    state = _tiny_state()
+    edit(state)
+    with pytest.raises(CheckpointError, match=r"tiny\.pth") as excinfo:
+        load_strict(_Tiny(), state, source="tiny.pth")
+    assert expected in str(excinfo.value)
+
+
+def test_read_checkpoint_reports_missing_files_and_unknown_pickles(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "GFPGANv1.4.pth")
+    bad = tmp_path / "odd.pth"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(CheckpointError, match=r"odd\.pth.*found \['state_dict'\]"):
+        read_checkpoint(bad)

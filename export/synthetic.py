@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.weights import OFFICIAL_FILES, Manifest, StateDict, TensorSpec, read_manifest
+from export.official import OFFICIAL_FILES
+from export.weights import MANIFESTED_FILES, Manifest, StateDict, TensorSpec, read_manifest
 
 # The seed shifts the index so that different seeds give unrelated tensors; seed 0 is the golden rule.
 _SEED_STRIDE = 104_729.0
@@ -69,12 +70,12 @@ def synthetic_state_dict(manifest: Manifest, seed: int = 0, prefix: str = "") ->
 
 def write_synthetic_checkpoint(file_name: str, directory: Path, seed: int = 0) -> Path:
     """Write ``directory/file_name`` in the official format, filled with synthetic values."""
-    if file_name not in OFFICIAL_FILES:
-        raise ValueError(f"unknown official file {file_name!r}; known: {', '.join(OFFICIAL_FILES)}")
+    if file_name not in MANIFESTED_FILES:
+        raise ValueError(f"no manifest for {file_name!r}; known: {', '.join(MANIFESTED_FILES)}")
     state = synthetic_state_dict(read_manifest(file_name), seed)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / file_name
-    key = OFFICIAL_FILES[file_name]
+    key = OFFICIAL_FILES[file_name].pickle_key
     tmp = path.with_name(path.name + ".partial")
     if key is None:
         from safetensors.torch import save_file

@@ -18,13 +18,8 @@ from torch import nn
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 
-# Official file name → the top-level key of its torch pickle (None: a flat safetensors file).
-OFFICIAL_FILES: dict[str, str | None] = {
-    "SadTalker_V0.0.2_256.safetensors": None,
-    "mapping_00229-model.pth.tar": "mapping",
-    "mapping_00109-model.pth.tar": "mapping",
-    "GFPGANv1.4.pth": "params_ema",
-}
+# The files we have manifests for (the 512 SadTalker file shares the 256 file's tensor names).
+MANIFESTED_FILES = tuple(sorted(p.name.removesuffix(".json") for p in MANIFEST_DIR.glob("*.*.json")))
 
 StateDict = dict[str, torch.Tensor]
 
@@ -43,7 +38,8 @@ class TensorSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)  # type: ignore[no-any-return]
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # Which weights: official checkpoints, or the demo (reduced architecture, random weights).
     demo: bool = Field(False, description="serve random weights of the reduced architecture; output is not a result")
     size: Literal[256, 512] = 256
+    weights_mirror: str | None = Field(None, description="serves the official files by name instead of upstream")
 
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
     triton_url: str | None = None

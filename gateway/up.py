@@ -45,8 +45,16 @@ def _check_weights(settings: Settings) -> bool:
             "shaped by the pipeline, not a result of the models."
         )
         return True
-    cmd = [sys.executable, "-m", "export", "check", "--checkpoints", str(settings.checkpoint_dir)]
-    return subprocess.run([*cmd, "--size", str(settings.size)], check=False).returncode == 0
+    where = ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.size)]
+    check = [sys.executable, "-m", "export", "check", *where]
+    if subprocess.run(check, capture_output=True, check=False).returncode == 0:
+        return True
+    log.info("official weights missing from %s: downloading them", settings.checkpoint_dir)
+    # The downloader prints what failed and how to get the files by hand.
+    download = [sys.executable, "-m", "export", "download", *where]
+    if settings.weights_mirror:
+        download += ["--base-url", settings.weights_mirror]
+    return subprocess.run(download, check=False).returncode == 0
 
 
 def bring_up(settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,19 @@ def test_check_passes_when_the_files_are_there(tmp_path: Path) -> None:
     assert _run("-m", "export", "check", "--checkpoints", str(tmp_path)).returncode == 0
 
 
-def test_up_without_weights_stops_before_starting_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_without_weights_tries_the_download_then_stops_with_instructions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a loopback port with no listener stands in for an unreachable network
+        sock.bind(("127.0.0.1", 0))
+        mirror = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("LIPSYNC_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRROR", mirror)
     result = _run("-m", "gateway", "up")
     assert result.returncode == 1
+    assert f"cannot reach {mirror}/SadTalker_V0.0.2_256.safetensors" in result.stderr
     assert "Official weights are missing" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-downloaded is left in place
 
 
 def test_demo_is_labelled_and_refuses_to_start_a_half_system() -> None:

@@ -4,6 +4,10 @@ Commands:
   check      --checkpoints DIR [--size 256|512]   are the official files there? (exit 1 with instructions if not)
   download   --checkpoints DIR [--size 256|512] [--gfpgan] [--base-url URL]
                                                   fetch the official files (resumable; a mirror via --base-url)
+  onnx       --out DIR (--checkpoints DIR [--size 256|512] | --reduced) [--grid-sample 4d|5d]
+             [--stages a,b,...] [--check]        one ONNX graph + JSON sidecar per stage
+  repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
+                                                  the Triton model repository (configs generated from the specs)
   synthetic  --out DIR [--seed N]                 write checkpoints in the official layouts, filled with
                                                   deterministic synthetic values (for tests and demos; NOT weights)
 """
@@ -47,6 +51,54 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx(args: argparse.Namespace) -> int:
+    from export.onnx import export_and_check
+    from export.stages import BUILDERS, StageFactory, Variant
+
+    if args.reduced == (args.checkpoints is not None):
+        log.error("give exactly one of --checkpoints DIR (official weights) or --reduced (random demo weights)")
+        return 2
+    variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed)
+    if variant.reduced:
+        log.warning("exporting the REDUCED architecture with RANDOM weights: for tests and demos, not results")
+    elif missing := missing_files(args.checkpoints, args.size):
+        log.error("%s", how_to_get(missing, args.checkpoints))
+        return 1
+    stages = args.stages.split(",") if args.stages else [s for s in BUILDERS if s != "gfpgan" or args.with_gfpgan]
+    factory = StageFactory(variant)
+    for stage in tqdm(stages, desc="export", unit="stage"):
+        export_and_check(
+            stage,
+            factory.build(stage),
+            args.out,
+            grid_sample=args.grid_sample,
+            provenance=variant.describe(),
+            check=args.check,
+        )
+    return 0
+
+
+def _repository(args: argparse.Namespace) -> int:
+    from export.repository import RepositorySettings, write_repository
+
+    try:
+        settings = RepositorySettings(
+            target=args.target,
+            frame_batch=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            preferred_batch_sizes=tuple(int(size) for size in args.preferred_batch_sizes.split(",") if size),
+            instances=args.instances,
+            intra_op_threads=args.threads,
+            fp16=not args.fp32,
+            trt_cache_dir=args.trt_cache,
+        )
+        write_repository(args.onnx, args.out, settings)
+    except (ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
 def _synthetic(args: argparse.Namespace) -> int:
     from export.synthetic import write_synthetic_checkpoint
     from export.weights import MANIFESTED_FILES
@@ -74,6 +126,31 @@ def main(argv: list[str] | None = None) -> int:
     download.add_argument("--gfpgan", action="store_true", help="also fetch GFPGANv1.4.pth (face enhancement)")
     download.add_argument("--base-url", default=None, help="a mirror serving the files by name")
     download.set_defaults(run=_download)
+
+    onnx = sub.add_parser("onnx", help="export every stage to ONNX with a JSON sidecar")
+    onnx.add_argument("--out", type=Path, required=True)
+    onnx.add_argument("--checkpoints", type=Path, default=None, help="directory with the official files")
+    onnx.add_argument("--reduced", action="store_true", help="reduced architecture, random weights (demo/tests)")
+    onnx.add_argument("--size", type=int, choices=(256, 512), default=256)
+    onnx.add_argument("--grid-sample", choices=("5d", "4d"), default="5d", help="4d: the TensorRT-friendly form")
+    onnx.add_argument("--stages", default=None, help="comma-separated subset (default: all)")
+    onnx.add_argument("--with-gfpgan", action="store_true", help="also export GFPGAN (needs GFPGANv1.4.pth)")
+    onnx.add_argument("--seed", type=int, default=0, help="seed of the reduced random weights")
+    onnx.add_argument("--check", action="store_true", help="compare each graph with PyTorch (batch 1 and 3)")
+    onnx.set_defaults(run=_onnx)
+
+    repository = sub.add_parser("repository", help="write the Triton model repository from the exported graphs")
+    repository.add_argument("--onnx", type=Path, required=True, help="directory written by `onnx`")
+    repository.add_argument("--out", type=Path, required=True)
+    repository.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="cpu: the embedded server")
+    repository.add_argument("--max-batch-size", type=int, default=32, help="frames per execution, per-frame models")
+    repository.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's wait")
+    repository.add_argument("--preferred-batch-sizes", default="", help="comma-separated, e.g. 8,16")
+    repository.add_argument("--instances", type=int, default=1, help="instances per model (per GPU)")
+    repository.add_argument("--threads", type=int, default=0, help="cpu: ONNX Runtime threads (0 = one per core)")
+    repository.add_argument("--fp32", action="store_true", help="gpu: TensorRT in fp32 instead of fp16")
+    repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
+    repository.set_defaults(run=_repository)
 
     synthetic = sub.add_parser("synthetic", help="write synthetic checkpoints in the official layouts")
     synthetic.add_argument("--out", type=Path, required=True)

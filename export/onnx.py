@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.specs import StageSpec, TensorIO
+from export.specs import STAGES, StageSpec, TensorIO
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +143,40 @@ def check_parity(
             worst = max(worst, relative_error(np.asarray(have), want64))
         errors[batch] = worst
     return Parity(errors, finite)
+
+
+# Concrete sizes for named dynamic axes other than the batch, used for tracing and parity inputs.
+TRACE_SIZES: dict[str, int] = {"samples": 800 + 200 * 19, "mel_frames": 20}
+# Parity bound for every exported graph against its PyTorch module (fp32).
+PARITY_TOLERANCE = 1e-4
+
+
+def opset_for(stage: str, grid_sample: str) -> int:
+    """5-D GridSample needs opset 20; everything else (and the TensorRT 4-D form) stays at the stage's."""
+    return 20 if stage == "generator" and grid_sample == "5d" else STAGES[stage].opset
+
+
+def export_and_check(
+    stage: str, module: nn.Module, out_dir: Path, *, grid_sample: str, provenance: dict[str, Any], check: bool
+) -> Path:
+    """Export one stage into ``out_dir/<stage>.onnx``; with ``check``, record parity in the sidecar or fail."""
+    spec = STAGES[stage]
+    path = export_stage(
+        spec,
+        module,
+        out_dir / f"{stage}.onnx",
+        opset=opset_for(stage, grid_sample),
+        sizes=TRACE_SIZES,
+        provenance=provenance,
+    )
+    if check:
+        parity = check_parity(spec, module, path, sizes=TRACE_SIZES)
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        sidecar["parity"] = {"relative_error": parity.relative_error, "tolerance": PARITY_TOLERANCE}
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        if not parity.finite or parity.worst > PARITY_TOLERANCE:
+            raise RuntimeError(
+                f"{stage}: ONNX Runtime differs from PyTorch (relative error {parity.relative_error}, "
+                f"finite={parity.finite}; bound {PARITY_TOLERANCE})"
+            )
+    return path

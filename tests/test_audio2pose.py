@@ -17,7 +17,6 @@ from export.models.audio2pose import (
     Audio2Pose,
     convert_state_dict,
     load_audio2pose,
-    smooth_pose,
 )
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
@@ -118,23 +117,6 @@ def test_upstream_encoder_scrambles_batches() -> None:
     assert rel_err(ours.numpy(), per_element.numpy()) <= 1e-5
     assert rel_err(upstream_single.numpy(), per_element[:1].numpy()) <= 1e-5  # batch 1: the same
     assert rel_err(upstream.numpy(), per_element.numpy()) > 0.01
-
-
-def test_smooth_pose_is_upstreams_savgol() -> None:
-    rng = np.random.default_rng(0)
-    poses = rng.standard_normal((1, 40, 6)).astype(np.float32)
-    np.testing.assert_allclose(smooth_pose(poses), savgol_filter(poses, 13, 2, axis=1), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(smooth_pose(poses[0]), smooth_pose(poses)[0], rtol=1e-6, atol=1e-6)
-    # Order-2 fitting keeps a quadratic trajectory exactly, edges included (mode "interp").
-    t = np.arange(40, dtype=np.float64)[:, None]
-    quadratic = 0.01 * t**2 - 0.3 * t + np.arange(6)
-    np.testing.assert_allclose(smooth_pose(quadratic), quadratic, atol=1e-9)
-    assert smooth_pose(poses).std() < poses.std()  # noise is smoothed
-    # Short clips: upstream uses the largest odd window ≤ T; T < 3 is returned unchanged (upstream fails).
-    np.testing.assert_allclose(smooth_pose(poses[:, :8]), savgol_filter(poses[:, :8], 7, 2, axis=1), atol=1e-6)
-    np.testing.assert_array_equal(smooth_pose(poses[:, :2]), poses[:, :2])
-    with pytest.raises(ValueError, match="non-finite"):
-        smooth_pose(np.full((20, 6), np.nan))
 
 
 def test_reduced_config_has_the_same_io() -> None:

@@ -13,6 +13,7 @@ from scipy.signal import lfilter
 
 from export import mel
 from export.paths import GOLDEN_DIR
+from lipsync import audio
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -28,24 +29,24 @@ def golden() -> dict[str, np.ndarray]:
 def test_golden_mel_and_windows(golden: dict[str, np.ndarray]) -> None:
     wav = golden["wav"]
     ours = mel.log_mel(wav)
-    assert ours.shape == golden["mel"].shape == (mel.num_mel_frames(len(wav)), 80)
+    assert ours.shape == golden["mel"].shape == (audio.num_mel_frames(len(wav)), 80)
     assert rel_err(ours, golden["mel"]) <= 1e-5
-    frames = mel.num_video_frames(len(wav))
-    windows = mel.mel_windows(ours, frames)
+    frames = audio.num_video_frames(len(wav))
+    windows = audio.mel_windows(ours, frames)
     assert windows.shape == golden["windows"].shape
     assert rel_err(windows, golden["windows"]) <= 1e-5
     # Slicing alone (on the golden mel) must be exact.
-    np.testing.assert_array_equal(mel.mel_windows(golden["mel"], frames), golden["windows"])
+    np.testing.assert_array_equal(audio.mel_windows(golden["mel"], frames), golden["windows"])
 
 
 def test_window_indices_clamp_each_index() -> None:
-    indices = mel.mel_window_indices(32, 103)
-    assert list(mel.mel_window_starts(4)) == [-6, -3, 0, 3]
+    indices = audio.mel_window_indices(32, 103)
+    assert list(audio.mel_window_starts(4)) == [-6, -3, 0, 3]
     assert list(indices[0]) == [0] * 7 + list(range(1, 10))  # start −6: the first mel frame repeats
     assert list(indices[1]) == [0] * 4 + list(range(1, 13))
     assert list(indices[31]) == list(range(92, 103)) + [102] * 5  # start 92: the last mel frame repeats
-    assert mel.num_video_frames(20480) == 32
-    assert mel.num_video_frames(20479) == 31
+    assert audio.num_video_frames(20480) == 32
+    assert audio.num_video_frames(20479) == 31
 
 
 # --- an independent float64 implementation, written from the formula rather than from export/mel.py ---
@@ -104,15 +105,15 @@ def test_chunks_equal_whole_clip(golden: dict[str, np.ndarray]) -> None:
     # Pre-emphasis chunk by chunk (carrying the last sample) equals the whole-clip pre-emphasis.
     pieces = [wav[:1000], wav[1000:1640], wav[1640:]]
     chunked = np.concatenate(
-        [mel.preemphasis(p, previous=float(pieces[i - 1][-1]) if i else 0.0) for i, p in enumerate(pieces)]
+        [audio.preemphasis(p, previous=float(pieces[i - 1][-1]) if i else 0.0) for i, p in enumerate(pieces)]
     )
-    np.testing.assert_array_equal(chunked, mel.preemphasis(wav))
-    padded = mel.centre_pad(chunked)
+    np.testing.assert_array_equal(chunked, audio.preemphasis(wav))
+    padded = audio.centre_pad(chunked)
     module = mel.MelSpectrogram().eval()
     parts = []
     first = 0
     for count in (1, 7, 30, 65):
-        start, stop = mel.signal_span_for_mel_frames(first, count)
+        start, stop = audio.signal_span_for_mel_frames(first, count)
         with torch.no_grad():
             part = module(torch.from_numpy(padded[start:stop])[None])[0].numpy()
         assert part.shape == (count, 80)
@@ -128,7 +129,7 @@ def test_chunks_equal_whole_clip(golden: dict[str, np.ndarray]) -> None:
 
 def test_onnx_export_dynamic_batch_and_time(tmp_path: Path, golden: dict[str, np.ndarray]) -> None:
     module = mel.MelSpectrogram().eval()
-    example = torch.from_numpy(mel.padded_signal(golden["wav"]))[None]
+    example = torch.from_numpy(audio.padded_signal(golden["wav"]))[None]
     path = tmp_path / "mel.onnx"
     torch.onnx.export(
         module,
@@ -166,15 +167,15 @@ def test_bad_audio_is_rejected(wav: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         mel.log_mel(wav)
     with pytest.raises(ValueError, match=message):
-        mel.padded_signal(wav)
+        audio.padded_signal(wav)
 
 
 def test_bad_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="T_mel, 80"):
-        mel.mel_windows(np.zeros((10, 40), np.float32), 3)
+        audio.mel_windows(np.zeros((10, 40), np.float32), 3)
     with pytest.raises(ValueError, match="non-finite"):
-        mel.mel_windows(np.full((10, 80), np.nan, np.float32), 3)
+        audio.mel_windows(np.full((10, 80), np.nan, np.float32), 3)
     with pytest.raises(ValueError, match="first"):
-        mel.signal_span_for_mel_frames(-1, 3)
+        audio.signal_span_for_mel_frames(-1, 3)
     with pytest.raises(ValueError, match="1-D"):
-        mel.preemphasis(np.zeros((2, 2), np.float32))
+        audio.preemphasis(np.zeros((2, 2), np.float32))

@@ -6,7 +6,7 @@ networks}.py`` in OpenTalker/SadTalker, Apache-2.0. The ResUnet follows ResUNet 
 At inference upstream runs only the CVAE *decoder*: ``z + classbias[style]`` (one of 46 pose styles),
 ``[ref pose | z | linear_audio(audio) for 32 frames]`` → MLP → (32, 6) → ResUnet → ``pose_linear``. The result
 is the motion relative to the source pose; upstream then adds the source pose and smooths over time
-(:func:`smooth_pose`). z is an input here (upstream draws ``torch.randn`` per 32-frame window).
+(``lipsync.timeline.smooth_pose``). z is an input here (upstream draws ``torch.randn`` per 32-frame window).
 
 Deviation: upstream's audio encoder concatenates the frames time-major (``cat([x[:, i] for i in T])``) and
 then reshapes batch-major, which mixes the batch elements when batch > 1. Here each batch element gets its
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.signal import savgol_filter
 from torch import nn
 
 from export.models.audio2exp import make_audio_encoder
@@ -139,7 +138,8 @@ class PoseDecoder(nn.Module):
         self.MLP.add_module("sigmoid", nn.Sigmoid())
         self.pose_linear = nn.Linear(config.pose_dim, config.pose_dim)
         self.linear_audio = nn.Linear(config.encoder_channels[-1], config.audio_emb_out)
-        self.classbias = nn.Parameter(torch.zeros(config.num_classes, config.latent_size))
+        # Random like upstream, so that the styles differ in the reduced (randomly initialised) model too.
+        self.classbias = nn.Parameter(torch.randn(config.num_classes, config.latent_size))
 
     def forward(
         self, audio_emb: torch.Tensor, z: torch.Tensor, pose_style: torch.Tensor, ref_pose: torch.Tensor
@@ -163,7 +163,7 @@ class Audio2Pose(nn.Module):
     """forward(mels (B, 32, 1, 80, 16), z (B, 64), pose_style (B,) int64, ref_pose (B, 6)) → motion (B, 32, 6).
 
     One batch element is one 32-frame window. ``motion`` is upstream's ``pose_motion_pred``: add ``ref_pose``
-    and smooth (:func:`smooth_pose`) to get the head pose.
+    and smooth (``lipsync.timeline.smooth_pose``) to get the head pose.
     """
 
     def __init__(self, config: Audio2PoseConfig) -> None:
@@ -178,23 +178,6 @@ class Audio2Pose(nn.Module):
         self, mels: torch.Tensor, z: torch.Tensor, pose_style: torch.Tensor, ref_pose: torch.Tensor
     ) -> torch.Tensor:
         return self.netG.decoder(self.audio_encoder(mels), z, pose_style, ref_pose)
-
-
-def smooth_pose(poses: np.ndarray) -> np.ndarray:
-    """Savitzky–Golay smoothing over time (axis −2 of ``(…, T, 6)``), window 13, order 2, scipy's default mode.
-
-    Like upstream, a clip shorter than 13 frames uses the largest odd window ≤ T. Upstream fails for T < 3
-    (window ≤ order); here such poses are returned unchanged.
-    """
-    if not isinstance(poses, np.ndarray) or poses.ndim < 2:
-        raise ValueError(f"poses must be (..., T, 6), got {getattr(poses, 'shape', type(poses).__name__)}")
-    if not np.isfinite(poses).all():
-        raise ValueError("poses has non-finite values")
-    length = poses.shape[-2]
-    window = 13 if length >= 13 else (length - 1) // 2 * 2 + 1
-    if window <= 2:
-        return poses.copy()
-    return np.asarray(savgol_filter(poses, window, 2, axis=-2), dtype=poses.dtype)
 
 
 # --------------------------------------------------------------------------- checkpoint filter

@@ -1,0 +1,162 @@
+"""Build the PyTorch module behind each served stage, from official weights or for the demo.
+
+A ``Variant`` says which weights and which forms: official checkpoints from a directory (the full
+architecture), or none — the reduced-width architecture with seeded random weights, for tests and the
+demo. Every module returned takes exactly its stage's inputs (``export.specs.STAGES``) in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from export import ensemble_steps
+from export.mel import MelSpectrogram
+from export.models import audio2exp, audio2pose, face_recon, generator, gfpgan, keypoints, mapping
+from export.weights import StateDict, read_checkpoint, strip_prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which weights and forms to build. ``checkpoints=None`` is the reduced demo architecture."""
+
+    checkpoints: Path | None
+    size: Literal[256, 512] = 256
+    grid_sample: Literal["4d", "5d"] = "5d"
+    seed: int = 0
+
+    @property
+    def reduced(self) -> bool:
+        return self.checkpoints is None
+
+    def describe(self) -> dict[str, object]:
+        """Provenance for sidecars and logs: never lets random weights pass for official ones."""
+        if self.reduced:
+            weights = f"RANDOM (reduced architecture, seed {self.seed}) - not a result of the models"
+        else:
+            weights = f"official checkpoints in {self.checkpoints}"
+        return {"weights": weights, "reduced": self.reduced, "size": self.size, "grid_sample": self.grid_sample}
+
+
+@dataclass
+class _Weights:
+    """Reads each official file once per build session."""
+
+    directory: Path
+    size: int
+    _files: dict[str, StateDict] = field(default_factory=dict)
+
+    def get(self, file_name: str, prefix: str = "") -> tuple[StateDict, str]:
+        file_name = file_name.replace("_256.", f"_{self.size}.")
+        if file_name not in self._files:
+            self._files[file_name] = read_checkpoint(self.directory / file_name)
+        state = self._files[file_name]
+        return (strip_prefix(state, prefix) if prefix else state), f"{file_name} [{prefix or 'all'}]"
+
+
+_SADTALKER = "SadTalker_V0.0.2_256.safetensors"
+Builder = Callable[[Variant, _Weights | None], nn.Module]
+
+
+def _mel(variant: Variant, weights: _Weights | None) -> nn.Module:
+    return MelSpectrogram()
+
+
+def _audio2exp(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return audio2exp.Audio2Exp(audio2exp.REDUCED)
+    state, source = weights.get(_SADTALKER, "audio2exp.")
+    return audio2exp.load_audio2exp(state, audio2exp.FULL_256, source)
+
+
+def _audio2pose(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return audio2pose.Audio2Pose(audio2pose.REDUCED)
+    state, source = weights.get(_SADTALKER, "audio2pose.")
+    return audio2pose.load_audio2pose(state, audio2pose.FULL_256, source)
+
+
+def _face_recon(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return face_recon.FaceRecon(face_recon.REDUCED)
+    state, source = weights.get(_SADTALKER, "face_3drecon.")
+    return face_recon.load_face_recon(state, face_recon.FULL_256, source)
+
+
+def _kp_detector(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return keypoints.KPDetector(keypoints.REDUCED)
+    state, source = weights.get(_SADTALKER, "kp_extractor.")
+    return keypoints.load_kp_detector(state, keypoints.FULL_256, source)
+
+
+def _mapping(file_name: str) -> Builder:
+    config = mapping.CONFIG_FOR_FILE[file_name]
+
+    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+        if weights is None:
+            reduced = dataclasses.replace(mapping.REDUCED, coeff_nc=config.coeff_nc)
+            return mapping.MappingWithTransform(mapping.MappingNet(reduced))
+        state, source = weights.get(file_name)
+        return mapping.load_mapping_with_transform(state, config, source)
+
+    return build
+
+
+def _generator(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return generator.Generator(generator.REDUCED, variant.grid_sample)
+    state, source = weights.get(_SADTALKER, "generator.")
+    return generator.load_generator(state, generator.FULL_256, source, variant.grid_sample)
+
+
+def _gfpgan(variant: Variant, weights: _Weights | None) -> nn.Module:
+    if weights is None:
+        return gfpgan.GFPGAN(gfpgan.REDUCED)
+    state, source = weights.get("GFPGANv1.4.pth")
+    return gfpgan.load_gfpgan(state, gfpgan.FULL_512, source)
+
+
+BUILDERS: dict[str, Builder] = {
+    "mel": _mel,
+    "audio2exp": _audio2exp,
+    "audio2pose": _audio2pose,
+    "face_recon": _face_recon,
+    "kp_detector": _kp_detector,
+    "mapping": _mapping("mapping_00229-model.pth.tar"),
+    "mapping_full": _mapping("mapping_00109-model.pth.tar"),
+    "generator": _generator,
+    "gfpgan": _gfpgan,
+    # Ensemble glue (no weights); appended last so the stages above keep their seeds.
+    "mel_windows": lambda variant, weights: ensemble_steps.MelWindows(),
+    "face_to_uint8": lambda variant, weights: ensemble_steps.FaceToUint8(),
+    "enhancer_input": lambda variant, weights: ensemble_steps.EnhancerInput(),
+    "enhancer_output": lambda variant, weights: ensemble_steps.EnhancerOutput(),
+}
+
+
+class StageFactory:
+    """Builds stage modules for one variant, reading each official file at most once."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self._weights = None if variant.checkpoints is None else _Weights(variant.checkpoints, variant.size)
+
+    @functools.cache  # noqa: B019 - one factory per export run; the cache dies with it
+    def build(self, stage: str) -> nn.Module:
+        if stage not in BUILDERS:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(BUILDERS)}")
+        if self.variant.reduced:
+            # Seed per stage so each module's random weights do not depend on which others were built.
+            torch.manual_seed(self.variant.seed * 1000 + list(BUILDERS).index(stage))
+        return BUILDERS[stage](self.variant, self._weights).eval()

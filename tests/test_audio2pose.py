@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from scipy.signal import savgol_filter
 
 from export.models.audio2pose import (
     FULL_256,

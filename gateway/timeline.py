@@ -1,0 +1,328 @@
+"""The streaming coefficient timeline: what can be computed now, for a session whose audio keeps arriving.
+
+Pure and synchronous: the session feeds audio in, asks for the next requests (expression blocks, pose windows,
+render chunks), runs them on Triton and hands the results back. Every request is a function of fixed-grid
+positions and, at the end only, of the clip's length — never of when audio arrived or of the chunk size — so
+a stream renders exactly the frames of a whole-clip run (``export.reference``):
+
+- expression: blocks of ``motion_block`` frames on a fixed grid; a block is issued once the mel frames its
+  windows read are all inside the audio received (no end clamping can apply to it later);
+- pose (mode ``audio``): the 32-frame windows of :func:`lipsync.timeline.pose_windows`; the last, partial one
+  after the end; a smoothed pose is final once 6 frames after it are known (or at the end);
+- render: chunks of ``chunk_frames`` frames; a frame needs the coefficients of the 13 frames after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from lipsync.audio import (
+    HOP,
+    MEL_STEPS,
+    N_FFT,
+    SAMPLES_PER_VIDEO_FRAME,
+    mel_window_starts,
+    num_mel_frames,
+    preemphasis,
+    signal_span_for_mel_frames,
+)
+from lipsync.timeline import (
+    EXP_DIM,
+    MAPPING_RADIUS,
+    POSE_WINDOW,
+    SMOOTH_WINDOW,
+    PoseWindow,
+    blink_ratios,
+    mapping_windows,
+    pose_latent,
+    pose_windows,
+    smooth_pose,
+)
+
+PAD = N_FFT // 2  # the centred STFT's zero padding at both ends of the clip
+
+
+@dataclass(frozen=True)
+class MelSpan:
+    """A slice of the padded signal and, per video frame, its 16 mel-frame indices relative to the slice."""
+
+    signal: np.ndarray  # (1, S) float32
+    mel_index: np.ndarray  # (K, 16) int64
+
+
+@dataclass(frozen=True)
+class MotionRequest:
+    block: int
+    frames: range
+    span: MelSpan
+    ref_exp: np.ndarray  # (K, 64)
+    ratio: np.ndarray  # (K, 1)
+
+
+@dataclass(frozen=True)
+class PoseRequest:
+    window: PoseWindow
+    span: MelSpan  # 32 frames
+    z: np.ndarray  # (1, 64)
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    chunk: int
+    frames: range
+    windows: np.ndarray  # (K, C, 27) float32
+    audio: np.ndarray  # (K·640,) float32 samples of these frames
+
+
+class _Samples:
+    """An append-only float32 buffer with amortised growth (a stream appends many small pieces)."""
+
+    def __init__(self, initial: np.ndarray | None = None) -> None:
+        self._data = np.zeros(max(1 << 16, 0 if initial is None else 2 * initial.size), np.float32)
+        self._size = 0
+        if initial is not None:
+            self.extend(initial)
+
+    def extend(self, values: np.ndarray) -> None:
+        if self._size + values.size > self._data.size:
+            grown = np.zeros(max(2 * self._data.size, self._size + values.size), np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : self._size + values.size] = values
+        self._size += values.size
+
+    def truncate(self, size: int) -> None:
+        self._size = min(self._size, size)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def view(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """A read-only view (copy it before the next append if it must outlive it)."""
+        stop = self._size if stop is None else min(stop, self._size)
+        view = self._data[start:stop]
+        view.flags.writeable = False
+        return view
+
+
+@dataclass
+class Timeline:
+    source: np.ndarray  # the portrait's semantics (70,) or (73,)
+    pose_mode: Literal["still", "audio"] = "still"
+    expression_scale: float = 1.0
+    blink: bool = True
+    seed: int = 0
+    chunk_frames: int = 8
+    motion_block: int = 8
+
+    _samples: _Samples = field(default_factory=_Samples, repr=False)
+    _padded: _Samples = field(default_factory=lambda: _Samples(np.zeros(PAD, np.float32)), repr=False)
+    _last_sample: float = 0.0
+    _final_frames: int | None = None
+    _exp: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _motion: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # pose window → (32, 6)
+    _issued_blocks: set[int] = field(default_factory=set, repr=False)
+    _issued_windows: set[int] = field(default_factory=set, repr=False)
+    _next_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        if self.chunk_frames < 1 or self.motion_block < 1:
+            raise ValueError(f"chunk_frames and motion_block must be ≥ 1, got {self.chunk_frames}, {self.motion_block}")
+
+    # ------------------------------------------------------------------------------------------- audio in
+
+    def add_audio(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples in [-1, 1]."""
+        if self._final_frames is not None:
+            raise ValueError("audio arrived after the end of the stream")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size == 0:
+            return
+        if not np.isfinite(samples).all():
+            raise ValueError("the audio has non-finite samples")
+        self._samples.extend(samples)
+        self._padded.extend(preemphasis(samples, previous=self._last_sample).astype(np.float32))
+        self._last_sample = float(samples[-1])
+
+    def finish(self) -> None:
+        """No more audio: the clip has floor(samples / 640) frames; the last frames may now be clamped."""
+        if self._final_frames is None:
+            self._final_frames = len(self._samples) // SAMPLES_PER_VIDEO_FRAME
+            # Upstream crops the clip to whole frames before the STFT, then pads 400 zeros after it.
+            self._padded.truncate(PAD + self._final_frames * SAMPLES_PER_VIDEO_FRAME)
+            self._padded.extend(np.zeros(PAD, np.float32))
+
+    @property
+    def finished(self) -> bool:
+        return self._final_frames is not None
+
+    @property
+    def num_frames(self) -> int | None:
+        return self._final_frames
+
+    @property
+    def frames_heard(self) -> int:
+        return len(self._samples) // SAMPLES_PER_VIDEO_FRAME
+
+    @property
+    def samples_heard(self) -> int:
+        return len(self._samples)
+
+    @property
+    def done(self) -> bool:
+        return self._final_frames is not None and self._next_chunk * self.chunk_frames >= self._final_frames
+
+    def audio_of(self, frames: range) -> np.ndarray:
+        return self._samples.view(frames.start * SAMPLES_PER_VIDEO_FRAME, frames.stop * SAMPLES_PER_VIDEO_FRAME).copy()
+
+    def audio_tail(self) -> np.ndarray:
+        """Samples after the last whole frame (fewer than 640), for the muxer's final fragment."""
+        return self._samples.view((self._final_frames or 0) * SAMPLES_PER_VIDEO_FRAME).copy()
+
+    # --------------------------------------------------------------------------------------- mel spans
+
+    def _mel_limit(self) -> int:
+        """Index of the last mel frame that may be read: all of the clip at the end, else what is safe."""
+        if self._final_frames is not None:
+            return num_mel_frames(self._final_frames * SAMPLES_PER_VIDEO_FRAME) - 1
+        # Only samples of whole frames are sure to be in the clip (the end crops to whole frames).
+        known = PAD + self.frames_heard * SAMPLES_PER_VIDEO_FRAME
+        return (known - N_FFT) // HOP  # may be negative: nothing yet
+
+    def _span(self, frames: np.ndarray) -> MelSpan | None:
+        """The mel span of these frames' windows, or None while it reaches past what may be read."""
+        starts = mel_window_starts(int(frames[-1]) + 1)[frames]
+        index = starts[:, None] + np.arange(MEL_STEPS)[None, :]
+        limit = self._mel_limit()
+        if self._final_frames is None and index.max() > limit:
+            return None
+        index = np.clip(index, 0, limit)
+        low, high = int(index.min()), int(index.max())
+        begin, end = signal_span_for_mel_frames(low, high - low + 1)
+        signal = self._padded.view(begin, end)[None].copy()  # the buffer is reused as audio arrives
+        return MelSpan(np.ascontiguousarray(signal, dtype=np.float32), (index - low).astype(np.int64))
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def motion_requests(self) -> list[MotionRequest]:
+        """Expression blocks that can be computed now and have not been asked for yet."""
+        total = self._final_frames if self._final_frames is not None else self.frames_heard
+        requests = []
+        for block in range(0, -(-total // self.motion_block)):
+            if block in self._issued_blocks:
+                continue
+            frames = range(block * self.motion_block, min((block + 1) * self.motion_block, total))
+            if len(frames) < self.motion_block and self._final_frames is None:
+                break
+            span = self._span(np.arange(frames.start, frames.stop))
+            if span is None:
+                break
+            ratio = (
+                blink_ratios(frames.start, len(frames), self.seed) if self.blink else np.zeros(len(frames), np.float32)
+            )
+            ref_exp = np.repeat(self.source[None, :EXP_DIM], len(frames), axis=0).astype(np.float32)
+            requests.append(MotionRequest(block, frames, span, ref_exp, ratio[:, None]))
+            self._issued_blocks.add(block)
+        return requests
+
+    def set_exp(self, request: MotionRequest, exp: np.ndarray) -> None:
+        if exp.shape != (len(request.frames), EXP_DIM):
+            raise ValueError(f"motion answered shape {exp.shape} for {len(request.frames)} frames")
+        for row, frame in enumerate(request.frames):
+            self._exp[frame] = exp[row]
+
+    def pose_requests(self) -> list[PoseRequest]:
+        if self.pose_mode != "audio":
+            return []
+        # Before the end, the windows of a clip of the frames heard so far: all but a trailing partial one are
+        # the final clip's windows too (the grid is fixed; only the last window depends on the length).
+        total = self._final_frames if self._final_frames is not None else self.frames_heard
+        if total < 1:
+            return []
+        windows = pose_windows(total)
+        requests = []
+        for window in windows:
+            if window.number in self._issued_windows:
+                continue
+            is_full_grid_window = window.start == 1 + window.number * POSE_WINDOW and len(window.keep) == POSE_WINDOW
+            if self._final_frames is None and not is_full_grid_window:
+                break
+            last = (self._final_frames or total) - 1
+            frames = np.minimum(np.arange(window.start, window.start + POSE_WINDOW), last)
+            span = self._span(frames)
+            if span is None:
+                break
+            requests.append(PoseRequest(window, span, pose_latent(self.seed, window.number)[None]))
+            self._issued_windows.add(window.number)
+        return requests
+
+    def set_pose_motion(self, request: PoseRequest, motion: np.ndarray) -> None:
+        if motion.shape != (POSE_WINDOW, 6):
+            raise ValueError(f"audio2pose answered shape {motion.shape}, expected ({POSE_WINDOW}, 6)")
+        self._motion[request.window.number] = motion
+
+    # -------------------------------------------------------------------------------------- coefficients
+
+    def _known_exp(self) -> int:
+        count = 0
+        while count in self._exp:
+            count += 1
+        return count
+
+    def _poses(self, count: int) -> tuple[np.ndarray, int]:
+        """Smoothed poses of frames 0..count−1 and how many of them are final."""
+        ref_pose = self.source[EXP_DIM : EXP_DIM + 6]
+        if self.pose_mode == "still":
+            return np.repeat(ref_pose[None], count, axis=0), count
+        total = self._final_frames if self._final_frames is not None else self.frames_heard
+        raw = [np.zeros(6, np.float32)]  # frame 0 is the source pose
+        for window in pose_windows(max(total, 1)):
+            if window.number not in self._motion:
+                break
+            motion = self._motion[window.number]
+            raw.extend(motion[frame - window.start] for frame in window.keep)
+        raw_poses = ref_pose[None] + np.stack(raw[:count]).astype(np.float32)
+        known = raw_poses.shape[0]
+        if self._final_frames is not None and known == self._final_frames:
+            return smooth_pose(raw_poses), known
+        if known < SMOOTH_WINDOW:
+            return raw_poses, 0
+        return smooth_pose(raw_poses), known - (SMOOTH_WINDOW // 2)
+
+    def semantics(self) -> tuple[np.ndarray, int]:
+        """Per-frame semantics of every frame known so far, and how many leading frames are final."""
+        count = self._known_exp()
+        if count == 0:
+            return np.zeros((0, self.source.size), np.float32), 0
+        poses, final_poses = self._poses(count)
+        count = min(count, poses.shape[0])
+        exp = np.stack([self._exp[f] for f in range(count)]) * np.float32(self.expression_scale)
+        columns = [exp, poses[:count]]
+        if self.source.size > EXP_DIM + 6:
+            columns.append(np.repeat(self.source[None, EXP_DIM + 6 :], count, axis=0))
+        return np.concatenate(columns, axis=1).astype(np.float32), min(count, final_poses)
+
+    def render_requests(self) -> list[RenderRequest]:
+        """Chunks whose every frame has its whole (clamped) mapping window final."""
+        semantics, final = self.semantics()
+        total = self._final_frames
+        requests = []
+        while True:
+            first = self._next_chunk * self.chunk_frames
+            if total is not None and first >= total:
+                break
+            frames = range(first, first + self.chunk_frames if total is None else min(first + self.chunk_frames, total))
+            needed = frames.stop - 1 + MAPPING_RADIUS
+            if total is not None:
+                needed = min(needed, total - 1)
+            if needed >= final:
+                break
+            # Before the end no window reaches past `final`, so clamping to it changes nothing.
+            clip = final if total is None else total
+            windows = mapping_windows(semantics, np.arange(frames.start, frames.stop), clip)
+            requests.append(RenderRequest(self._next_chunk, frames, windows, self.audio_of(frames)))
+            self._next_chunk += 1
+        return requests

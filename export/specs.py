@@ -143,5 +143,48 @@ STAGES: dict[str, StageSpec] = {
             checkpoint="GFPGANv1.4.pth",
             doc="GFPGAN v1.4 face enhancement (optional; fixed noise)",
         ),
+        # Small steps that glue the networks into Triton ensembles (export/ensemble_steps.py).
+        StageSpec(
+            "mel_windows",
+            inputs=(
+                TensorIO("mel", "float32", (1, "mel_frames", 80), "log-mel of one signal span (`mel`'s output)"),
+                TensorIO(
+                    "index",
+                    "int64",
+                    (BATCH, 16),
+                    "each video frame's 16 mel-frame indices into the span, clamped to 0..mel_frames−1",
+                    "int:20",  # below TRACE_SIZES["mel_frames"]
+                ),
+            ),
+            outputs=(TensorIO("windows", "float32", (BATCH, 1, 80, 16), "audio2exp's `mel` input"),),
+            # Not batched by Triton: one signal span (batch 1) in, K frames out.
+            per_frame=False,
+            checkpoint="",
+            doc="ensemble step of `motion`: gathers each video frame's 16 mel frames from one span",
+        ),
+        StageSpec(
+            "face_to_uint8",
+            inputs=(_f32("image", 3, 256, 256, doc="rendered face, RGB in about [0, 1]"),),
+            outputs=(TensorIO("face", "uint8", (BATCH, 256, 256, 3), "face crop, RGB, height × width × channel"),),
+            per_frame=True,
+            checkpoint="",
+            doc="ensemble step of `render`: clamp to [0, 1], ×255, round half to even (upstream's img_as_ubyte)",
+        ),
+        StageSpec(
+            "enhancer_input",
+            inputs=(_f32("image", 3, 256, 256, doc="rendered face, RGB in about [0, 1]"),),
+            outputs=(_f32("image512", 3, 512, 512, doc="GFPGAN's input, RGB in [-1, 1]"),),
+            per_frame=True,
+            checkpoint="",
+            doc="ensemble step of `render_enhanced`: the uint8 face, OpenCV's bilinear 2× enlargement, → [-1, 1]",
+        ),
+        StageSpec(
+            "enhancer_output",
+            inputs=(_f32("restored", 3, 512, 512, doc="GFPGAN's output, RGB in about [-1, 1]", sample="signed"),),
+            outputs=(TensorIO("face", "uint8", (BATCH, 512, 512, 3), "enhanced face, RGB, height × width × channel"),),
+            per_frame=True,
+            checkpoint="",
+            doc="ensemble step of `render_enhanced`: clamp to [-1, 1], → [0, 255], round half to even, uint8",
+        ),
     )
 }

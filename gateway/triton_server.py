@@ -51,6 +51,8 @@ _CPU_HOST_NOISE = (
     "Failed to initialize NVML",
     "DCGM unable to start",
     "CUDA memory pool disabled",
+    "failed to allocate pinned system memory",
+    "CUDA driver version is insufficient",  # ensembles try to create CUDA streams even on CPU hosts
 )
 _SEVERITY = re.compile(r"^([IWEF])\d{4} ")
 _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}

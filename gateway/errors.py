@@ -65,3 +65,88 @@ class ImageTooLarge(LipsyncError):
         return cls(
             f"The image is too large: {width}×{height} = {width * height:,} pixels; the limit is {limit:,} pixels."
         )
+
+
+class BadMessage(LipsyncError):
+    """A protocol message that is malformed, unknown, out of order or has invalid fields."""
+
+    code = "bad_message"
+
+
+class UnknownAvatar(LipsyncError):
+    code = "unknown_avatar"
+
+    def __init__(self, avatar_id: str) -> None:
+        super().__init__(f"Unknown avatar {avatar_id!r}: upload the portrait first (POST /v1/avatars).")
+
+
+class UnsupportedAudio(LipsyncError):
+    """Audio that cannot be decoded, or in a format the session did not announce."""
+
+    code = "unsupported_audio"
+
+
+class TooLarge(LipsyncError):
+    """A message, upload or session over its configured limit."""
+
+    code = "too_large"
+
+
+class Busy(LipsyncError):
+    code = "busy"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The server is busy: all {limit} session slots are in use. Try again in a moment.")
+
+
+class Unauthorized(LipsyncError):
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("Missing or wrong access token.")
+
+
+class InferenceUnavailable(LipsyncError):
+    """Triton is unreachable, not ready, or a model call failed; the gateway itself stays up."""
+
+    code = "inference_unavailable"
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed task group: a user-facing one if any, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, LipsyncError)), leaves[0] if leaves else group)
+
+
+# How each error ends a WebSocket (RFC 6455 codes; 4000–4999 are ours) and answers over HTTP.
+CLOSE_CODES: dict[str, int] = {
+    "bad_message": 4400,
+    "unauthorized": 4401,
+    "unknown_avatar": 4404,
+    "unsupported_audio": 4415,
+    "too_large": 1009,
+    "busy": 4503,
+    "inference_unavailable": 1011,
+}
+HTTP_STATUS: dict[str, int] = {
+    "bad_message": 400,
+    "no_face_found": 422,
+    "face_too_small": 422,
+    "unsupported_image": 415,
+    "unsupported_audio": 415,
+    "image_too_large": 413,
+    "too_large": 413,
+    "unauthorized": 401,
+    "unknown_avatar": 404,
+    "busy": 503,
+    "inference_unavailable": 503,
+}

@@ -27,6 +27,26 @@ class Settings(BaseSettings):
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
     triton_url: str | None = None
 
+    triton_timeout_s: float = Field(60.0, gt=0, description="per Triton call")
+
     # The gateway's own HTTP server.
     host: str = "127.0.0.1"
     port: int = 8000
+    web_dir: Path = Field(REPO_ROOT / "web", description="the browser page, served at /")
+
+    # Streaming.
+    motion_block_frames: int = Field(8, ge=1, le=64, description="expression frames per motion call")
+    max_inflight_renders: int = Field(3, ge=1, le=16, description="render calls in flight per session")
+
+    # Limits: a request over a limit gets a clear refusal, never a hang.
+    max_sessions: int = Field(8, ge=1, description="concurrent streaming sessions")
+    max_session_seconds: float = Field(600.0, gt=0, description="audio per session")
+    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="one WebSocket message or upload")
+    max_portrait_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_portrait_pixels: int = Field(40_000_000, gt=0)
+    min_face_pixels: int = Field(64, gt=0, description="face width in pixels")
+    avatar_cache: int = Field(64, ge=1, description="portraits kept in memory")
+
+    # Access.
+    auth_token: str | None = Field(None, description="if set, every endpoint needs `Authorization: Bearer …`")
+    allowed_origins: list[str] = Field(default_factory=list, description="WebSocket Origins allowed; empty: any")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,75 @@ def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[
         return made[file_name]
 
     return make
+
+
+# The fixtures below export the reduced models; torch is imported only when a test asks for them.
+import typing  # noqa: E402
+
+if typing.TYPE_CHECKING:
+    from export.stages import StageFactory
+    from gateway.triton_server import EmbeddedTriton
+
+
+@pytest.fixture(scope="session")
+def reduced_factory() -> StageFactory:
+    """Builds the REDUCED architecture's stage modules (seeded random weights); one per session, so cached."""
+    from export.stages import StageFactory, Variant
+
+    return StageFactory(Variant(checkpoints=None))
+
+
+@pytest.fixture(scope="session")
+def reduced_onnx_dir(tmp_path_factory: pytest.TempPathFactory, reduced_factory: StageFactory) -> Path:
+    """Every stage (GFPGAN and the ensemble glue included) of ``reduced_factory`` exported once per session."""
+    from export.onnx import export_and_check
+    from export.stages import BUILDERS
+
+    out = tmp_path_factory.mktemp("onnx_reduced")
+    for stage in BUILDERS:
+        export_and_check(
+            stage,
+            reduced_factory.build(stage),
+            out,
+            grid_sample=reduced_factory.variant.grid_sample,
+            provenance=reduced_factory.variant.describe(),
+            check=False,
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton_server(reduced_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """The real embedded tritonserver serving the reduced models' cpu repository, once per test session."""
+    from export.repository import RepositorySettings, write_repository
+    from gateway.triton_server import EmbeddedTriton
+
+    settings = RepositorySettings(target="cpu", max_queue_delay_us=2000, intra_op_threads=1)
+    repository = write_repository(reduced_onnx_dir, tmp_path_factory.mktemp("repository"), settings)
+    with EmbeddedTriton().start(repository.path, auto_complete_config=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg() -> bytes:
+    """A real portrait: scikit-image's astronaut photo as JPEG bytes."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def spoken_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real spoken sentence (espeak-ng), 16 kHz mono WAV."""
+    out = tmp_path_factory.mktemp("speech") / "sentence.wav"
+    subprocess.run(
+        ["espeak-ng", "-s", "160", "-w", str(out), "The quick brown fox jumps over the lazy dog."],
+        check=True,
+        capture_output=True,
+    )
+    return out

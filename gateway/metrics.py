@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per app (so tests can build several apps in one process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.active_sessions = Gauge("lipsync_active_sessions", "streaming sessions in progress", registry=r)
+        self.frames_rendered = Counter("lipsync_frames_rendered", "video frames rendered and sent", registry=r)
+        self.first_fragment = Histogram(
+            "lipsync_first_fragment_seconds",
+            "session start to first media fragment",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chunk_latency = Histogram(
+            "lipsync_chunk_seconds",
+            "render call issued to fragment sent, per chunk",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.realtime_factor = Histogram(
+            "lipsync_realtime_factor",
+            "per finished session: seconds of video rendered per second of wall time",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8),
+            registry=r,
+        )
+        self.triton_latency = Histogram(
+            "lipsync_triton_call_seconds", "Triton call latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("lipsync_errors", "errors reported to clients, by code", ["code"], registry=r)

@@ -1,0 +1,77 @@
+"""The one wrapper every Triton call goes through: timeout, error check, metrics, one exception type."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from gateway.errors import InferenceUnavailable
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class TritonClient:
+    """Async gRPC client for one Triton server (``host:port``)."""
+
+    def __init__(self, url: str, *, timeout_s: float, metrics: Metrics) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self._client = InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str]
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on named numpy inputs; return the named outputs. Raises InferenceUnavailable."""
+        request = []
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array)
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        wanted = list(outputs)
+        started = time.perf_counter()
+        try:
+            result = await self._client.infer(
+                model,
+                request,
+                outputs=[InferRequestedOutput(name) for name in wanted],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as err:
+            log.warning("Triton call to %s failed: %s", model, err)
+            raise InferenceUnavailable(
+                f"The inference server could not run {model!r}: {err.message() or err}. "
+                "The session stopped; try again in a moment."
+            ) from err
+        finally:
+            self.metrics.triton_latency.labels(model).observe(time.perf_counter() - started)
+        answer = {}
+        for name in wanted:
+            array = result.as_numpy(name)
+            if array is None:
+                raise InferenceUnavailable(f"The inference server's answer from {model!r} has no {name!r}.")
+            answer[name] = array
+        return answer
+
+    async def ready(self, models: Iterable[str]) -> tuple[bool, str]:
+        """Whether the server and every model in ``models`` are ready, and if not, why."""
+        try:
+            if not await self._client.is_server_ready(client_timeout=2.0):
+                return False, "the inference server is not ready"
+            for model in models:
+                if not await self._client.is_model_ready(model, client_timeout=2.0):
+                    return False, f"model {model!r} is not ready"
+        except InferenceServerException as err:
+            return False, f"the inference server at {self.url} is unreachable ({err.message() or err})"
+        return True, "ready"

@@ -1,0 +1,91 @@
+"""Helpers for the gateway tests: reading WAV files, driving /ws/stream, demuxing what came back."""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from starlette.testclient import TestClient
+
+
+def read_wav_int16(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as wav:
+        assert wav.getnchannels() == 1 and wav.getsampwidth() == 2
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    if rate != 16000:  # espeak-ng speaks at 22050 Hz: resample to the native rate for exact comparisons
+        from lipsync.audio_io import decode_audio
+
+        return np.clip(np.rint(decode_audio(path.read_bytes()) * 32768), -32768, 32767).astype(np.int16)
+    return pcm
+
+
+def wav_bytes(pcm: np.ndarray, rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@dataclass
+class StreamResult:
+    ready: dict[str, Any]
+    init: bytes
+    fragments: list[bytes] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+
+    @property
+    def mp4(self) -> bytes:
+        return self.init + b"".join(self.fragments)
+
+
+def stream(client: TestClient, avatar_id: str, pcm: np.ndarray, *, piece: int = 3200, **options: Any) -> StreamResult:
+    """A whole /ws/stream session: start, PCM in pieces, end; everything the server sent back."""
+    with client.websocket_connect("/ws/stream") as ws:
+        ws.send_text(json.dumps({"type": "start", "avatar_id": avatar_id, "options": options}))
+        ready = ws.receive_json()
+        assert ready["type"] == "ready", ready
+        init = ws.receive_bytes()
+        for start in range(0, pcm.size, piece):
+            ws.send_bytes(pcm[start : start + piece].astype("<i2").tobytes())
+        ws.send_text(json.dumps({"type": "end"}))
+        result = StreamResult(ready, init)
+        while True:
+            message = ws.receive()
+            if message.get("bytes") is not None:
+                result.fragments.append(message["bytes"])
+                continue
+            payload = json.loads(message["text"])
+            if payload["type"] == "stats":
+                result.stats.append(payload)
+            elif payload["type"] == "end":
+                result.end = payload
+                return result
+            else:
+                raise AssertionError(f"unexpected message {payload}")
+
+
+def decode_video(mp4: bytes) -> tuple[list[np.ndarray], list[bool], list[int], float]:
+    """RGB frames, keyframe flags and pts of the video stream, and the audio duration in seconds."""
+    frames, keyframes, pts = [], [], []
+    with av.open(io.BytesIO(mp4)) as container:
+        for packet in container.demux(video=0):
+            if packet.size == 0:
+                continue
+            keyframes.append(bool(packet.is_keyframe))
+            pts.append(int(packet.pts))
+            frames.extend(f.to_ndarray(format="rgb24") for f in packet.decode())
+    with av.open(io.BytesIO(mp4)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+        rate = container.streams.audio[0].rate
+    return frames, keyframes, pts, samples / rate

@@ -1,0 +1,231 @@
+"""The gateway against the real embedded Triton serving the reduced models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gateway_helpers import decode_video, read_wav_int16, stream, wav_bytes
+from PIL import Image
+from skimage import data
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.triton_server import EmbeddedTriton
+
+pytestmark = pytest.mark.triton
+
+
+def _settings(server: EmbeddedTriton, **overrides: object) -> Settings:
+    return Settings(triton_url=server.grpc_url, demo=True, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def client(triton_server: EmbeddedTriton) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(triton_server))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def avatar_id(client: TestClient, astronaut_jpeg: bytes) -> str:
+    response = client.post("/v1/avatars", files={"image": ("astronaut.jpg", astronaut_jpeg, "image/jpeg")})
+    assert response.status_code == 200, response.text
+    return str(response.json()["avatar_id"])
+
+
+@pytest.fixture(scope="module")
+def speech(spoken_wav: Path) -> np.ndarray:
+    return read_wav_int16(spoken_wav)[: 16000 * 2 + 123]  # 2 s of the sentence, not a whole frame at the end
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_readiness_metrics_and_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "lipsync_active_sessions" in client.get("/metrics").text
+    assert "/ws/stream" not in client.get("/openapi.json").text  # WebSockets are documented in docs/protocol.md
+    assert "/v1/avatars" in client.get("/openapi.json").text
+
+
+def test_avatar_is_found_and_cached_by_content(client: TestClient, astronaut_jpeg: bytes, avatar_id: str) -> None:
+    again = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()
+    assert again["avatar_id"] == avatar_id
+    assert again["faces_seen"] == 1 and again["demo"] is True
+    x0, y0, x1, y1 = again["box"]
+    assert 0 <= x0 < x1 <= again["width"] and 0 <= y0 < y1 <= again["height"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (_png(data.coffee()), 422, "no_face_found"),
+        (b"\x89PNG\r\n\x1a\n not really", 415, "unsupported_image"),
+    ],
+)
+def test_bad_portraits_are_refused_in_words(client: TestClient, payload: bytes, status: int, code: str) -> None:
+    response = client.post("/v1/avatars", files={"image": ("x.png", payload, "image/png")})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and len(error["message"]) > 20
+
+
+def test_stream_gives_a_valid_fragmented_mp4(client: TestClient, avatar_id: str, speech: np.ndarray) -> None:
+    result = stream(client, avatar_id, speech, piece=1111, chunk_frames=8, seed=5)
+    expected_frames = speech.size // 640
+    assert result.ready["demo"] is True and result.ready["seed"] == 5
+    assert result.end is not None and result.end["frames"] == expected_frames
+    frames, keyframes, pts, audio_seconds = decode_video(result.mp4)
+    assert len(frames) == expected_frames
+    assert abs(audio_seconds - speech.size / 16000) <= 1024 / 16000
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    assert all(keyframes[i] for i in range(0, expected_frames, 8))  # every fragment opens with a keyframe
+    assert frames[0].shape[:2] == (result.ready["height"], result.ready["width"])
+    assert result.stats and result.stats[-1]["frames"] == expected_frames
+    assert result.stats[0]["first_fragment_ms"] > 0
+
+
+def test_lipsync_compatible_protocol(client: TestClient, astronaut_jpeg: bytes, speech: np.ndarray) -> None:
+    request = {
+        "audio": base64.b64encode(wav_bytes(speech[:16000])).decode(),
+        "image": base64.b64encode(astronaut_jpeg).decode(),
+        "fps": 25,
+        "pads": [0, 10, 0, 0],
+        "img_size": 96,
+        "batch_size": 16,
+        "no_segmentation": True,
+        "no_sr": True,
+    }
+    with client.websocket_connect("/ws/lipsync") as ws:
+        ws.send_text(json.dumps(request))
+        answer = ws.receive_json()
+        assert answer["status"] == "success", answer
+        frames, _, _, audio_seconds = decode_video(base64.b64decode(answer["video"]))
+        assert len(frames) == 25 and abs(audio_seconds - 1.0) <= 1024 / 16000
+        # Errors come back in the same protocol, and the connection keeps serving.
+        ws.send_text(json.dumps({**request, "image": "%%% not base64 %%%"}))
+        error = ws.receive_json()
+        assert error["status"] == "error" and "base64" in error["message"]
+        ws.send_text(json.dumps({**request, "image": base64.b64encode(_png(data.coffee())).decode()}))
+        error = ws.receive_json()
+        assert error["status"] == "error" and "No face" in error["message"]
+
+
+def test_one_shot_http_api_returns_an_mp4(client: TestClient, astronaut_jpeg: bytes, speech: np.ndarray) -> None:
+    response = client.post(
+        "/v1/lipsync",
+        files={
+            "image": ("a.jpg", astronaut_jpeg, "image/jpeg"),
+            "audio": ("s.wav", wav_bytes(speech[:8000]), "audio/wav"),
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    frames, _, _, _ = decode_video(response.content)
+    assert len(frames) == 12
+
+
+def _expect_error(client: TestClient, messages: list[str | bytes], code: str, close_code: int) -> str:
+    with client.websocket_connect("/ws/stream") as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                ws.send_bytes(message)
+            else:
+                ws.send_text(message)
+        while True:
+            payload = ws.receive()
+            if payload.get("text") and json.loads(payload["text"])["type"] == "error":
+                error = json.loads(payload["text"])
+                break
+        assert error["code"] == code, error
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_bytes()
+        assert closed.value.code == close_code
+        return str(error["message"])
+
+
+def test_bad_stream_messages_end_only_their_session(client: TestClient, avatar_id: str, speech: np.ndarray) -> None:
+    start = json.dumps({"type": "start", "avatar_id": avatar_id})
+    assert "start" in _expect_error(client, ["{not json"], "bad_message", 4400)
+    assert "binary" in _expect_error(client, [b"\x00\x01"], "bad_message", 4400)
+    assert "pose" in _expect_error(
+        client,
+        [json.dumps({"type": "start", "avatar_id": avatar_id, "options": {"pose": "dance"}})],
+        "bad_message",
+        4400,
+    )
+    assert "upload" in _expect_error(
+        client, [json.dumps({"type": "start", "avatar_id": "nope"})], "unknown_avatar", 4404
+    )
+    assert "end" in _expect_error(client, [start, json.dumps({"type": "start"})], "bad_message", 4400)
+    file_start = json.dumps({"type": "start", "avatar_id": avatar_id, "audio": {"format": "file"}})
+    assert "could not be read" in _expect_error(
+        client, [file_start, b"definitely not audio" * 50, json.dumps({"type": "end"})], "unsupported_audio", 4415
+    )
+    # After all of that the server streams as before.
+    assert stream(client, avatar_id, speech[:6400]).end == {"type": "end", "frames": 10, "duration": 0.4}
+    assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
+
+
+def test_oversized_messages_and_sessions_over_the_limit(triton_server: EmbeddedTriton, astronaut_jpeg: bytes) -> None:
+    with TestClient(create_app(_settings(triton_server, max_message_bytes=4096, max_sessions=1))) as small:
+        avatar = small.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+        assert avatar.status_code == 413 and "limit" in avatar.json()["error"]["message"]
+    with TestClient(create_app(_settings(triton_server, max_message_bytes=64 * 1024, max_sessions=1))) as small:
+        avatar_id = small.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()[
+            "avatar_id"
+        ]
+        start = json.dumps({"type": "start", "avatar_id": avatar_id})
+        assert "over the limit" in _expect_error(small, [start, bytes(70_000)], "too_large", 1009)
+        with small.websocket_connect("/ws/stream") as first:
+            first.send_text(start)
+            assert first.receive_json()["type"] == "ready"
+            assert "busy" in _expect_error(small, [start], "busy", 4503)
+
+
+def test_a_client_that_vanishes_mid_stream_leaves_nothing_behind(
+    client: TestClient, avatar_id: str, speech: np.ndarray
+) -> None:
+    with client.websocket_connect("/ws/stream") as ws:
+        ws.send_text(json.dumps({"type": "start", "avatar_id": avatar_id}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.receive_bytes()  # init segment
+        ws.send_bytes(speech[:16000].astype("<i2").tobytes())
+        ws.receive_bytes()  # a first fragment is on its way: the session is busy rendering
+    # The socket is gone; the session's tasks are cancelled and its slot is free again.
+    result = stream(client, avatar_id, speech[:3200])
+    assert result.end is not None and result.end["frames"] == 5
+    assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
+
+
+def test_access_token_and_origin_checks(triton_server: EmbeddedTriton, astronaut_jpeg: bytes) -> None:
+    settings = _settings(triton_server, auth_token="s3cret", allowed_origins=["http://good.example"])
+    with TestClient(create_app(settings)) as guarded:
+        files = {"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}
+        assert guarded.post("/v1/avatars", files=files).status_code == 401
+        ok = guarded.post("/v1/avatars", files=files, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert guarded.get("/healthz").status_code == 200  # liveness stays open for probes
+        with (
+            pytest.raises(WebSocketDisconnect) as refused,
+            guarded.websocket_connect("/ws/stream", headers={"origin": "http://evil.example"}) as ws,
+        ):
+            ws.receive_json()
+        assert refused.value.code == 4403
+        with guarded.websocket_connect("/ws/stream", headers={"origin": "http://good.example"}) as ws:
+            ws.send_text(json.dumps({"type": "start", "avatar_id": ok.json()["avatar_id"]}))
+            error = ws.receive_json()
+            assert error["code"] == "unauthorized"

@@ -1,0 +1,373 @@
+"""The page (web/) in Debian's Chromium, against the real gateway and embedded Triton on the reduced demo models.
+
+Playwright drives /usr/bin/chromium (never a browser Playwright downloads). The microphone is Chromium's fake
+capture device playing an espeak-ng sentence, so the whole live path runs: getUserMedia → AudioWorklet → 16 kHz
+PCM over the WebSocket → gateway → Triton → fMP4 → Media Source Extensions. The page's state is read through its
+test hook ``window.lipsync`` ({state, stats, errors, avatar, options, ready, end}); screenshots and the
+downloaded MP4s go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import urllib.request
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from scipy.signal import resample_poly
+from skimage import data
+
+from gateway.app import create_app
+from gateway.errors import NoFaceFound
+from gateway.settings import Settings
+from gateway.triton_server import EmbeddedTriton
+from lipsync.audio_io import decode_audio
+
+LOG = logging.getLogger(__name__)
+pytestmark = [pytest.mark.browser, pytest.mark.triton]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+FAKE_MIC_RATE = 48_000  # the rate Chromium's audio capture path runs at; its fake device reads 16-bit PCM WAV
+# Rendering the reduced models on a shared 2-core machine runs at a few frames per second: generous limits.
+STREAM_TIMEOUT_MS = 240_000
+PLAYBACK_TIMEOUT_MS = 60_000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The system under test
+
+
+@pytest.fixture(scope="module")
+def gateway_url(triton_server: EmbeddedTriton) -> Iterator[str]:
+    """The real gateway (create_app) behind uvicorn on a free loopback port, serving web/ at /."""
+    app = create_app(Settings(triton_url=triton_server.grpc_url, demo=True))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # bound before uvicorn starts: early connections wait in the backlog, no polling
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="gateway", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{url}/healthz", timeout=120) as response:
+        assert response.status == 200
+    yield url
+    server.should_exit = True
+    thread.join(timeout=30)
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def portrait_files(tmp_path_factory: pytest.TempPathFactory, astronaut_jpeg: bytes) -> dict[str, Path]:
+    """A real photo with a face (astronaut) and one without (coffee), as JPEG files to pick in the page."""
+    folder = tmp_path_factory.mktemp("portraits")
+    (folder / "astronaut.jpg").write_bytes(astronaut_jpeg)
+    Image.fromarray(data.coffee()).save(folder / "coffee.jpg", quality=92)
+    return {"face": folder / "astronaut.jpg", "no_face": folder / "coffee.jpg"}
+
+
+@pytest.fixture(scope="module")
+def fake_microphone_wav(spoken_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The spoken sentence as 16-bit mono PCM WAV at 48 kHz, for --use-file-for-fake-audio-capture."""
+    with wave.open(str(spoken_wav)) as wav:
+        assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float64)
+    ratio = Fraction(FAKE_MIC_RATE, rate)
+    resampled = resample_poly(pcm, ratio.numerator, ratio.denominator)
+    out = tmp_path_factory.mktemp("microphone") / "sentence_48k.wav"
+    with wave.open(str(out), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(FAKE_MIC_RATE)
+        wav.writeframes(np.clip(np.rint(resampled), -32768, 32767).astype("<i2").tobytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser(fake_microphone_wav: Path) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does")
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",  # grants the microphone without a prompt
+        f"--use-file-for-fake-audio-capture={fake_microphone_wav}",  # loops the sentence
+    ]
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class WebPage:
+    page: Page
+    console_errors: list[str] = field(default_factory=list)
+
+    def unexpected_console_errors(self, *allowed: str) -> list[str]:
+        return [text for text in self.console_errors if not any(a in text for a in allowed)]
+
+
+@pytest.fixture
+def web(browser: Browser, gateway_url: str) -> Iterator[WebPage]:
+    """A fresh page on the gateway's /, collecting console errors and uncaught exceptions."""
+    context = browser.new_context(viewport={"width": 1400, "height": 950}, accept_downloads=True)
+    page = context.new_page()
+    result = WebPage(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            result.console_errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: result.console_errors.append(f"uncaught: {error}"))
+    page.goto(f"{gateway_url}/")
+    page.wait_for_function("window.lipsync !== undefined && window.lipsync.state === 'idle'")
+    yield result
+    context.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def hook(page: Page) -> dict[str, Any]:
+    value: dict[str, Any] = page.evaluate("JSON.parse(JSON.stringify(window.lipsync))")
+    return value
+
+
+def wait_for_state(page: Page, *states: str, timeout_ms: float = STREAM_TIMEOUT_MS) -> str:
+    page.wait_for_function("states => states.includes(window.lipsync.state)", arg=list(states), timeout=timeout_ms)
+    state: str = page.evaluate("window.lipsync.state")
+    return state
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
+
+
+def choose_portrait(page: Page, path: Path) -> str:
+    """Picks the file in the page; returns the state once the server answered ("ready" or "idle" on an error)."""
+    errors_before = page.evaluate("window.lipsync.errors.length")
+    page.get_by_label("Choose a portrait…").set_input_files(str(path))
+    page.wait_for_function(
+        "n => window.lipsync.state === 'ready' || window.lipsync.errors.length > n", arg=errors_before, timeout=60_000
+    )
+    state: str = page.evaluate("window.lipsync.state")
+    return state
+
+
+def video_state(page: Page) -> dict[str, Any]:
+    state: dict[str, Any] = page.evaluate(
+        """() => {
+            const v = document.querySelector("video");
+            const q = v.getVideoPlaybackQuality();
+            return {currentTime: v.currentTime, duration: v.duration, ended: v.ended,
+                    error: v.error ? v.error.code : null,
+                    decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames};
+        }"""
+    )
+    return state
+
+
+def download_mp4(page: Page, name: str) -> Path:
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download MP4").click()
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"web-{name}.mp4"
+    download.value.save_as(str(path))
+    return path
+
+
+def decode_mp4(path: Path) -> tuple[int, np.ndarray]:
+    """Video frame count and the mono audio (float32) of an MP4 file."""
+    with av.open(str(path)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(path)) as container:
+        audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    return frames, audio.astype(np.float32)
+
+
+def check_played_stream(web: WebPage, name: str, expected_frames: int) -> dict[str, Any]:
+    """After the server's `end`: the video plays to the end, the stats were shown, the download is the stream."""
+    page = web.page
+    state = hook(page)
+    assert state["errors"] == [], state["errors"]
+    assert state["end"]["frames"] == expected_frames
+    stats = state["stats"]
+    # The time to the first frame is measured and on the page.
+    assert stats["timeToFirstFrameMs"] > 0, stats
+    assert page.locator("#stat-ttff").inner_text().endswith(("ms", "s"))
+    # Stats were updated as fragments came (one `stats` per fragment) and shown.
+    assert stats["statsMessages"] >= 2 and stats["serverFrames"] == expected_frames
+    assert page.locator("#stat-frames").inner_text() == str(expected_frames)
+    assert page.locator("#stat-fps").inner_text().endswith("fps")
+    assert stats["segments"] >= 2
+
+    # The whole stream plays through to the end (endOfStream was called) without a media error.
+    page.wait_for_function("document.querySelector('video').ended", timeout=PLAYBACK_TIMEOUT_MS)
+    video = video_state(page)
+    assert video["error"] is None
+    assert video["decoded"] > 0
+    assert video["currentTime"] == pytest.approx(expected_frames / 25, abs=0.1)
+    screenshot(page, f"{name}-done")
+
+    mp4 = download_mp4(page, name)
+    frames, audio = decode_mp4(mp4)
+    assert frames == expected_frames
+    # Audio covers the frames, plus the last partial frame's samples and the last AAC frame's padding at most.
+    assert expected_frames * SAMPLES_PER_FRAME <= audio.size < (expected_frames + 1) * SAMPLES_PER_FRAME + 1024
+    LOG.info("%s: %d frames, first frame after %.0f ms, stats %s", name, frames, stats["timeToFirstFrameMs"], stats)
+    return {"audio": audio, "video": video, "stats": stats}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Acceptance
+
+
+def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
+    page = web.page
+    screenshot(page, "empty")
+    # Every control is a real element with an accessible name (a <label> or its text).
+    for name in ("Start", "Stop", "Cancel", "Download MP4"):
+        assert page.get_by_role("button", name=name, exact=True).count() == 1, name
+    for name in ("Microphone (live)", "Audio file"):
+        assert page.get_by_role("radio", name=name).count() == 1, name
+    assert page.get_by_role("checkbox", name="Face enhancement (GFPGAN)").count() == 1
+    assert page.get_by_role("slider", name="Expression scale").count() == 1
+    assert page.get_by_role("spinbutton", name="Pose style (0–45)").count() == 1
+    assert page.get_by_role("combobox", name="Head pose").count() == 1
+    assert page.locator("#status").inner_text() == "Choose a portrait to begin."
+    assert page.get_by_role("button", name="Start").is_disabled()  # nothing to animate yet
+    # The keyboard walks portrait → input choice → options, and the focus is drawn.
+    page.get_by_label("Choose a portrait…").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.value") == "mic"  # the checked radio of the group
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "opt-pose"
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert web.unexpected_console_errors() == []
+
+
+def test_portrait_without_a_face_shows_the_server_message(web: WebPage, portrait_files: dict[str, Path]) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["no_face"]) == "idle"
+    state = hook(page)
+    message = NoFaceFound().message
+    assert state["errors"] == [{"source": "server", "code": "no_face_found", "message": message}]
+    assert state["state"] == "idle" and state["avatar"] is None
+    alert = page.get_by_role("alert").filter(has_text=message)
+    assert alert.is_visible()
+    assert page.get_by_role("button", name="Start").is_disabled()
+    screenshot(page, "no-face")
+    # The browser itself logs the refused upload (HTTP 422); nothing else may be an error.
+    assert web.unexpected_console_errors("status of 422") == []
+
+
+@pytest.mark.slow
+def test_microphone_stream_plays_live(web: WebPage, portrait_files: dict[str, Path]) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    avatar = hook(page)["avatar"]
+    x0, y0, x1, y1 = avatar["box"]
+    assert 0 <= x0 < x1 <= avatar["width"] and 0 <= y0 < y1 <= avatar["height"]
+    assert f"from ({x0}, {y0}) to ({x1}, {y1})" in (page.locator("#portrait-canvas").get_attribute("aria-label") or "")
+    assert page.locator("#demo-banner").is_visible()  # the demo server says demo: true
+    assert page.get_by_role("radio", name="Microphone (live)").is_checked()
+
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "streaming", "error", timeout_ms=60_000) == "streaming", hook(page)["errors"]
+    page.wait_for_function("window.lipsync.stats.audioSecondsSent >= 2", timeout=60_000)
+    screenshot(page, "microphone-streaming")
+    page.get_by_role("button", name="Stop").click()
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+
+    # Live: the first frame was on screen while the speech was still streaming, long before the end.
+    stats = hook(page)["stats"]
+    assert stats["timeToFirstFrameMs"] < stats["streamEndMs"], stats
+    seconds = stats["audioSecondsSent"]
+    expected_frames = round(seconds * 16_000) // SAMPLES_PER_FRAME  # every sample captured reached the server
+    assert expected_frames >= 50
+    played = check_played_stream(web, "microphone", expected_frames)
+    # The microphone's speech came back in the stream's audio (not silence).
+    assert float(np.sqrt(np.mean(played["audio"] ** 2))) > 0.01
+    assert web.unexpected_console_errors() == []
+
+
+@pytest.mark.slow
+def test_audio_file_stream_plays_to_the_end(web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    page.get_by_role("radio", name="Audio file").check()
+    page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+    # Options by keyboard: two steps up the expression slider, a pose style typed in.
+    page.get_by_role("slider", name="Expression scale").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.get_by_role("spinbutton", name="Pose style (0–45)").fill("3")
+    page.get_by_role("button", name="Start").focus()
+    page.keyboard.press("Enter")
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+    options = hook(page)["options"]
+    assert options.pop("expression_scale") == pytest.approx(1.2)
+    expected = {"pose": "still", "enhance": False, "pose_style": 3, "blink": True, "seed": None, "chunk_frames": 8}
+    assert options == expected
+    expected_frames = decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME
+    check_played_stream(web, "file", expected_frames)
+    assert web.unexpected_console_errors() == []
+
+
+def test_undecodable_audio_file_shows_the_server_message(
+    web: WebPage, portrait_files: dict[str, Path], tmp_path: Path
+) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_bytes(b"RIFF\x10\x00\x00\x00WAVEthis is not audio at all" * 10)
+    page.get_by_role("radio", name="Audio file").check()
+    page.get_by_label("Choose an audio file…").set_input_files(str(not_audio))
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "error", "done", timeout_ms=60_000) == "error"
+    errors = hook(page)["errors"]
+    assert [e["code"] for e in errors] == ["unsupported_audio"], errors
+    assert errors[0]["message"].startswith("The audio could not be read")
+    assert page.get_by_role("alert").filter(has_text=errors[0]["message"]).is_visible()
+    assert page.get_by_role("button", name="Start").is_enabled()  # a new try is possible
+    screenshot(page, "bad-audio")
+    assert web.unexpected_console_errors() == []
+
+
+def test_cancel_abandons_the_session(web: WebPage, portrait_files: dict[str, Path]) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "streaming", "error", timeout_ms=60_000) == "streaming", hook(page)["errors"]
+    page.get_by_role("button", name="Cancel").click()
+    assert hook(page)["state"] == "cancelled"
+    assert hook(page)["errors"] == []  # closing on purpose is not an error
+    assert page.get_by_role("button", name="Start").is_enabled()
+    assert page.get_by_role("button", name="Cancel").is_disabled()
+    assert page.evaluate("document.getElementById('mic-level').value") == 0  # the microphone was released
+    assert web.unexpected_console_errors() == []

@@ -1,0 +1,513 @@
+// The page: portrait → avatar, speech (microphone or file) → WS /ws/stream session → MSE playback and stats.
+//
+// Test hook: `window.lipsync` = {state, stats, errors, avatar, options, ready, end}, kept up to date, so tests read
+// the page's state without scraping the DOM. `state` is one of:
+//   "idle" (no portrait), "uploading", "ready" (portrait accepted), "connecting", "streaming",
+//   "finishing" (end sent, server rendering the rest), "done", "cancelled", "error".
+
+import { MicCapture, PCM_RATE } from "./mic.js";
+import { MsePlayer } from "./player.js";
+import { StreamSession, uploadAvatar } from "./stream.js";
+import { $, MessageLog, drawPortrait, formatBytes, renderStats } from "./ui.js";
+
+const STATS_INTERVAL_MS = 250;
+const ACTIVE = new Set(["connecting", "streaming", "finishing"]);
+
+const video = $("video");
+const log = new MessageLog($("log"), $("error-now"));
+
+function emptyStats() {
+  return {
+    timeToFirstFrameMs: null, // Start press → first video frame presented
+    streamEndMs: null, // Start press → the server's `end`
+    delayBehindLiveS: null, // live edge (speech sent, or audio the server has) − playback position
+    renderFps: null, // server: frames rendered per second of wall time
+    droppedFrames: null, // getVideoPlaybackQuality
+    decodedFrames: null,
+    bufferedS: null, // buffered media ahead of the playhead
+    currentTime: 0,
+    serverFrames: null,
+    serverAudioSeconds: null,
+    serverRenderedSeconds: null,
+    serverDelayMs: null,
+    firstFragmentMs: null,
+    audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket
+    segments: 0, // media segments received
+    bytes: 0, // media bytes received (init segment included)
+    statsMessages: 0,
+  };
+}
+
+const hook = {
+  state: "idle",
+  stats: emptyStats(),
+  errors: [], // {source, code, message}, in order
+  avatar: null, // the POST /v1/avatars answer
+  options: null, // the options of the last `start` message
+  ready: null, // the server's `ready` message
+  end: null, // the server's `end` message
+};
+window.lipsync = hook;
+
+// Page-level state (not for tests).
+const page = {
+  portrait: null, // {file, bitmap}
+  recent: [], // [{file, bitmap, thumbUrl}]
+  session: null,
+  mic: null,
+  pendingPcm: [], // microphone audio captured before `ready`
+  micFlushed: false, // Stop pressed and the microphone's last samples handed over
+  startedAt: 0,
+  mode: "mic",
+  audioFile: null,
+  downloadUrl: null,
+};
+
+const player = new MsePlayer(video, {
+  onError: (message) => reportError("player", "media_error", message),
+  onNotice: (message) => log.add("warn", message),
+  onFirstFrame: () => {
+    hook.stats.timeToFirstFrameMs = performance.now() - page.startedAt;
+    $("video-placeholder").hidden = true;
+    log.add("info", `First frame after ${Math.round(hook.stats.timeToFirstFrameMs)} ms.`);
+    updateStats();
+  },
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// State, status line, controls
+
+function setState(state, status) {
+  hook.state = state;
+  document.body.dataset.state = state;
+  if (status) $("status").textContent = status;
+  updateControls();
+}
+
+function updateControls() {
+  const active = ACTIVE.has(hook.state);
+  const haveAvatar = hook.avatar !== null && hook.state !== "uploading";
+  const haveAudio = page.mode === "mic" || page.audioFile !== null;
+  $("start").disabled = active || !haveAvatar || !haveAudio;
+  $("stop").disabled = !(page.mode === "mic" && (hook.state === "connecting" || hook.state === "streaming"));
+  $("cancel").disabled = !active;
+  $("download").disabled = active || player.segments === 0;
+  for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
+    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk"]) {
+    $(id).disabled = active;
+  }
+  for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
+  for (const button of document.querySelectorAll("#recent-list button")) button.disabled = active;
+}
+
+function reportError(source, code, message) {
+  hook.errors.push({ source, code, message });
+  log.add("error", message);
+}
+
+function showDemo() {
+  const demo = Boolean((hook.avatar && hook.avatar.demo) || (hook.ready && hook.ready.demo));
+  $("demo-banner").hidden = !demo;
+  $("video-demo-tag").hidden = !demo;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Portrait
+
+async function choosePortrait(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    reportError("client", "not_an_image", `“${file.name}” is not an image. Choose a JPEG, PNG or WebP photo.`);
+    return;
+  }
+  log.clearAlert();
+  hook.avatar = null;
+  $("avatar-info").textContent = "";
+  $("avatar-info").classList.remove("error-text");
+  $("drop-zone").classList.remove("rejected");
+  setState("uploading", "Looking for a face in the portrait…");
+  let bitmap = null;
+  try {
+    bitmap = await createImageBitmap(file); // EXIF orientation applied, as the server does
+  } catch {
+    bitmap = null; // the server will say what is wrong with it
+  }
+  const canvas = $("portrait-canvas");
+  if (bitmap) {
+    drawPortrait(canvas, bitmap);
+    canvas.hidden = false;
+    $("drop-hint").hidden = true;
+  }
+  try {
+    const avatar = await uploadAvatar(file);
+    hook.avatar = avatar;
+    page.portrait = { file, bitmap };
+    if (bitmap) drawPortrait(canvas, bitmap, avatar);
+    const [x0, y0, x1, y1] = avatar.box;
+    const more = avatar.faces_seen > 1 ? ` ${avatar.faces_seen} faces seen: the largest is used.` : "";
+    $("avatar-info").textContent = `Face found: crop ${x1 - x0}×${y1 - y0} px at (${x0}, ${y0}).${more}`;
+    remember(file, bitmap);
+    showDemo();
+    setState("ready", "Portrait ready. Choose the speech input and press Start.");
+  } catch (err) {
+    if (bitmap) drawPortrait(canvas, bitmap);
+    canvas.setAttribute("aria-label", "Portrait preview: no usable face (see the message).");
+    $("drop-zone").classList.add("rejected");
+    $("avatar-info").textContent = err.message;
+    $("avatar-info").classList.add("error-text");
+    reportError(err.source || "server", err.code || "upload_failed", err.message);
+    setState("idle", "Choose another portrait.");
+  }
+}
+
+function remember(file, bitmap) {
+  if (!bitmap || page.recent.some((r) => r.file === file)) return;
+  const thumb = document.createElement("canvas");
+  const side = 64;
+  thumb.width = side;
+  thumb.height = side;
+  const s = Math.max(side / bitmap.width, side / bitmap.height);
+  thumb.getContext("2d").drawImage(bitmap, (side - bitmap.width * s) / 2, (side - bitmap.height * s) / 2,
+    bitmap.width * s, bitmap.height * s);
+  page.recent.unshift({ file, thumbUrl: thumb.toDataURL("image/png") });
+  page.recent = page.recent.slice(0, 6);
+  const list = $("recent-list");
+  list.replaceChildren();
+  for (const entry of page.recent) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "recent-button";
+    button.setAttribute("aria-label", `Use portrait ${entry.file.name}`);
+    const img = document.createElement("img");
+    img.src = entry.thumbUrl;
+    img.alt = "";
+    button.append(img);
+    button.addEventListener("click", () => choosePortrait(entry.file));
+    item.append(button);
+    list.append(item);
+  }
+  $("recent").hidden = page.recent.length < 2;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Options
+
+function readOptions() {
+  const poseStyle = Number($("opt-pose-style").value);
+  if (!Number.isInteger(poseStyle) || poseStyle < 0 || poseStyle > 45) {
+    throw new Error(`Pose style must be a whole number from 0 to 45, not “${$("opt-pose-style").value}”.`);
+  }
+  const chunk = Number($("opt-chunk").value);
+  if (!Number.isInteger(chunk) || chunk < 1 || chunk > 25) {
+    throw new Error(`Frames per fragment must be a whole number from 1 to 25, not “${$("opt-chunk").value}”.`);
+  }
+  const seedText = $("opt-seed").value.trim();
+  const seed = seedText === "" ? null : Number(seedText);
+  if (seed !== null && (!Number.isInteger(seed) || seed < 0)) {
+    throw new Error(`The seed must be a whole number of 0 or more (or empty), not “${seedText}”.`);
+  }
+  return {
+    pose: $("opt-pose").value,
+    enhance: $("opt-enhance").checked,
+    expression_scale: Number($("opt-expression").value),
+    pose_style: poseStyle,
+    blink: $("opt-blink").checked,
+    seed,
+    chunk_frames: chunk,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A session
+
+async function start() {
+  if (ACTIVE.has(hook.state) || !hook.avatar) return;
+  let options;
+  try {
+    options = readOptions();
+  } catch (err) {
+    reportError("client", "bad_option", err.message);
+    return;
+  }
+  log.clearAlert();
+  resetDownload();
+  hook.options = options;
+  hook.stats = emptyStats();
+  hook.ready = null;
+  hook.end = null;
+  player.reset();
+  showPlaceholder("Waiting for the first frames…");
+  page.pendingPcm = [];
+  page.micFlushed = false;
+  page.startedAt = performance.now();
+  const mic = page.mode === "mic";
+  video.muted = mic; // your own voice a second late, and echo into the microphone: start muted
+  const audio = mic
+    ? { format: "pcm_s16le", sample_rate: PCM_RATE, channels: 1 }
+    : { format: "file" };
+  setState("connecting", mic ? "Connecting… (allow the microphone if asked)" : "Connecting…");
+
+  const session = new StreamSession({
+    avatarId: hook.avatar.avatar_id,
+    audio,
+    options,
+    handlers: {
+      onReady: (msg) => onReady(session, msg),
+      onInit: (data) => onMedia(session, data),
+      onSegment: (data) => onMedia(session, data),
+      onStats: (msg) => onStats(session, msg),
+      onEnd: (msg) => onEnd(session, msg),
+      onError: (err) => onSessionError(session, err),
+      onClose: () => onClose(session),
+    },
+  });
+  page.session = session;
+
+  const opening = session.open();
+  if (mic) {
+    const capture = new MicCapture({
+      onChunk: (pcm) => {
+        if (page.session !== session) return;
+        if (session.ready) session.sendAudio(pcm);
+        else page.pendingPcm.push(pcm);
+        hook.stats.audioSecondsSent = capture.seconds;
+      },
+      onLevel: (level) => {
+        $("mic-level").value = Math.min(1, level * 4); // speech RMS is small; scaled so it is visible
+      },
+    });
+    page.mic = capture;
+    try {
+      await capture.start();
+    } catch (err) {
+      capture.release();
+      page.mic = null;
+      if (page.session === session && ACTIVE.has(hook.state)) {
+        session.cancel();
+        reportError("microphone", "microphone", err.message);
+        setState("error", "The microphone could not be used.");
+      }
+      return;
+    }
+    if (page.mic !== capture) capture.release(); // the session ended (error, cancel) while the device started
+  }
+  try {
+    await opening;
+  } catch (err) {
+    if (page.session === session && ACTIVE.has(hook.state)) {
+      stopMic(false);
+      reportError(err.source || "connection", err.code || "connect_failed", err.message);
+      setState("error", "Could not connect to the server.");
+    }
+  }
+}
+
+function onReady(session, msg) {
+  if (page.session !== session) return;
+  hook.ready = msg;
+  showDemo();
+  if (msg.width > 0 && msg.height > 0) $("video-wrap").style.aspectRatio = `${msg.width} / ${msg.height}`;
+  const mic = page.mode === "mic";
+  player.open(msg.mime_type, { live: mic }).catch((err) => {
+    reportError("player", "unsupported_media", err.message);
+    session.cancel();
+    stopMic(false);
+    setState("error", "This browser cannot play the stream.");
+  });
+  const lookahead = msg.lookahead_ms ? ` Lookahead ${Math.round(msg.lookahead_ms)} ms.` : "";
+  log.add("info", `Session ${msg.session_id}: ${msg.width}×${msg.height} at ${msg.fps} fps, seed ${msg.seed}.${lookahead}`);
+  if (mic) {
+    for (const pcm of page.pendingPcm) session.sendAudio(pcm);
+    page.pendingPcm = [];
+    if (page.micFlushed) session.end(); // Stop was pressed (and the microphone flushed) before the server answered
+    if (hook.state === "connecting") setState("streaming", "Streaming: speak now, then press Stop.");
+  } else {
+    setState("streaming", `Sending “${page.audioFile.name}”…`);
+    session
+      .sendFile(page.audioFile)
+      .then(() => {
+        if (page.session === session && hook.state === "streaming") {
+          setState("finishing", "Audio sent: rendering…");
+        }
+      })
+      .catch((err) => {
+        reportError("client", "file_read", `The audio file could not be read: ${err.message}`);
+        session.cancel();
+        setState("error", "The audio file could not be read.");
+      });
+  }
+}
+
+function onMedia(session, data) {
+  if (page.session !== session) return;
+  player.push(data);
+  hook.stats.segments = player.segments;
+  hook.stats.bytes = player.bytes;
+}
+
+function onStats(session, msg) {
+  if (page.session !== session) return;
+  const s = hook.stats;
+  s.statsMessages += 1;
+  s.serverFrames = msg.frames ?? s.serverFrames;
+  s.renderFps = typeof msg.render_fps === "number" ? msg.render_fps : s.renderFps;
+  s.serverDelayMs = typeof msg.delay_ms === "number" ? msg.delay_ms : s.serverDelayMs;
+  s.firstFragmentMs = typeof msg.first_fragment_ms === "number" ? msg.first_fragment_ms : s.firstFragmentMs;
+  s.serverAudioSeconds = msg.audio_seconds;
+  s.serverRenderedSeconds = msg.rendered_seconds;
+  updateStats();
+}
+
+function onEnd(session, msg) {
+  if (page.session !== session) return;
+  hook.end = msg;
+  hook.stats.streamEndMs = performance.now() - page.startedAt;
+  player.finish();
+  stopMic(false);
+  const duration = typeof msg.duration === "number" ? `${msg.duration.toFixed(2)} s` : "?";
+  log.add("info", `Stream complete: ${msg.frames} frames, ${duration}.`);
+  setState("done", "Done. Play it again with the video's controls, or download it.");
+}
+
+function onSessionError(session, err) {
+  if (page.session !== session) return;
+  stopMic(false);
+  reportError(err.source || "server", err.code, err.message);
+  keepWhatArrived();
+  setState("error", "The session stopped with an error (see Messages).");
+}
+
+// After an error or a cancel: what arrived stays playable; with no media at all, the video panel is cleared.
+function keepWhatArrived() {
+  if (player.segments > 0) {
+    player.finish();
+  } else {
+    player.reset();
+    showPlaceholder("The talking portrait appears here.");
+  }
+}
+
+function showPlaceholder(text) {
+  $("video-placeholder").textContent = text;
+  $("video-placeholder").hidden = false;
+}
+
+function onClose(session) {
+  if (page.session !== session) return;
+  stopMic(false);
+  updateControls();
+}
+
+async function stop() {
+  const session = page.session;
+  if (!session || !(hook.state === "connecting" || hook.state === "streaming")) return;
+  setState("finishing", "Stopped listening: rendering the rest…");
+  await stopMic(true);
+  page.micFlushed = true;
+  // Stopped before the server answered: onReady sends what was captured, then `end`.
+  if (session.ready) session.end();
+}
+
+async function stopMic(flush) {
+  const mic = page.mic;
+  if (!mic) return;
+  page.mic = null;
+  if (flush) await mic.stop();
+  else mic.release();
+  hook.stats.audioSecondsSent = mic.seconds;
+}
+
+function cancel() {
+  const session = page.session;
+  if (!session || !ACTIVE.has(hook.state)) return;
+  session.cancel();
+  stopMic(false);
+  keepWhatArrived();
+  log.add("warn", "Session cancelled.");
+  setState("cancelled", "Cancelled. Press Start to try again.");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stats and download
+
+function updateStats() {
+  const s = hook.stats;
+  s.currentTime = video.currentTime;
+  if (player.sourceBuffer) {
+    s.bufferedS = player.bufferedAhead;
+    const quality = player.playbackQuality();
+    if (quality) {
+      s.droppedFrames = quality.dropped;
+      s.decodedFrames = quality.total;
+    }
+    const liveEdge = page.mode === "mic" ? s.audioSecondsSent : (s.serverAudioSeconds ?? player.bufferedEnd);
+    if (ACTIVE.has(hook.state)) s.delayBehindLiveS = Math.max(0, liveEdge - video.currentTime);
+  }
+  renderStats(s);
+}
+
+function resetDownload() {
+  if (page.downloadUrl) URL.revokeObjectURL(page.downloadUrl);
+  page.downloadUrl = null;
+}
+
+function download() {
+  if (player.segments === 0) return;
+  resetDownload();
+  page.downloadUrl = URL.createObjectURL(player.toBlob());
+  const a = document.createElement("a");
+  a.href = page.downloadUrl;
+  const id = hook.ready && hook.ready.session_id ? hook.ready.session_id : new Date().toISOString();
+  a.download = `lipsync-${String(id).replace(/[^A-Za-z0-9_-]/g, "-")}.mp4`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Wiring
+
+function setMode(mode) {
+  page.mode = mode;
+  $("mic-block").hidden = mode !== "mic";
+  $("file-block").hidden = mode !== "file";
+  updateControls();
+}
+
+$("portrait-input").addEventListener("change", (e) => choosePortrait(e.target.files[0]));
+$("audio-input").addEventListener("change", (e) => {
+  page.audioFile = e.target.files[0] || null;
+  $("audio-info").textContent = page.audioFile
+    ? `“${page.audioFile.name}”, ${formatBytes(page.audioFile.size)}.`
+    : "WAV, MP3, OGG, WebM… The server decodes it.";
+  updateControls();
+});
+for (const radio of document.querySelectorAll('input[name="source"]')) {
+  radio.addEventListener("change", (e) => setMode(e.target.value));
+}
+$("opt-expression").addEventListener("input", (e) => {
+  $("opt-expression-value").textContent = Number(e.target.value).toFixed(1);
+});
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);
+$("cancel").addEventListener("click", cancel);
+$("download").addEventListener("click", download);
+
+const drop = $("drop-zone");
+drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  drop.classList.add("dragging");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("dragging");
+  if (ACTIVE.has(hook.state)) return;
+  const file = e.dataTransfer.files[0];
+  if (file) choosePortrait(file);
+});
+
+setInterval(updateStats, STATS_INTERVAL_MS);
+setMode(document.querySelector('input[name="source"]:checked').value);
+setState("idle");

@@ -181,7 +181,7 @@ def test_bad_stream_messages_end_only_their_session(client: TestClient, avatar_i
 
 
 def test_oversized_messages_and_sessions_over_the_limit(triton_server: EmbeddedTriton, astronaut_jpeg: bytes) -> None:
-    with TestClient(create_app(_settings(triton_server, max_message_bytes=4096, max_sessions=1))) as small:
+    with TestClient(create_app(_settings(triton_server, max_portrait_bytes=4096))) as small:
         avatar = small.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
         assert avatar.status_code == 413 and "limit" in avatar.json()["error"]["message"]
     with TestClient(create_app(_settings(triton_server, max_message_bytes=64 * 1024, max_sessions=1))) as small:
@@ -203,8 +203,8 @@ def test_a_client_that_vanishes_mid_stream_leaves_nothing_behind(
         ws.send_text(json.dumps({"type": "start", "avatar_id": avatar_id}))
         assert ws.receive_json()["type"] == "ready"
         ws.receive_bytes()  # init segment
-        ws.send_bytes(speech[:16000].astype("<i2").tobytes())
-        ws.receive_bytes()  # a first fragment is on its way: the session is busy rendering
+        ws.send_bytes(speech[:32000].astype("<i2").tobytes())  # 50 frames: chunk 0 and its 13-frame lookahead
+        ws.receive_bytes()  # a first fragment arrived: the session is busy rendering the next ones
     # The socket is gone; the session's tasks are cancelled and its slot is free again.
     result = stream(client, avatar_id, speech[:3200])
     assert result.end is not None and result.end["frames"] == 5

@@ -1,0 +1,213 @@
+"""Streaming is seamless and matches the offline reference; sessions stay apart; Triton outages are survived.
+
+All against the real embedded Triton serving the reduced models (random weights).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gateway_helpers import decode_video, read_wav_int16, stream
+from PIL import Image
+from skimage import data
+from starlette.testclient import TestClient
+
+from export.reference import AvatarInputs, Options, ReferencePipeline
+from export.repository import RepositorySettings, write_repository
+from export.stages import StageFactory
+from gateway.app import create_app
+from gateway.avatar_store import AvatarState, AvatarStore
+from gateway.avatars import AvatarLimits
+from gateway.metrics import Metrics
+from gateway.session import SessionOptions, StreamSession
+from gateway.settings import Settings
+from gateway.timeline import RenderRequest
+from gateway.triton import TritonClient
+from gateway.triton_server import EmbeddedTriton
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def speech(spoken_wav: Path) -> np.ndarray:
+    return read_wav_int16(spoken_wav)[: 16000 * 3 // 2 + 321]  # 37 frames and a tail
+
+
+async def _avatar(url: str, portrait: bytes) -> AvatarState:
+    triton = TritonClient(url, timeout_s=60, metrics=Metrics())
+    try:
+        return await AvatarStore(triton, AvatarLimits()).add(portrait)
+    finally:
+        await triton.close()
+
+
+async def _served_faces(url: str, avatar: AvatarState, pcm: np.ndarray, options: SessionOptions) -> np.ndarray:
+    """The faces of one streamed session, before paste-back and encoding, with audio arriving in pieces."""
+    triton = TritonClient(url, timeout_s=120, metrics=Metrics())
+    faces: dict[int, np.ndarray] = {}
+
+    def observe(request: RenderRequest, chunk: np.ndarray) -> None:
+        for frame, face in zip(request.frames, chunk, strict=True):
+            faces[frame] = face
+
+    async def discard(item: bytes | dict[str, object]) -> None:
+        pass
+
+    session = StreamSession(avatar, options, triton, Metrics(), observe=observe)
+    try:
+        running = asyncio.create_task(session.run(discard))
+        for start in range(0, pcm.size, 2731):
+            session.feed(pcm[start : start + 2731].astype(np.float32) / 32768.0)
+            await asyncio.sleep(0)  # let the session schedule work between pieces, as a socket would
+        session.end()
+        await running
+    finally:
+        await triton.close()
+    return np.stack([faces[i] for i in range(len(faces))])
+
+
+@pytest.mark.parametrize("pose", ["still", "audio"])
+def test_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray, pose: str
+) -> None:
+    avatar = asyncio.run(_avatar(triton_server.grpc_url, astronaut_jpeg))
+    served = {
+        k: asyncio.run(
+            _served_faces(
+                triton_server.grpc_url,
+                avatar,
+                speech,
+                SessionOptions(pose=pose, seed=7, pose_style=5, chunk_frames=k),  # type: ignore[arg-type]
+            )
+        )
+        for k in (4, 8, 16)
+    }
+    assert served[8].shape == (speech.size // 640, 256, 256, 3)
+    np.testing.assert_array_equal(served[4], served[8])
+    np.testing.assert_array_equal(served[16], served[8])
+
+    # The offline PyTorch pipeline on the same portrait crop, with face_recon's coefficients from PyTorch too.
+    aligned = torch.from_numpy(avatar.avatar.aligned.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
+    with torch.no_grad():
+        coeffs = reduced_factory.build("face_recon")(aligned)[0].numpy()
+    reference = ReferencePipeline(reduced_factory).render(
+        AvatarInputs(crop=np.array(avatar.avatar.crop), coeffs=coeffs),
+        speech.astype(np.float32) / 32768.0,
+        options=Options(pose=pose, seed=7, pose_style=5),  # type: ignore[arg-type]
+    )
+    difference = np.abs(served[8].astype(np.int16) - reference.astype(np.int16))
+    # fp32 ONNX Runtime vs PyTorch (and mel spans vs the whole clip): within a level of rounding.
+    assert difference.max() <= 2, difference.max()
+    assert (difference == 0).mean() > 0.98
+
+
+def _mirrored_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(data.astronaut()[:, ::-1])).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_concurrent_sessions_each_get_their_own_face(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    settings = Settings(triton_url=triton_server.grpc_url, demo=True)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        portraits = {"plain": astronaut_jpeg, "mirrored": _mirrored_jpeg()}
+        ids = {
+            name: client.post("/v1/avatars", files={"image": ("p.jpg", jpeg, "image/jpeg")}).json()
+            for name, jpeg in portraits.items()
+        }
+        assert ids["plain"]["avatar_id"] != ids["mirrored"]["avatar_id"]
+        results: dict[str, np.ndarray] = {}
+
+        def run(name: str) -> None:
+            result = stream(client, ids[name]["avatar_id"], speech[:16000], piece=4000)
+            results[name] = decode_video(result.mp4)[0][10].astype(np.float32)
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in portraits]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        originals = {
+            name: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32)
+            for name, jpeg in portraits.items()
+        }
+        for name in portraits:
+            other = "mirrored" if name == "plain" else "plain"
+            own_error = np.abs(results[name] - originals[name]).mean()
+            other_error = np.abs(results[name] - originals[other]).mean()
+            assert own_error < other_error / 3, (name, own_error, other_error)
+
+
+@pytest.fixture
+def own_server(reduced_onnx_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, EmbeddedTriton]]:
+    """A Triton of this test's own, to kill and restart."""
+    repository = write_repository(reduced_onnx_dir, tmp_path / "repository", RepositorySettings(intra_op_threads=1))
+    server = EmbeddedTriton().start(repository.path, auto_complete_config=False)
+    try:
+        yield repository.path, server
+    finally:
+        server.stop()
+
+
+def test_triton_down_at_start_killed_mid_session_and_back(
+    own_server: tuple[Path, EmbeddedTriton], astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    repository, server = own_server
+    port = server.ports.grpc
+    settings = Settings(triton_url=server.grpc_url, demo=True, triton_timeout_s=30)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        avatar_id = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()[
+            "avatar_id"
+        ]
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps({"type": "start", "avatar_id": avatar_id}))
+            assert ws.receive_json()["type"] == "ready"
+            ws.receive_bytes()  # init segment
+            server.stop()  # Triton dies while the session waits for audio
+            ws.send_bytes(speech.astype("<i2").tobytes())
+            ws.send_text(json.dumps({"type": "end"}))
+            error = None
+            while error is None:
+                message = ws.receive()
+                assert message["type"] != "websocket.close", "closed without an error message"
+                if message.get("text"):
+                    payload = json.loads(message["text"])
+                    error = payload if payload["type"] == "error" else None
+            assert error is not None and error["code"] == "inference_unavailable", error
+            assert "inference server" in error["message"]
+        # The gateway is alive and says why it is not ready; new work is refused in words.
+        assert client.get("/healthz").status_code == 200
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503 and "unreachable" in not_ready.json()["reason"]
+        refused = client.post("/v1/avatars", files={"image": ("m.jpg", _mirrored_jpeg(), "image/jpeg")})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "inference_unavailable"
+        # Triton comes back on the same port: the same gateway serves again.
+        with EmbeddedTriton().start(repository, grpc_port=port, auto_complete_config=False):
+            assert client.get("/readyz").status_code == 200
+            result = stream(client, avatar_id, speech[:6400])
+            assert result.end is not None and result.end["frames"] == 10
+
+
+def test_gateway_started_without_triton_explains_and_stays_up(astronaut_jpeg: bytes) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port with nothing behind it
+        sock.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+    with TestClient(create_app(Settings(triton_url=url, triton_timeout_s=5))) as client:  # type: ignore[call-arg]
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "unreachable" in ready.json()["reason"]
+        refused = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+        assert refused.status_code == 503
+        assert "inference server" in refused.json()["error"]["message"]

@@ -331,3 +331,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app configured from LIPSYNC_* variables (``uvicorn gateway.app:app_from_env --factory``)."""
+    return create_app(Settings())

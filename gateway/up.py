@@ -1,41 +1,32 @@
-"""Bring up the whole system in order: weights → ONNX graphs → model repository → Triton → gateway.
+"""Bring up the whole system in order: weights → ONNX graphs → model repository → Triton → gateway + page.
 
-Export steps run as ``python -m export`` subprocesses so that this process never imports PyTorch.
-A step whose code has not landed yet is reported as such and stops the bring-up: a half system
-that looks like a whole one would be worse than a clear message.
+Export steps run as ``python -m export`` subprocesses so that this process never imports PyTorch; each
+step is skipped when its output is already there. Ctrl-C (or SIGTERM) stops the gateway and the embedded
+Triton with all its stub processes.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from pathlib import Path
 
+import uvicorn
+
+from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.triton_server import EmbeddedTriton, exit_on_signals
 
 log = logging.getLogger("lipsync.up")
 
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    module: str  # the module that implements it; absent until its issue lands
-    issue: int
+# Written after a successful export (with parity checks), so an interrupted export is redone.
+EXPORT_COMPLETE = "export-complete"
 
 
-# In bring-up order. The first three are export-side and run in subprocesses.
-STEPS = (
-    Step("export ONNX graphs (python -m export onnx)", "export.onnx", 3),
-    Step("write the model repository (python -m export repository)", "export.repository", 5),
-    Step("start embedded Triton", "gateway.triton_server", 5),
-    Step("start the gateway and the page", "gateway.app", 6),
-)
-
-
-def _implemented(step: Step) -> bool:
-    return importlib.util.find_spec(step.module) is not None
+def _run(step: str, command: list[str]) -> bool:
+    log.info("%s: %s", step, " ".join(command[1:]))
+    return subprocess.run(command, check=False).returncode == 0
 
 
 def _check_weights(settings: Settings) -> bool:
@@ -54,19 +45,58 @@ def _check_weights(settings: Settings) -> bool:
     download = [sys.executable, "-m", "export", "download", *where]
     if settings.weights_mirror:
         download += ["--base-url", settings.weights_mirror]
-    return subprocess.run(download, check=False).returncode == 0
+    return _run("weights", download)
+
+
+def _onnx_dir(settings: Settings) -> Path:
+    return settings.artifacts_dir / "onnx" / ("demo" if settings.demo else f"official-{settings.size}")
+
+
+def _export(settings: Settings) -> bool:
+    out = _onnx_dir(settings)
+    if (out / EXPORT_COMPLETE).exists():
+        log.info("ONNX graphs: reusing %s", out)
+        return True
+    command = [sys.executable, "-m", "export", "onnx", "--out", str(out), "--check"]
+    if settings.demo:
+        command += ["--reduced", "--with-gfpgan"]
+    else:
+        command += ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.size)]
+        if (settings.checkpoint_dir / "GFPGANv1.4.pth").is_file():
+            command.append("--with-gfpgan")
+    if not _run("export ONNX graphs", command):
+        return False
+    (out / EXPORT_COMPLETE).touch()
+    return True
+
+
+def _repository(settings: Settings) -> bool:
+    command = [sys.executable, "-m", "export", "repository", "--target", "cpu"]
+    return _run(
+        "model repository", [*command, "--onnx", str(_onnx_dir(settings)), "--out", str(settings.model_repository)]
+    )
 
 
 def bring_up(settings: Settings) -> int:
-    """Run every step that exists, in order; report the first that does not and return non-zero."""
-    if not _check_weights(settings):
+    """Run every step in order; stop at the first that fails, saying why. Blocks while serving."""
+    if not (_check_weights(settings) and _export(settings) and _repository(settings)):
         return 1
-    missing = [s for s in STEPS if not _implemented(s)]
-    if missing:
-        log.error("the system cannot start yet; these parts are not built:")
-        for step in missing:
-            log.error("  - %s (issue %d; %s does not exist yet)", step.name, step.issue, step.module)
-        return 1
-    # Every step exists: the real sequence lands with the gateway (issue 6).
-    log.error("all parts exist but the bring-up sequence is not wired yet (issue 6)")
-    return 1
+    exit_on_signals()
+    triton: EmbeddedTriton | None = None
+    try:
+        if settings.triton_url is None:
+            log.info("starting the embedded Triton (CPU, Python backend + ONNX Runtime)")
+            triton = EmbeddedTriton().start(settings.model_repository, auto_complete_config=False)
+            settings = settings.model_copy(update={"triton_url": triton.grpc_url})
+        app = create_app(settings)
+        label = " (DEMO: random weights, not a result)" if settings.demo else ""
+        log.info("open http://%s:%d/ in a browser%s", settings.host, settings.port, label)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level="info", ws_max_size=settings.max_message_bytes
+        )
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        if triton is not None:
+            triton.stop()
+    return 0

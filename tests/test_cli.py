@@ -46,9 +46,3 @@ def test_up_without_weights_tries_the_download_then_stops_with_instructions(
     assert not list(tmp_path.iterdir())  # nothing half-downloaded is left in place
 
 
-def test_demo_is_labelled_and_refuses_to_start_a_half_system() -> None:
-    # Until the gateway lands (issue 6) the bring-up must name the missing parts and exit non-zero.
-    result = _run("-m", "gateway", "up", "--demo")
-    assert "DEMO MODE" in result.stderr
-    assert result.returncode == 1
-    assert "gateway.app does not exist yet" in result.stderr

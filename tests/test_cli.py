@@ -44,5 +44,3 @@ def test_up_without_weights_tries_the_download_then_stops_with_instructions(
     assert f"cannot reach {mirror}/SadTalker_V0.0.2_256.safetensors" in result.stderr
     assert "Official weights are missing" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-downloaded is left in place
-
-

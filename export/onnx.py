@@ -103,11 +103,14 @@ def export_stage(
     return path
 
 
-def relative_error(have: np.ndarray, want: np.ndarray) -> float:
+def relative_error(have: np.ndarray | torch.Tensor, want: np.ndarray | torch.Tensor) -> float:
     """‖have − want‖₂ / ‖want‖₂ in float64 (the measure every parity bound in this project uses)."""
-    want = np.asarray(want, dtype=np.float64)
-    denominator = float(np.linalg.norm(want))
-    return float(np.linalg.norm(np.asarray(have, dtype=np.float64) - want)) / max(denominator, 1e-30)
+    have64, want64 = (
+        (x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64))
+        for x in (have, want)
+    )
+    denominator = float(np.linalg.norm(want64))
+    return float(np.linalg.norm(have64 - want64)) / max(denominator, 1e-30)
 
 
 def _describe(t: TensorIO) -> dict[str, Any]:

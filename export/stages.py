@@ -72,32 +72,21 @@ def _mel(variant: Variant, weights: _Weights | None) -> nn.Module:
     return MelSpectrogram()
 
 
-def _audio2exp(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return audio2exp.Audio2Exp(audio2exp.REDUCED)
-    state, source = weights.get(_SADTALKER, "audio2exp.")
-    return audio2exp.load_audio2exp(state, audio2exp.FULL_256, source)
+def _networks(
+    file_name: str,
+    prefix: str,
+    reduced: Callable[[Variant], nn.Module],
+    load: Callable[[StateDict, str, Variant], nn.Module],
+) -> Builder:
+    """A network built from ``prefix`` in an official file, or its reduced form with random weights."""
 
+    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+        if weights is None:
+            return reduced(variant)
+        state, source = weights.get(file_name, prefix)
+        return load(state, source, variant)
 
-def _audio2pose(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return audio2pose.Audio2Pose(audio2pose.REDUCED)
-    state, source = weights.get(_SADTALKER, "audio2pose.")
-    return audio2pose.load_audio2pose(state, audio2pose.FULL_256, source)
-
-
-def _face_recon(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return face_recon.FaceRecon(face_recon.REDUCED)
-    state, source = weights.get(_SADTALKER, "face_3drecon.")
-    return face_recon.load_face_recon(state, face_recon.FULL_256, source)
-
-
-def _kp_detector(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return keypoints.KPDetector(keypoints.REDUCED)
-    state, source = weights.get(_SADTALKER, "kp_extractor.")
-    return keypoints.load_kp_detector(state, keypoints.FULL_256, source)
+    return build
 
 
 def _mapping(file_name: str) -> Builder:
@@ -113,30 +102,46 @@ def _mapping(file_name: str) -> Builder:
     return build
 
 
-def _generator(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return generator.Generator(generator.REDUCED, variant.grid_sample)
-    state, source = weights.get(_SADTALKER, "generator.")
-    return generator.load_generator(state, generator.FULL_256, source, variant.grid_sample)
-
-
-def _gfpgan(variant: Variant, weights: _Weights | None) -> nn.Module:
-    if weights is None:
-        return gfpgan.GFPGAN(gfpgan.REDUCED)
-    state, source = weights.get("GFPGANv1.4.pth")
-    return gfpgan.load_gfpgan(state, gfpgan.FULL_512, source)
-
-
 BUILDERS: dict[str, Builder] = {
     "mel": _mel,
-    "audio2exp": _audio2exp,
-    "audio2pose": _audio2pose,
-    "face_recon": _face_recon,
-    "kp_detector": _kp_detector,
+    "audio2exp": _networks(
+        _SADTALKER,
+        "audio2exp.",
+        lambda v: audio2exp.Audio2Exp(audio2exp.REDUCED),
+        lambda state, source, v: audio2exp.load_audio2exp(state, audio2exp.FULL_256, source),
+    ),
+    "audio2pose": _networks(
+        _SADTALKER,
+        "audio2pose.",
+        lambda v: audio2pose.Audio2Pose(audio2pose.REDUCED),
+        lambda state, source, v: audio2pose.load_audio2pose(state, audio2pose.FULL_256, source),
+    ),
+    "face_recon": _networks(
+        _SADTALKER,
+        "face_3drecon.",
+        lambda v: face_recon.FaceRecon(face_recon.REDUCED),
+        lambda state, source, v: face_recon.load_face_recon(state, face_recon.FULL_256, source),
+    ),
+    "kp_detector": _networks(
+        _SADTALKER,
+        "kp_extractor.",
+        lambda v: keypoints.KPDetector(keypoints.REDUCED),
+        lambda state, source, v: keypoints.load_kp_detector(state, keypoints.FULL_256, source),
+    ),
     "mapping": _mapping("mapping_00229-model.pth.tar"),
     "mapping_full": _mapping("mapping_00109-model.pth.tar"),
-    "generator": _generator,
-    "gfpgan": _gfpgan,
+    "generator": _networks(
+        _SADTALKER,
+        "generator.",
+        lambda v: generator.Generator(generator.REDUCED, v.grid_sample),
+        lambda state, source, v: generator.load_generator(state, generator.FULL_256, source, v.grid_sample),
+    ),
+    "gfpgan": _networks(
+        "GFPGANv1.4.pth",
+        "",
+        lambda v: gfpgan.GFPGAN(gfpgan.REDUCED),
+        lambda state, source, v: gfpgan.load_gfpgan(state, gfpgan.FULL_512, source),
+    ),
     # Ensemble glue (no weights); appended last so the stages above keep their seeds.
     "mel_windows": lambda variant, weights: ensemble_steps.MelWindows(),
     "face_to_uint8": lambda variant, weights: ensemble_steps.FaceToUint8(),

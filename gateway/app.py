@@ -264,7 +264,11 @@ def create_app(settings: Settings) -> FastAPI:
         with ctx.session_slot():
             session = ctx.new_session(state, start.options.session_options())
             session_id = uuid.uuid4().hex
-            await websocket.send_json({**session.ready_message(), "session_id": session_id})
+            limits = {
+                "max_message_bytes": settings.max_message_bytes,
+                "max_session_seconds": settings.max_session_seconds,
+            }
+            await websocket.send_json({**session.ready_message(), "session_id": session_id, "limits": limits})
             log.info("session %s: avatar %s, %s", session_id, state.id[:12], start.options)
 
             async def send(item: bytes | dict[str, Any]) -> None:

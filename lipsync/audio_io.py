@@ -23,7 +23,8 @@ def decode_audio(source: bytes | Path, *, max_seconds: float | None = None) -> n
     try:
         container = av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), mode="r")
     except (av.error.FFmpegError, OSError) as err:
-        raise AudioDecodeError(f"not an audio file FFmpeg can read ({err})") from err
+        # FFmpeg's own wording ("Invalid data found when processing input") stays in the chain, for logs.
+        raise AudioDecodeError("it is not an audio file in a format we read (WAV, MP3, OGG, WebM, …)") from err
     with container:
         if not container.streams.audio:
             raise AudioDecodeError("the file has no audio stream")
@@ -40,7 +41,7 @@ def decode_audio(source: bytes | Path, *, max_seconds: float | None = None) -> n
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as err:
-            raise AudioDecodeError(f"the audio stream is corrupt ({err})") from err
+            raise AudioDecodeError("the audio stream is damaged part-way through") from err
     if not pieces:
         raise AudioDecodeError("the audio stream is empty")
     return np.concatenate(pieces).astype(np.float32)

@@ -10,15 +10,12 @@ import pytest
 import torch
 
 from export.models.audio2exp import FULL_256, REDUCED, Audio2Exp, convert_state_dict, load_audio2exp
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(ours.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
 @pytest.fixture(scope="module")

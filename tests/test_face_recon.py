@@ -20,18 +20,13 @@ from export.models.face_recon import (
     load_face_recon,
     split_coeffs,
 )
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 PREFIX = "face_3drecon."
-
-
-def rel_err(ours: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    a = torch.as_tensor(ours, dtype=torch.float64)
-    b = torch.as_tensor(ref, dtype=torch.float64)
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.fixture(scope="module")

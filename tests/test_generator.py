@@ -23,6 +23,7 @@ from export.models.generator import (
     load_generator,
     trilinear_sample,
 )
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
@@ -39,11 +40,6 @@ FORMS: tuple[GridSampleForm, ...] = ("5d", "4d")
 # measured). 1e-5 would be tighter than the 5-D form's own rounding at 256²; the bounds leave ≈ 2.5× headroom.
 SAMPLER_F32_BOUND = 3e-5
 GENERATOR_F32_BOUND = 3e-5
-
-
-def rel_err(ours: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    a, b = torch.as_tensor(ours).double(), torch.as_tensor(ref).double()
-    return float((a - b).norm() / b.norm())
 
 
 def random_inputs(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -20,17 +20,12 @@ from export.models.gfpgan import (
     convert_state_dict,
     load_gfpgan,
 )
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest
 
 FILE = "GFPGANv1.4.pth"
-
-
-def rel_err(ours: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    a = torch.as_tensor(ours, dtype=torch.float64)
-    b = torch.as_tensor(ref, dtype=torch.float64)
-    return float((a - b).norm() / b.norm())
 
 
 def grouped_modulated_conv(conv: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,13 @@ import pytest
 import torch
 
 from export.models.keypoints import FULL_256, REDUCED, KPDetector, load_kp_detector
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 PREFIX = "kp_extractor."
-
-
-def rel_err(ours: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    a, b = torch.as_tensor(ours).double(), torch.as_tensor(ref).double()
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,13 @@ from export.models.mapping import (
     rotation_matrix,
     transform_keypoints,
 )
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest
 
 CASES = [("mapping_00229-model.pth.tar", "mapping.npz"), ("mapping_00109-model.pth.tar", "mapping_still.npz")]
 HEADS = ("yaw", "pitch", "roll", "t", "exp")
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(ours.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
 def official(file_name: str) -> StateDict:

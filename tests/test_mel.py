@@ -12,12 +12,9 @@ import torch
 from scipy.signal import lfilter
 
 from export import mel
+from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
 from lipsync import audio
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(ours.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
 @pytest.fixture(scope="module")

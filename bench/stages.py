@@ -48,7 +48,8 @@ def _measure(stage: str, factory: StageFactory, args: argparse.Namespace, scratc
 
     spec, module = STAGES[stage], factory.build(stage)
     inputs = sample_inputs(spec, args.batch, torch.Generator().manual_seed(0), TRACE_SIZES)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    module.requires_grad_(False)  # FlopCounterMode's module tracker cannot run under no_grad; this is the same
+    with FlopCounterMode(display=False) as counter:
         module(*inputs)
     gflop = counter.get_total_flops() / 1e9 / args.batch
     with torch.no_grad():

@@ -16,6 +16,17 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# gRPC channel options. Passing any replaces tritonclient's defaults, so the message limits are restated.
+# The reconnect backoff is capped at one second: after a Triton restart the gateway serves again at once
+# instead of waiting out gRPC's default exponential backoff (up to two minutes).
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class TritonClient:
     """Async gRPC client for one Triton server (``host:port``)."""
@@ -24,7 +35,7 @@ class TritonClient:
         self.url = url
         self.timeout_s = timeout_s
         self.metrics = metrics
-        self._client = InferenceServerClient(url)
+        self._client = InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
 
     async def close(self) -> None:
         await self._client.close()

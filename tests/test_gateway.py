@@ -209,6 +209,19 @@ def test_a_client_that_vanishes_mid_stream_leaves_nothing_behind(
     result = stream(client, avatar_id, speech[:3200])
     assert result.end is not None and result.end["frames"] == 5
     assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
+    assert client.portal is not None
+    assert client.portal.call(_session_tasks) == []  # nothing of either session is still running
+
+
+async def _session_tasks() -> list[str]:
+    """Tasks in the app's event loop that belong to a streaming session (gateway.session)."""
+    import asyncio
+
+    return [
+        repr(task.get_coro())
+        for task in asyncio.all_tasks()
+        if any(name in repr(task.get_coro()) for name in ("StreamSession", "run_together", "_receive_audio"))
+    ]
 
 
 def test_access_token_and_origin_checks(triton_server: EmbeddedTriton, astronaut_jpeg: bytes) -> None:

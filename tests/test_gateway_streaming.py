@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,7 +194,11 @@ def test_triton_down_at_start_killed_mid_session_and_back(
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "inference_unavailable"
         # Triton comes back on the same port: the same gateway serves again.
         with EmbeddedTriton().start(repository, grpc_port=port, auto_complete_config=False):
-            assert client.get("/readyz").status_code == 200
+            # As a readiness probe would: the gRPC channel reconnects within its (1 s) backoff.
+            deadline = time.monotonic() + 30
+            while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert ready.status_code == 200, ready.text
             result = stream(client, avatar_id, speech[:6400])
             assert result.end is not None and result.end["frames"] == 10
 

@@ -68,6 +68,13 @@ def synthetic_state_dict(manifest: Manifest, seed: int = 0, prefix: str = "") ->
     return state
 
 
+def golden_weights(file_name: str, prefix: str = "") -> StateDict:
+    """The golden-rule tensors of one official file under ``prefix``, with the prefix removed (what
+    ``shared/golden`` was computed with, as the checkpoint filters receive it)."""
+    state = synthetic_state_dict(read_manifest(file_name), prefix=prefix)
+    return {name[len(prefix) :]: tensor for name, tensor in state.items()}
+
+
 def write_synthetic_checkpoint(file_name: str, directory: Path, seed: int = 0) -> Path:
     """Write ``directory/file_name`` in the official format, filled with synthetic values."""
     if file_name not in MANIFESTED_FILES:

@@ -19,15 +19,15 @@ from export.models.audio2pose import (
 )
 from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
-from export.synthetic import synthetic_state_dict
-from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
+from export.synthetic import golden_weights
+from export.weights import CheckpointError, StateDict
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 
 
 @pytest.fixture(scope="module")
 def official() -> StateDict:
-    return strip_prefix(synthetic_state_dict(read_manifest(FILE), prefix="audio2pose."), "audio2pose.")
+    return golden_weights(FILE, "audio2pose.")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from export.models.face_recon import (
 )
 from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
-from export.synthetic import synthetic_state_dict
-from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
+from export.synthetic import golden_weights as golden_rule_weights
+from export.weights import CheckpointError, StateDict, read_manifest
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 PREFIX = "face_3drecon."
@@ -31,7 +31,7 @@ PREFIX = "face_3drecon."
 
 @pytest.fixture(scope="module")
 def golden_weights() -> StateDict:
-    return strip_prefix(synthetic_state_dict(read_manifest(FILE), prefix=PREFIX), PREFIX)
+    return golden_rule_weights(FILE, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from export.models.generator import (
 )
 from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
-from export.synthetic import synthetic_state_dict
-from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
+from export.synthetic import golden_weights
+from export.weights import CheckpointError, StateDict
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 PREFIX = "generator."
@@ -59,7 +59,7 @@ def reduced_generator(form: GridSampleForm, seed: int = 0) -> Generator:
 @pytest.fixture(scope="module")
 def official() -> StateDict:
     """The golden-rule tensors of the generator group (spectral-norm triples included), prefix stripped."""
-    return strip_prefix(synthetic_state_dict(read_manifest(FILE), prefix=PREFIX), PREFIX)
+    return golden_weights(FILE, PREFIX)
 
 
 @pytest.fixture(scope="module")

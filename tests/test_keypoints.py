@@ -13,8 +13,8 @@ import torch
 from export.models.keypoints import FULL_256, REDUCED, KPDetector, load_kp_detector
 from export.onnx import relative_error as rel_err
 from export.paths import GOLDEN_DIR
-from export.synthetic import synthetic_state_dict
-from export.weights import CheckpointError, StateDict, read_manifest, strip_prefix
+from export.synthetic import golden_weights
+from export.weights import CheckpointError, StateDict
 
 FILE = "SadTalker_V0.0.2_256.safetensors"
 PREFIX = "kp_extractor."
@@ -23,7 +23,7 @@ PREFIX = "kp_extractor."
 @pytest.fixture(scope="module")
 def official() -> StateDict:
     """The golden-rule tensors of the kp_extractor group, prefix stripped."""
-    return strip_prefix(synthetic_state_dict(read_manifest(FILE), prefix=PREFIX), PREFIX)
+    return golden_weights(FILE, PREFIX)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from torch import nn
 from export import ensemble_steps
 from export.mel import MelSpectrogram
 from export.models import audio2exp, audio2pose, face_recon, generator, gfpgan, keypoints, mapping
-from export.weights import StateDict, read_checkpoint, strip_prefix
+from export.weights import MANIFESTED_FILES, StateDict, is_synthetic, read_checkpoint, strip_prefix
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ class Variant:
 
     def describe(self) -> dict[str, object]:
         """Provenance for sidecars and logs: never lets random weights pass for official ones."""
-        if self.reduced:
+        if self.checkpoints is None:
             weights = f"RANDOM (reduced architecture, seed {self.seed}) - not a result of the models"
+        elif any(is_synthetic(p) for p in sorted(self.checkpoints.glob("*")) if p.name in MANIFESTED_FILES):
+            weights = f"SYNTHETIC official-layout checkpoints in {self.checkpoints} - not the official weights"
         else:
             weights = f"official checkpoints in {self.checkpoints}"
         return {"weights": weights, "reduced": self.reduced, "size": self.size, "grid_sample": self.grid_sample}

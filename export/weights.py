@@ -87,6 +87,17 @@ def read_checkpoint(path: Path) -> StateDict:
     )
 
 
+def is_synthetic(path: Path) -> bool:
+    """Whether a checkpoint file was written by ``python -m export synthetic`` (it marks its files)."""
+    if path.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("synthetic") == "true"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return isinstance(payload, Mapping) and payload.get("synthetic") is True
+
+
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     """The tensors under ``prefix`` (e.g. ``generator.``), with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}

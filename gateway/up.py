@@ -7,6 +7,7 @@ Triton with all its stub processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -70,6 +71,13 @@ def _export(settings: Settings) -> bool:
     return True
 
 
+def _exported_from_official_weights(settings: Settings) -> bool:
+    """What the export recorded about its weights (the sidecar of the generator graph)."""
+    sidecar = _onnx_dir(settings) / "generator.json"
+    weights = str(json.loads(sidecar.read_text()).get("weights", "")) if sidecar.is_file() else ""
+    return weights.startswith("official checkpoints")
+
+
 def _repository(settings: Settings) -> bool:
     command = [sys.executable, "-m", "export", "repository", "--target", "cpu"]
     return _run(
@@ -81,6 +89,9 @@ def bring_up(settings: Settings) -> int:
     """Run every step in order; stop at the first that fails, saying why. Blocks while serving."""
     if not (_check_weights(settings) and _export(settings) and _repository(settings)):
         return 1
+    if not settings.demo and not _exported_from_official_weights(settings):
+        log.warning("the exported models were not made from the official weights: serving them labelled DEMO")
+        settings = settings.model_copy(update={"demo": True})
     exit_on_signals()
     triton: EmbeddedTriton | None = None
     try:

@@ -44,3 +44,21 @@ def test_up_without_weights_tries_the_download_then_stops_with_instructions(
     assert f"cannot reach {mirror}/SadTalker_V0.0.2_256.safetensors" in result.stderr
     assert "Official weights are missing" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-downloaded is left in place
+
+
+def test_up_labels_models_not_exported_from_official_weights(tmp_path: Path) -> None:
+    import json
+
+    from gateway.settings import Settings
+    from gateway.up import _exported_from_official_weights, _onnx_dir
+
+    settings = Settings(artifacts_dir=tmp_path)  # type: ignore[call-arg]
+    sidecar = _onnx_dir(settings) / "generator.json"
+    sidecar.parent.mkdir(parents=True)
+    for weights, official in [
+        ("SYNTHETIC official-layout checkpoints in /x - not the official weights", False),
+        ("RANDOM (reduced architecture, seed 0) - not a result of the models", False),
+        ("official checkpoints in /x", True),
+    ]:
+        sidecar.write_text(json.dumps({"weights": weights}))
+        assert _exported_from_official_weights(settings) is official

@@ -142,3 +142,21 @@ def test_read_checkpoint_reports_missing_files_and_unknown_pickles(tmp_path: Pat
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(CheckpointError, match=r"odd\.pth.*found \['state_dict'\]"):
         read_checkpoint(bad)
+
+
+def test_synthetic_checkpoints_are_never_taken_for_official_ones(
+    synthetic_checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from export.stages import Variant
+    from export.weights import is_synthetic
+
+    for name in ("SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar"):
+        assert is_synthetic(synthetic_checkpoint(name))
+    directory = synthetic_checkpoint("mapping_00229-model.pth.tar").parent
+    assert str(Variant(directory).describe()["weights"]).startswith("SYNTHETIC")
+    # A file without the marker (as upstream's files are) counts as official.
+    unmarked = tmp_path / "mapping_00229-model.pth.tar"
+    torch.save({"mapping": read_checkpoint(synthetic_checkpoint("mapping_00229-model.pth.tar"))}, unmarked)
+    assert not is_synthetic(unmarked)
+    assert str(Variant(tmp_path).describe()["weights"]).startswith("official")
+    assert str(Variant(None).describe()["weights"]).startswith("RANDOM")

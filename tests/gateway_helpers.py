@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,3 +90,19 @@ def decode_video(mp4: bytes) -> tuple[list[np.ndarray], list[bool], list[int], f
         samples = sum(f.samples for f in container.decode(audio=0))
         rate = container.streams.audio[0].rate
     return frames, keyframes, pts, samples / rate
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains ``text`` (our tmp repository paths are unique)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append((int(entry.name), cmdline))
+    return found

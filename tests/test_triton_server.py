@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from gateway_helpers import processes_mentioning
 
 from gateway.triton_server import EmbeddedTriton, TritonStartError, find_tritonserver
 
@@ -66,22 +67,6 @@ def write_repository(root: Path, model_py: str) -> Path:
     (model_dir / "config.pbtxt").write_text(ADD_ONE_CONFIG)
     (model_dir / "1" / "model.py").write_text(model_py)
     return root
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains ``text`` (our tmp repository paths are unique)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append((int(entry.name), cmdline))
-    return found
 
 
 def listening_addresses(port: int) -> set[str]:

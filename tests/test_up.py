@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from gateway_helpers import processes_mentioning
 
 from gateway.up import EXPORT_COMPLETE
 
@@ -25,18 +26,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -77,10 +66,10 @@ def test_demo_starts_everything_and_ctrl_c_stops_everything(reduced_onnx_dir: Pa
         assert json.loads(body)["status"] == "ready"
         page_status, page = _get(f"http://127.0.0.1:{port}/")
         assert page_status == 200 and "<html" in page.lower()
-        assert _processes_mentioning(str(repository)), "the embedded tritonserver is not running"
+        assert processes_mentioning(str(repository)), "the embedded tritonserver is not running"
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 0, output
     assert "DEMO" in output
-    assert _processes_mentioning(str(repository)) == []
+    assert processes_mentioning(str(repository)) == []

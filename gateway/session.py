@@ -30,9 +30,10 @@ from lipsync.audio import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-# Frames a frame waits for, beyond its own audio: the mel window (≈ 92.5 ms) and the mapping window (13
-# frames); in pose mode `audio` also a whole 32-frame pose window and 6 frames of smoothing.
-LOOKAHEAD_MS = {"still": 13 * 40 + 92.5, "audio": (31 + 6 + 13) * 40 + 92.5}
+# Audio a frame waits for beyond its own: the mapping window (13 frames) and the mel window of the last of
+# them (≈ 92.5 ms + the 40 ms granularity of whole frames); in pose mode `audio` also the rest of a 32-frame
+# pose window and 6 frames of smoothing.
+LOOKAHEAD_MS = {"still": 13 * 40 + 92.5 + 40, "audio": (31 + 6 + 13) * 40 + 92.5 + 40}
 
 Send = Callable[[bytes | dict[str, Any]], Awaitable[None]]
 
@@ -74,7 +75,7 @@ class StreamSession:
         triton: TritonClient,
         metrics: Metrics,
         *,
-        motion_block: int = 8,
+        motion_block: int = 4,
         max_inflight: int = 3,
         demo: bool = False,
         observe: Callable[[RenderRequest, np.ndarray], None] | None = None,
@@ -87,6 +88,7 @@ class StreamSession:
         self.triton = triton
         self.metrics = metrics
         self.demo = demo
+        self.motion_block = motion_block
         self.timeline = Timeline(
             avatar.source,
             options.pose,
@@ -126,7 +128,9 @@ class StreamSession:
             "width": width,
             "height": height,
             "fps": FPS,
-            "lookahead_ms": LOOKAHEAD_MS[self.options.pose] + (self.options.chunk_frames - 1) * 1000 / FPS,
+            # Worst case: the models' look-ahead, plus waiting for the rest of a chunk and of an expression block.
+            "lookahead_ms": LOOKAHEAD_MS[self.options.pose]
+            + (self.options.chunk_frames - 1 + self.motion_block - 1) * 1000 / FPS,
             "demo": self.demo,
         }
 

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     web_dir: Path = Field(REPO_ROOT / "web", description="the browser page, served at /")
 
     # Streaming.
-    motion_block_frames: int = Field(8, ge=1, le=64, description="expression frames per motion call")
+    # Smaller blocks mean less latency (a frame waits for its whole block's audio), more (cheap) calls.
+    motion_block_frames: int = Field(4, ge=1, le=32, description="expression frames per motion call")
     max_inflight_renders: int = Field(3, ge=1, le=16, description="render calls in flight per session")
 
     # Limits: a request over a limit gets a clear refusal, never a hang.

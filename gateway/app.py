@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         limits = AvatarLimits(settings.max_portrait_bytes, settings.max_portrait_pixels, settings.min_face_pixels)
         app.state.ctx = Context(settings, metrics, triton, AvatarStore(triton, limits, settings.avatar_cache))
         if settings.demo:
-            log.warning("DEMO: random weights of the reduced architecture; the video is not a result of the models")
+            log.warning("DEMO: the models do not run the official weights; the video is not a result of the models")
         yield
         await triton.close()
 

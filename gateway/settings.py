@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
     triton_url: str | None = None
 
-    triton_timeout_s: float = Field(60.0, gt=0, description="per Triton call")
+    # Per Triton call, queueing included. Generous: on a CPU the full-size renderer takes seconds per frame and
+    # a session keeps several chunk calls in flight; a dead server fails fast anyway (connection refused).
+    triton_timeout_s: float = Field(600.0, gt=0, description="per Triton call, seconds")
 
     # The gateway's own HTTP server.
     host: str = "127.0.0.1"

@@ -61,6 +61,11 @@ class TritonClient:
             )
         except InferenceServerException as err:
             log.warning("Triton call to %s failed: %s", model, err)
+            if err.status() == "StatusCode.DEADLINE_EXCEEDED":
+                raise InferenceUnavailable(
+                    f"The inference server did not finish {model!r} within {self.timeout_s:g} s; it is overloaded "
+                    "or too slow for these models (LIPSYNC_TRITON_TIMEOUT_S raises the limit). The session stopped."
+                ) from err
             raise InferenceUnavailable(
                 f"The inference server could not run {model!r}: {err.message() or err}. "
                 "The session stopped; try again in a moment."

@@ -100,7 +100,7 @@ def bring_up(settings: Settings) -> int:
             triton = EmbeddedTriton().start(settings.model_repository, auto_complete_config=False)
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})
         app = create_app(settings)
-        label = " (DEMO: random weights, not a result)" if settings.demo else ""
+        label = " (DEMO: not the official weights, not a result)" if settings.demo else ""
         log.info("open http://%s:%d/ in a browser%s", settings.host, settings.port, label)
         uvicorn.run(
             app, host=settings.host, port=settings.port, log_level="info", ws_max_size=settings.max_message_bytes

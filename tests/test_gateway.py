@@ -242,3 +242,32 @@ def test_access_token_and_origin_checks(triton_server: EmbeddedTriton, astronaut
             ws.send_text(json.dumps({"type": "start", "avatar_id": ok.json()["avatar_id"]}))
             error = ws.receive_json()
             assert error["code"] == "unauthorized"
+
+
+def test_a_call_over_its_deadline_says_so(triton_server: EmbeddedTriton) -> None:
+    import asyncio
+
+    from gateway.errors import InferenceUnavailable
+    from gateway.metrics import Metrics
+    from gateway.triton import TritonClient
+
+    async def slow_render() -> None:
+        client = TritonClient(triton_server.grpc_url, timeout_s=0.01, metrics=Metrics())
+        k = 8
+        rng = np.random.default_rng(0)
+        try:
+            await client.infer(
+                "render",
+                {
+                    "window": rng.standard_normal((k, 70, 27)).astype(np.float32),
+                    "kp_canonical": rng.standard_normal((k, 15, 3)).astype(np.float32),
+                    "source_image": rng.random((k, 3, 256, 256), dtype=np.float32),
+                    "kp_source": rng.standard_normal((k, 15, 3)).astype(np.float32),
+                },
+                ["face"],
+            )
+        finally:
+            await client.close()
+
+    with pytest.raises(InferenceUnavailable, match=r"did not finish 'render' within 0\.01 s"):
+        asyncio.run(slow_render())

@@ -78,21 +78,25 @@ class RenderRequest:
 
 
 class _Samples:
-    """An append-only float32 buffer with amortised growth (a stream appends many small pieces)."""
+    """An append-only float32 buffer of samples, or of rows of ``width`` values, with amortised growth
+    (a stream appends many small pieces)."""
 
-    def __init__(self, initial: np.ndarray | None = None) -> None:
-        self._data = np.zeros(max(1 << 16, 0 if initial is None else 2 * initial.size), np.float32)
+    def __init__(self, initial: np.ndarray | None = None, width: int | None = None) -> None:
+        self._row = () if width is None else (width,)
+        capacity = max(1 << 16 if width is None else 1 << 10, 0 if initial is None else 2 * len(initial))
+        self._data = np.zeros((capacity, *self._row), np.float32)
         self._size = 0
         if initial is not None:
             self.extend(initial)
 
     def extend(self, values: np.ndarray) -> None:
-        if self._size + values.size > self._data.size:
-            grown = np.zeros(max(2 * self._data.size, self._size + values.size), np.float32)
+        count = len(values)
+        if self._size + count > len(self._data):
+            grown = np.zeros((max(2 * len(self._data), self._size + count), *self._row), np.float32)
             grown[: self._size] = self._data[: self._size]
             self._data = grown
-        self._data[self._size : self._size + values.size] = values
-        self._size += values.size
+        self._data[self._size : self._size + count] = values
+        self._size += count
 
     def truncate(self, size: int) -> None:
         self._size = min(self._size, size)
@@ -123,14 +127,21 @@ class Timeline:
     _last_sample: float = 0.0
     _final_frames: int | None = None
     _exp: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _motion: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # pose window → (32, 6)
+    _motion: dict[int, tuple[PoseWindow, np.ndarray]] = field(default_factory=dict, repr=False)  # number → (32, 6)
     _issued_blocks: set[int] = field(default_factory=set, repr=False)
     _issued_windows: set[int] = field(default_factory=set, repr=False)
     _next_chunk: int = 0
+    # Coefficients are finalised once, in frame order, so a wake-up costs what is new, not the session so far.
+    _exp_count: int = 0  # frames 0.._exp_count−1 have their expression
+    _raw_poses: _Samples = field(init=False, repr=False)  # unsmoothed poses, frame 0 = the source pose
+    _next_pose_window: int = 0
+    _rows: _Samples = field(init=False, repr=False)  # final per-frame semantics
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1 or self.motion_block < 1:
             raise ValueError(f"chunk_frames and motion_block must be ≥ 1, got {self.chunk_frames}, {self.motion_block}")
+        self._raw_poses = _Samples(self.source[None, EXP_DIM : EXP_DIM + 6], width=6)
+        self._rows = _Samples(width=self.source.size)
 
     # ------------------------------------------------------------------------------------------- audio in
 
@@ -233,6 +244,8 @@ class Timeline:
             raise ValueError(f"motion answered shape {exp.shape} for {len(request.frames)} frames")
         for row, frame in enumerate(request.frames):
             self._exp[frame] = exp[row]
+        while self._exp_count in self._exp:
+            self._exp_count += 1
 
     def pose_requests(self) -> list[PoseRequest]:
         if self.pose_mode != "audio":
@@ -262,52 +275,57 @@ class Timeline:
     def set_pose_motion(self, request: PoseRequest, motion: np.ndarray) -> None:
         if motion.shape != (POSE_WINDOW, 6):
             raise ValueError(f"audio2pose answered shape {motion.shape}, expected ({POSE_WINDOW}, 6)")
-        self._motion[request.window.number] = motion
+        self._motion[request.window.number] = (request.window, motion)
 
     # -------------------------------------------------------------------------------------- coefficients
 
-    def _known_exp(self) -> int:
-        count = 0
-        while count in self._exp:
-            count += 1
-        return count
-
-    def _poses(self, count: int) -> tuple[np.ndarray, int]:
-        """Smoothed poses of frames 0..count−1 and how many of them are final."""
+    def _final_pose_count(self) -> int:
+        """Append the raw poses of the windows answered in order; how many leading smoothed poses are final."""
         ref_pose = self.source[EXP_DIM : EXP_DIM + 6]
-        if self.pose_mode == "still":
-            return np.repeat(ref_pose[None], count, axis=0), count
-        total = self._final_frames if self._final_frames is not None else self.frames_heard
-        raw = [np.zeros(6, np.float32)]  # frame 0 is the source pose
-        for window in pose_windows(max(total, 1)):
-            if window.number not in self._motion:
-                break
-            motion = self._motion[window.number]
-            raw.extend(motion[frame - window.start] for frame in window.keep)
-        raw_poses = ref_pose[None] + np.stack(raw[:count]).astype(np.float32)
-        known = raw_poses.shape[0]
+        while self._next_pose_window in self._motion:
+            window, motion = self._motion.pop(self._next_pose_window)
+            keep = np.arange(window.keep.start, window.keep.stop)
+            self._raw_poses.extend(ref_pose[None] + motion[keep - window.start])
+            self._next_pose_window += 1
+        known = len(self._raw_poses)
         if self._final_frames is not None and known == self._final_frames:
-            return smooth_pose(raw_poses), known
-        if known < SMOOTH_WINDOW:
-            return raw_poses, 0
-        return smooth_pose(raw_poses), known - (SMOOTH_WINDOW // 2)
+            return known
+        # A smoothed pose is final once the 6 frames after it are known (see lipsync.timeline.smooth_pose).
+        return known - SMOOTH_WINDOW // 2 if known >= SMOOTH_WINDOW else 0
 
-    def semantics(self) -> tuple[np.ndarray, int]:
-        """Per-frame semantics of every frame known so far, and how many leading frames are final."""
-        count = self._known_exp()
-        if count == 0:
-            return np.zeros((0, self.source.size), np.float32), 0
-        poses, final_poses = self._poses(count)
-        count = min(count, poses.shape[0])
-        exp = np.stack([self._exp[f] for f in range(count)]) * np.float32(self.expression_scale)
-        columns = [exp, poses[:count]]
+    def _smoothed_poses(self, first: int, stop: int) -> np.ndarray:
+        """Final smoothed poses of frames first..stop−1, from the fewest raw poses that decide them.
+
+        Savitzky–Golay reads t − 6 … t + 6 inside the clip and fits the first or last 13 frames at its ends, so
+        a slice from ``first − 6`` (or from the clip's start, or reaching back 13 from the end) is enough.
+        """
+        known = len(self._raw_poses)
+        start = max(0, min(first - SMOOTH_WINDOW // 2, known - SMOOTH_WINDOW))
+        return smooth_pose(np.array(self._raw_poses.view(start, known)))[first - start : stop - start]
+
+    def _finalise(self) -> int:
+        """Append the semantics of every frame that became final since the last call; return how many are."""
+        done = len(self._rows)
+        final = self._exp_count
+        if self.pose_mode == "audio":
+            final = min(final, self._final_pose_count())
+        if final <= done:
+            return done
+        exp = np.stack([self._exp.pop(f) for f in range(done, final)]) * np.float32(self.expression_scale)
+        if self.pose_mode == "audio":
+            poses = self._smoothed_poses(done, final)
+        else:
+            poses = np.repeat(self.source[None, EXP_DIM : EXP_DIM + 6], final - done, axis=0)
+        columns = [exp, poses]
         if self.source.size > EXP_DIM + 6:
-            columns.append(np.repeat(self.source[None, EXP_DIM + 6 :], count, axis=0))
-        return np.concatenate(columns, axis=1).astype(np.float32), min(count, final_poses)
+            columns.append(np.repeat(self.source[None, EXP_DIM + 6 :], final - done, axis=0))
+        self._rows.extend(np.concatenate(columns, axis=1))
+        return final
 
     def render_requests(self) -> list[RenderRequest]:
         """Chunks whose every frame has its whole (clamped) mapping window final."""
-        semantics, final = self.semantics()
+        final = self._finalise()
+        semantics = self._rows.view(0, final)
         total = self._final_frames
         requests = []
         while True:

@@ -278,15 +278,13 @@ def create_app(settings: Settings) -> FastAPI:
                     await websocket.send_json(item)
 
             _, frames = await run_together(
-                _receive_audio(ctx, websocket, session, start.audio.format, start.audio.sample_rate),
+                _receive_audio(websocket, session, start.audio.format, start.audio.sample_rate),
                 session.run(send),
             )
             await websocket.send_json({"type": "end", "frames": frames, "duration": frames / 25})
             await websocket.close(code=1000)
 
-    async def _receive_audio(
-        ctx: Context, websocket: WebSocket, session: StreamSession, audio_format: str, rate: int
-    ) -> None:
+    async def _receive_audio(websocket: WebSocket, session: StreamSession, audio_format: str, rate: int) -> None:
         decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
         file_bytes = bytearray()
         limit_samples = settings.max_session_seconds * SAMPLE_RATE

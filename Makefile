@@ -2,13 +2,16 @@
 #   make up      install if needed, then start everything that is built (official weights required)
 #   make demo    the same on synthetic weights of the reduced architecture (labelled as such everywhere)
 #   make test    lint, type-check and the whole test suite (what CI runs)
+#   make install TORCH=cpu   on a host without a GPU: PyTorch's CPU build instead of PyPI's CUDA build
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= serve,export,embedded,test
-# The CPU build of torch lies in /opt/wheels on these machines; elsewhere pip finds it on PyPI.
-PIP_FIND_LINKS_ARG := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+# TORCH=cpu takes PyTorch's CPU build from PyTorch's own index (PyPI's torch for Linux is the CUDA build,
+# ≈ 2.5 GB more); serving alone (EXTRAS=serve) needs no torch at all.
+TORCH ?=
+TORCH_INDEX_ARG := $(if $(filter cpu,$(TORCH)),--extra-index-url https://download.pytorch.org/whl/cpu,)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install up demo test lint typecheck pytest clean
@@ -18,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_FIND_LINKS_ARG) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet $(TORCH_INDEX_ARG) -e ".[$(EXTRAS)]"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

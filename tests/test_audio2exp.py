@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.models.audio2exp import FULL_256, REDUCED, Audio2Exp, convert_state_dict, load_audio2exp
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.models.audio2pose import (
     FULL_256,
@@ -18,7 +19,6 @@ from export.models.audio2pose import (
     load_audio2pose,
 )
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict
 

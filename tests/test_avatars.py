@@ -15,7 +15,6 @@ import skimage.data
 from PIL import Image
 
 import gateway
-from export.paths import MANIFEST_DIR
 from gateway.avatars import (
     Avatar,
     AvatarLimits,
@@ -26,6 +25,8 @@ from gateway.avatars import (
     sadtalker_crop_box,
 )
 from gateway.errors import FaceTooSmall, ImageTooLarge, NoFaceFound, UnsupportedImage
+
+STANDARD_LANDMARKS = Path(gateway.__file__).parent / "data" / "similarity_Lm3D_all.json"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -177,7 +178,7 @@ def test_concurrent_calls_give_identical_results(png: bytes, avatar: Avatar) -> 
 
 def upstream_align(image: np.ndarray, lm68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Upstream's load_lm3d + extract_5p + POS + resize_n_crop_img (src/face3d/util), transcribed step by step."""
-    standard = np.asarray(json.loads((MANIFEST_DIR / "similarity_Lm3D_all.json").read_text())["lm"])
+    standard = np.asarray(json.loads(STANDARD_LANDMARKS.read_text())["lm"])
     idx = np.array([31, 37, 40, 43, 46, 49, 55]) - 1
 
     def five(lm: np.ndarray) -> np.ndarray:
@@ -220,7 +221,7 @@ def test_alignment_is_upstreams_on_the_crop(avatar: Avatar) -> None:
 
 def test_aligned_face_is_centred_at_102_px_per_unit(avatar: Avatar) -> None:
     """Detect the face again in the 224² input: eyes where the standard face puts them, give or take the fit."""
-    standard = np.asarray(json.loads((MANIFEST_DIR / "similarity_Lm3D_all.json").read_text())["lm"])
+    standard = np.asarray(json.loads(STANDARD_LANDMARKS.read_text())["lm"])
     eyes_3d = np.stack([standard[[36, 39]].mean(0), standard[[42, 45]].mean(0)])
     template = np.stack([112 + 102 * eyes_3d[:, 0], 112 - 102 * eyes_3d[:, 1]], axis=1)
     lm = detect_face(np.ascontiguousarray(avatar.aligned)).landmarks
@@ -406,8 +407,3 @@ def test_serialisation_roundtrip(avatar: Avatar) -> None:
 def test_avatar_arrays_are_read_only(avatar: Avatar) -> None:
     with pytest.raises(ValueError, match="read-only"):
         avatar.image[0, 0, 0] = 1
-
-
-def test_packaged_standard_landmarks_equal_shared() -> None:
-    ours = json.loads((Path(gateway.__file__).parent / "data" / "similarity_Lm3D_all.json").read_text())
-    assert ours == json.loads((MANIFEST_DIR / "similarity_Lm3D_all.json").read_text())

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.models.face_recon import (
     COEFF_GROUPS,
@@ -21,7 +22,6 @@ from export.models.face_recon import (
     split_coeffs,
 )
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import golden_weights as golden_rule_weights
 from export.weights import CheckpointError, StateDict, read_manifest
 

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.layers import coordinate_grid_3d
 from export.models.generator import (
@@ -24,7 +25,6 @@ from export.models.generator import (
     trilinear_sample,
 )
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict
 

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_data import GOLDEN_DIR
 
 from export.models.gfpgan import (
     FULL_512,
@@ -21,7 +22,6 @@ from export.models.gfpgan import (
     load_gfpgan,
 )
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest
 

@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.onnx import TRACE_SIZES, export_stage, opset_for
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.specs import STAGES
 from export.stages import StageFactory, Variant
 from lipsync.audio import padded_signal

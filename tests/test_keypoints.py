@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.models.keypoints import FULL_256, REDUCED, KPDetector, load_kp_detector
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 
 from export.models.mapping import (
     CONFIG_FOR_FILE,
@@ -21,7 +22,6 @@ from export.models.mapping import (
     transform_keypoints,
 )
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from export.synthetic import synthetic_state_dict
 from export.weights import CheckpointError, StateDict, read_manifest
 

@@ -9,11 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from golden_data import GOLDEN_DIR
 from scipy.signal import lfilter
 
 from export import mel
 from export.onnx import relative_error as rel_err
-from export.paths import GOLDEN_DIR
 from lipsync import audio
 
 

@@ -1,6 +1,6 @@
 """Synthetic checkpoints in the official layouts, for tests and for the demo without official weights.
 
-The values follow the deterministic rule of ``shared/golden/README.md`` (the rule the golden fixtures
+The values follow the deterministic rule of ``tests/golden/README.md`` (the rule the golden fixtures
 were made with), optionally shifted by a seed. Weights made here are never official: everything built
 from them is labelled as such.
 """
@@ -70,7 +70,7 @@ def synthetic_state_dict(manifest: Manifest, seed: int = 0, prefix: str = "") ->
 
 def golden_weights(file_name: str, prefix: str = "") -> StateDict:
     """The golden-rule tensors of one official file under ``prefix``, with the prefix removed (what
-    ``shared/golden`` was computed with, as the checkpoint filters receive it)."""
+    ``tests/golden`` was computed with, as the checkpoint filters receive it)."""
     state = synthetic_state_dict(read_manifest(file_name), prefix=prefix)
     return {name[len(prefix) :]: tensor for name, tensor in state.items()}
 

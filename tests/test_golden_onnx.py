@@ -1,5 +1,5 @@
 """Upstream fidelity of the exported graphs: each stage, exported from golden-rule weights loaded through our
-own checkpoint path (a synthetic official file on disk → StageFactory), reproduces ``shared/golden/`` in ONNX
+own checkpoint path (a synthetic official file on disk → StageFactory), reproduces ``tests/golden/`` in ONNX
 Runtime within the tolerances of ``golden/README.md``."""
 
 from __future__ import annotations

@@ -99,6 +99,51 @@ class Busy(LipsyncError):
         super().__init__(f"The server is busy: all {limit} session slots are in use. Try again in a moment.")
 
 
+class SessionLimit(LipsyncError):
+    """One client already holds its share of the session slots."""
+
+    code = "session_limit"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This client already has {limit} session(s) open, the most one client may hold at a time. "
+            "Finish or close one first."
+        )
+
+
+class Timeout(LipsyncError):
+    """A client that did not send what was due in time: a first message, or audio for a while."""
+
+    code = "timeout"
+
+
+class StartTimeout(Timeout):
+    code = "start_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"No first message within {seconds:g} s of connecting; the connection was closed.")
+
+
+class IdleTimeout(Timeout):
+    code = "idle_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"No audio and no `end` for {seconds:g} s; the session was closed to free its slot. "
+            "Send `end` when the audio is over."
+        )
+
+
+class OriginNotAllowed(LipsyncError):
+    code = "origin_not_allowed"
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(
+            f"Requests from the web page at {origin!r} are not allowed here (LIPSYNC_ALLOWED_ORIGINS lists the "
+            "pages that may use this server besides its own)."
+        )
+
+
 class Unauthorized(LipsyncError):
     code = "unauthorized"
 
@@ -134,7 +179,12 @@ CLOSE_CODES: dict[str, int] = {
     "unknown_avatar": 4404,
     "unsupported_audio": 4415,
     "too_large": 1009,
+    "image_too_large": 1009,
     "busy": 4503,
+    "session_limit": 4429,
+    "start_timeout": 4408,
+    "idle_timeout": 4408,
+    "origin_not_allowed": 4403,
     "inference_unavailable": 1011,
 }
 HTTP_STATUS: dict[str, int] = {
@@ -146,7 +196,9 @@ HTTP_STATUS: dict[str, int] = {
     "image_too_large": 413,
     "too_large": 413,
     "unauthorized": 401,
+    "origin_not_allowed": 403,
     "unknown_avatar": 404,
     "busy": 503,
+    "session_limit": 429,
     "inference_unavailable": 503,
 }

@@ -30,6 +30,7 @@ class Options(_Strict):
     blink: bool = True
     seed: int | None = Field(None, ge=0, lt=2**31)
     chunk_frames: int = Field(8, ge=1, le=25)
+    framing: Literal["portrait", "face"] = "portrait"
 
     def session_options(self) -> SessionOptions:
         return SessionOptions(**self.model_dump())

@@ -65,6 +65,7 @@ class SessionOptions:
     blink: bool = True
     seed: int | None = None
     chunk_frames: int = 8
+    framing: Literal["portrait", "face"] = "portrait"
 
 
 class StreamSession:
@@ -98,9 +99,11 @@ class StreamSession:
             chunk_frames=options.chunk_frames,
             motion_block=motion_block,
         )
-        height, width = avatar.avatar.image.shape[:2]
+        framing = avatar.framings[options.framing]
+        width, height = framing.size
         self.muxer = FragmentedMp4Writer(width, height, fps=FPS, sample_rate=SAMPLE_RATE)
-        self.paste = PasteBack.for_avatar(avatar.avatar)
+        self.paste = PasteBack(framing.image, framing.box(avatar.box))
+        self._source_image = avatar.source_image
         self._renders: asyncio.Queue[tuple[RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
             maxsize=max_inflight
         )
@@ -120,7 +123,7 @@ class StreamSession:
         self._wake.set()
 
     def ready_message(self) -> dict[str, Any]:
-        height, width = self.avatar.avatar.image.shape[:2]
+        width, height = self.muxer.width, self.muxer.height
         return {
             "type": "ready",
             "seed": self.seed,
@@ -220,7 +223,7 @@ class StreamSession:
             {
                 "window": request.windows,
                 "kp_canonical": np.repeat(self.avatar.kp_canonical, k, axis=0),
-                "source_image": np.repeat(self.avatar.source_image, k, axis=0),
+                "source_image": np.repeat(self._source_image, k, axis=0),
                 "kp_source": np.repeat(self.avatar.kp_source, k, axis=0),
             },
             ["face"],

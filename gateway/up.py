@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from gateway.app import create_app
+from gateway.http_server import PortInUse, bind, serve
 from gateway.settings import Settings
 from gateway.triton_server import EmbeddedTriton, exit_on_signals
 
@@ -87,6 +87,17 @@ def _repository(settings: Settings) -> bool:
 
 def bring_up(settings: Settings) -> int:
     """Run every step in order; stop at the first that fails, saying why. Blocks while serving."""
+    try:
+        # First, so that a second instance changes nothing of the first one's (its repository, its Triton).
+        sock = bind(settings.host, settings.port)
+    except PortInUse as err:
+        log.error("%s", err)
+        return 2
+    with sock:
+        return _bring_up(settings, sock)
+
+
+def _bring_up(settings: Settings, sock: socket.socket) -> int:
     if not (_check_weights(settings) and _export(settings) and _repository(settings)):
         return 1
     if not settings.demo and not _exported_from_official_weights(settings):
@@ -102,9 +113,7 @@ def bring_up(settings: Settings) -> int:
         app = create_app(settings)
         label = " (DEMO: not the official weights, not a result)" if settings.demo else ""
         log.info("open http://%s:%d/ in a browser%s", settings.host, settings.port, label)
-        uvicorn.run(
-            app, host=settings.host, port=settings.port, log_level="info", ws_max_size=settings.max_message_bytes
-        )
+        serve(app, settings, sock)
     except KeyboardInterrupt:
         log.info("stopping")
     finally:

@@ -44,4 +44,9 @@ def decode_audio(source: bytes | Path, *, max_seconds: float | None = None) -> n
             raise AudioDecodeError("the audio stream is damaged part-way through") from err
     if not pieces:
         raise AudioDecodeError("the audio stream is empty")
-    return np.concatenate(pieces).astype(np.float32)
+    wav = np.concatenate(pieces).astype(np.float32)
+    # Float WAVs can carry NaN or infinity; they would poison every frame's mel window.
+    bad = int(np.count_nonzero(~np.isfinite(wav)))
+    if bad:
+        raise AudioDecodeError(f"{bad:,} of its samples are not numbers (NaN or infinity)")
+    return wav

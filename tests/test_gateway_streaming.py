@@ -26,7 +26,7 @@ from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
 from gateway.app import create_app
 from gateway.avatar_store import AvatarState, AvatarStore
-from gateway.avatars import AvatarLimits
+from gateway.avatars import AvatarLimits, prepare_avatar
 from gateway.metrics import Metrics
 from gateway.session import SessionOptions, StreamSession
 from gateway.settings import Settings
@@ -45,7 +45,7 @@ def speech(spoken_wav: Path) -> np.ndarray:
 async def _avatar(url: str, portrait: bytes) -> AvatarState:
     triton = TritonClient(url, timeout_s=60, metrics=Metrics())
     try:
-        return await AvatarStore(triton, AvatarLimits()).add(portrait)
+        return await AvatarStore(triton, AvatarLimits(), capacity_bytes=2**30).add(portrait)
     finally:
         await triton.close()
 
@@ -96,11 +96,12 @@ def test_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
     np.testing.assert_array_equal(served[16], served[8])
 
     # The offline PyTorch pipeline on the same portrait crop, with face_recon's coefficients from PyTorch too.
-    aligned = torch.from_numpy(avatar.avatar.aligned.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
+    aligned_face = prepare_avatar(astronaut_jpeg).aligned
+    aligned = torch.from_numpy(aligned_face.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
     with torch.no_grad():
         coeffs = reduced_factory.build("face_recon")(aligned)[0].numpy()
     reference = ReferencePipeline(reduced_factory).render(
-        AvatarInputs(crop=np.array(avatar.avatar.crop), coeffs=coeffs),
+        AvatarInputs(crop=np.array(avatar.crop), coeffs=coeffs),
         speech.astype(np.float32) / 32768.0,
         options=Options(pose=pose, seed=7, pose_style=5),  # type: ignore[arg-type]
     )

@@ -1,0 +1,94 @@
+"""What every route shares: settings, metrics, the Triton client, the avatar store and the session slots."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+
+from gateway.avatar_store import AvatarState, AvatarStore
+from gateway.errors import Busy, SessionLimit
+from gateway.metrics import Metrics
+from gateway.session import SessionOptions, StreamSession
+from gateway.settings import Settings
+from gateway.triton import TritonClient
+
+
+@dataclass
+class SessionSlots:
+    """Concurrent sessions: at most ``total`` in all and ``per_client`` for one client (its address).
+
+    One client opening many idle sockets must not lock everyone else out: its own limit is hit first.
+    """
+
+    total: int
+    per_client: int
+    metrics: Metrics
+    _by_client: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def active(self) -> int:
+        return sum(self._by_client.values())
+
+    @contextlib.contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        if self.active >= self.total:
+            raise Busy(self.total)
+        if self._by_client[client] >= self.per_client:
+            raise SessionLimit(self.per_client)
+        self._by_client[client] += 1
+        self.metrics.active_sessions.inc()
+        try:
+            yield
+        finally:
+            self._by_client[client] -= 1
+            if self._by_client[client] <= 0:
+                del self._by_client[client]
+            self.metrics.active_sessions.dec()
+
+
+def client_key(connection: HTTPConnection) -> str:
+    """Who a request comes from, for per-client limits: its address (the proxy's, unless it is trusted)."""
+    return connection.client.host if connection.client is not None else "unknown"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    metrics: Metrics
+    triton: TritonClient
+    avatars: AvatarStore
+    slots: SessionSlots
+
+    @property
+    def active_sessions(self) -> int:
+        return self.slots.active
+
+    def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
+        return StreamSession(
+            avatar,
+            options,
+            self.triton,
+            self.metrics,
+            motion_block=self.settings.motion_block_frames,
+            max_inflight=self.settings.max_inflight_renders,
+            demo=self.settings.demo,
+        )
+
+
+def context_of(connection: HTTPConnection) -> Context:
+    ctx: Context = connection.app.state.ctx
+    return ctx
+
+
+def _context(request: Request) -> Context:
+    return context_of(request)
+
+
+# Handlers take the app's Context through this dependency.
+Ctx = Annotated[Context, Depends(_context)]

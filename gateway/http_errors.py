@@ -1,0 +1,48 @@
+"""Errors over HTTP: one JSON body for every refusal, and its description for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from gateway.errors import HTTP_STATUS, LipsyncError
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """``{"error": {"code": "…", "message": "…"}}``: ``code`` is stable for programs, ``message`` is for people."""
+
+    error: ErrorDetail
+
+
+def status_of(error: LipsyncError) -> int:
+    return HTTP_STATUS.get(error.code, 400)
+
+
+def error_response(error: LipsyncError) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=error.code, message=error.message))
+    return JSONResponse(body.model_dump(), status_code=status_of(error))
+
+
+_MEANINGS = {
+    400: "a malformed request (bad_message)",
+    401: "missing or wrong access token (unauthorized)",
+    403: "a web page of another origin (origin_not_allowed)",
+    404: "unknown avatar (unknown_avatar)",
+    413: "over a size limit (image_too_large, too_large)",
+    415: "not an image or audio we read (unsupported_image, unsupported_audio)",
+    422: "no usable face in the portrait (no_face_found, face_too_small)",
+    429: "this client holds its share of sessions (session_limit)",
+    503: "all session slots busy, or the inference server unavailable (busy, inference_unavailable)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each with the error body and what it means."""
+    return {status: {"model": ErrorBody, "description": _MEANINGS[status]} for status in statuses}

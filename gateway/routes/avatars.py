@@ -1,0 +1,83 @@
+"""``POST /v1/avatars``: a portrait in (multipart field ``image``, or the raw image as the body), its avatar out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from gateway.context import Ctx
+from gateway.errors import ImageTooLarge, UnsupportedImage
+from gateway.http_errors import error_responses
+from gateway.routes.http_common import Authorised, read_limited
+
+router = APIRouter()
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class FramingSize(BaseModel):
+    width: int
+    height: int
+
+
+class AvatarInfo(BaseModel):
+    avatar_id: str
+    width: int  # the photo, upright
+    height: int
+    box: list[int]  # the face box [x0, y0, x1, y1] in photo pixels
+    faces_seen: int
+    framings: dict[str, FramingSize]  # the output video's size per framing
+    demo: bool
+
+
+_BODY = {"type": "string", "format": "binary"}
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"image": _BODY}, "required": ["image"]},
+            },
+            **{kind: {"schema": _BODY} for kind in IMAGE_TYPES},
+        },
+    }
+}
+
+
+async def read_portrait(request: Request, limit: int) -> bytes:
+    """The portrait's bytes from a multipart form (field ``image``) or a raw image body, within ``limit``."""
+    too_large = ImageTooLarge(f"The file is larger than the limit of {limit:,} bytes.")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            image = form.get("image")
+            if not isinstance(image, UploadFile):
+                raise UnsupportedImage("The form has no file field `image`: send the portrait in it.")
+            return await read_limited(
+                image, limit, ImageTooLarge(f"The file is larger than the limit of {limit:,} bytes.")
+            )
+    if kind in IMAGE_TYPES or kind == "application/octet-stream":
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+    raise UnsupportedImage(
+        f"Send the portrait as the multipart field `image`, or as the body with Content-Type "
+        f"{', '.join(IMAGE_TYPES)} (got {kind or 'none'!r})."
+    )
+
+
+@router.post(
+    "/v1/avatars",
+    dependencies=[Authorised],
+    openapi_extra=_OPENAPI_BODY,
+    responses=error_responses(400, 401, 403, 413, 415, 422, 503),
+)
+async def create_avatar(request: Request, ctx: Ctx) -> AvatarInfo:
+    """Find the face in a portrait and prepare it once; the answer's ``avatar_id`` starts sessions."""
+    data = await read_portrait(request, ctx.settings.max_portrait_bytes)
+    state = await ctx.avatars.add(data)
+    return AvatarInfo.model_validate({**state.describe(), "demo": ctx.settings.demo})

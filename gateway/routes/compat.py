@@ -1,0 +1,76 @@
+"""``WS /ws/lipsync``: the request/response protocol existing clients speak.
+
+``{audio: base64 WAV, image: base64, fps, pads, img_size, batch_size, no_segmentation, no_sr}`` →
+``{status: "success", video: base64 MP4}`` or ``{status: "error", message}``. Every answer, errors included,
+is in this format; a connection serves requests one after another until the client closes it or stays silent
+longer than the idle limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from gateway.context import client_key
+from gateway.errors import (
+    BadMessage,
+    Busy,
+    IdleTimeout,
+    LipsyncError,
+    SessionLimit,
+    Timeout,
+    TooLarge,
+    Unauthorized,
+)
+from gateway.offline import decode_upload_audio, render_offline
+from gateway.protocol import parse_lipsync
+from gateway.session import SessionOptions
+from gateway.ws import Channel, compat_error, serve
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+# Errors that end the connection (after the answer): limits and access. Any other error is about one
+# request: it is answered and the connection serves the next.
+_FATAL = (TooLarge, Busy, SessionLimit, Unauthorized, Timeout)
+
+
+@router.websocket("/ws/lipsync")
+async def lipsync(websocket: WebSocket) -> None:
+    await serve(websocket, _lipsync, compat_error)
+
+
+async def _lipsync(channel: Channel) -> None:
+    ctx, settings = channel.ctx, channel.ctx.settings
+    message = await channel.first()
+    while True:
+        try:
+            video = await _answer(channel, message.get("text"))
+        except LipsyncError as error:
+            if isinstance(error, _FATAL):
+                raise
+            ctx.metrics.errors.labels(error.code).inc()
+            await channel.send(compat_error(error))
+        else:
+            await channel.send({"status": "success", "video": base64.b64encode(video).decode()})
+        message = await channel.receive(settings.idle_timeout_s, IdleTimeout(settings.idle_timeout_s))
+
+
+async def _answer(channel: Channel, text: str | None) -> bytes:
+    ctx, settings = channel.ctx, channel.ctx.settings
+    if text is None:
+        raise BadMessage("Send the request as one JSON text message, not binary data.")
+    request = parse_lipsync(text)
+    try:
+        image = base64.b64decode(request.image, validate=True)
+        audio = base64.b64decode(request.audio, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise BadMessage(f"`image` and `audio` must be base64 ({err}).") from err
+    with ctx.slots.hold(client_key(channel.websocket)):
+        state = await ctx.avatars.add(image)
+        wav = await asyncio.to_thread(decode_upload_audio, audio, settings)
+        return await render_offline(ctx, state, wav, SessionOptions())

@@ -1,0 +1,101 @@
+"""Operations: liveness, readiness, metrics, and what this server offers (``/v1/info``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from gateway import __version__
+from gateway.context import Ctx
+from gateway.framing import FRAMINGS
+from gateway.http_errors import error_responses
+from gateway.routes.http_common import Authorised
+
+router = APIRouter()
+
+# What /readyz requires: every model and ensemble a session calls.
+SERVED_MODELS = ("avatar", "mapping", "motion", "mel", "audio2pose", "render")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str  # "ready" | "unavailable"
+    reason: str
+
+
+class Limits(BaseModel):
+    max_sessions: int
+    max_sessions_per_client: int
+    max_session_seconds: float
+    max_message_bytes: int
+    max_portrait_bytes: int
+    max_portrait_pixels: int
+    idle_timeout_s: float
+    start_timeout_s: float
+
+
+class Info(BaseModel):
+    version: str
+    demo: bool  # True: random weights, the video is not a result of the models
+    auth_required: bool
+    engines: list[str]
+    framings: list[str]
+    limits: Limits
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    """Liveness: the process answers (open to probes, no token)."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    dependencies=[Authorised],
+    responses={503: {"model": Readiness, "description": "the inference server or a model is not ready"}},
+)
+async def readyz(ctx: Ctx) -> JSONResponse:
+    """Readiness: Triton is reachable and every model a session calls is loaded."""
+    ok, reason = await ctx.triton.ready(SERVED_MODELS)
+    body = Readiness(status="ready" if ok else "unavailable", reason=reason)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Authorised],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
+async def metrics(ctx: Ctx) -> Response:
+    """Prometheus metrics of this gateway."""
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/info", responses=error_responses(403))
+async def info(ctx: Ctx) -> Info:
+    """What this server offers and its limits (public: the page reads it on load)."""
+    s = ctx.settings
+    limits = Limits(
+        max_sessions=s.max_sessions,
+        max_sessions_per_client=s.max_sessions_per_client,
+        max_session_seconds=s.max_session_seconds,
+        max_message_bytes=s.max_message_bytes,
+        max_portrait_bytes=s.max_portrait_bytes,
+        max_portrait_pixels=s.max_portrait_pixels,
+        idle_timeout_s=s.idle_timeout_s,
+        start_timeout_s=s.start_timeout_s,
+    )
+    return Info(
+        version=__version__,
+        demo=s.demo,
+        auth_required=s.auth_token is not None,
+        engines=["sadtalker"],
+        framings=list(FRAMINGS),
+        limits=limits,
+    )

@@ -1,0 +1,108 @@
+"""What both WebSocket protocols share: accepting, the token, deadlines, the message size limit, and ending a
+connection with an error the client can read — each protocol in its own error format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from gateway.access import check_token
+from gateway.context import Context, context_of
+from gateway.errors import CLOSE_CODES, LipsyncError, StartTimeout, TooLarge
+
+log = logging.getLogger(__name__)
+
+# How a protocol words an error: the JSON message sent before the socket is closed.
+ErrorFormat = Callable[[LipsyncError], dict[str, Any]]
+
+
+def stream_error(error: LipsyncError) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": error.message}
+
+
+def compat_error(error: LipsyncError) -> dict[str, Any]:
+    return {"status": "error", "message": error.message}
+
+
+class InternalError(LipsyncError):
+    code = "internal"
+
+    def __init__(self) -> None:
+        super().__init__("Internal error; the session stopped. It has been logged.")
+
+
+class Channel:
+    """An accepted WebSocket with its limits: every receive is size-checked and may have a deadline."""
+
+    def __init__(self, websocket: WebSocket, ctx: Context) -> None:
+        self.websocket = websocket
+        self.ctx = ctx
+
+    async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
+        """The next text or binary message; raises ``on_timeout`` if none arrives within ``timeout`` seconds."""
+        try:
+            message = await asyncio.wait_for(self.websocket.receive(), timeout)
+        except TimeoutError:
+            if on_timeout is None:
+                raise
+            raise on_timeout from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        limit = self.ctx.settings.max_message_bytes
+        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+        if size > limit:
+            raise TooLarge(f"A message of {size:,} bytes is over the limit of {limit:,} bytes.")
+        return dict(message)
+
+    async def first(self) -> dict[str, Any]:
+        """The first message, which must come within the start deadline."""
+        seconds = self.ctx.settings.start_timeout_s
+        return await self.receive(seconds, StartTimeout(seconds))
+
+    async def send(self, item: bytes | dict[str, Any]) -> None:
+        if isinstance(item, bytes):
+            await self.websocket.send_bytes(item)
+        else:
+            await self.websocket.send_json(item)
+
+
+Handler = Callable[[Channel], Awaitable[None]]
+
+
+async def serve(websocket: WebSocket, handler: Handler, error_format: ErrorFormat) -> None:
+    """Accept, check the token, run ``handler``; any error ends the connection in the protocol's own words.
+
+    (The Origin is checked before this, by :class:`gateway.access.OriginCheck`.)
+    """
+    ctx = context_of(websocket)
+    await websocket.accept()
+    channel = Channel(websocket, ctx)
+    try:
+        check_token(websocket, ctx.settings.auth_token)
+        await handler(channel)
+    except WebSocketDisconnect:
+        log.info("client left %s", websocket.url.path)
+    except LipsyncError as error:
+        log.info("session error %s: %s", error.code, error.message)
+        await close_with(channel, error, error_format)
+    except Exception:
+        log.exception("session failed")
+        await close_with(channel, InternalError(), error_format)
+
+
+async def close_with(channel: Channel, error: LipsyncError, error_format: ErrorFormat) -> None:
+    """Count the error, send it in the protocol's format and close with its code (if the client is still there)."""
+    channel.ctx.metrics.errors.labels(error.code).inc()
+    websocket = channel.websocket
+    if websocket.client_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(Exception):  # the client may be gone by now
+        await websocket.send_json(error_format(error))
+        await websocket.close(code=CLOSE_CODES.get(error.code, 4400 if error.code != "internal" else 1011))

@@ -110,8 +110,8 @@ class OneRequestPerConnection:
         await self.app(scope, receive, send_closing)
 
 
-def serve(app: ASGIApp, settings: Settings, sock: socket.socket) -> None:
-    """Serve ``app`` on the bound socket until interrupted."""
+def make_server(app: ASGIApp, settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
+    """The configured uvicorn server for ``app`` (run it with ``.run(sockets=[bind(...)])``)."""
     config = uvicorn.Config(
         OneRequestPerConnection(app),
         http=header_deadline_protocol(settings.header_timeout_s),
@@ -119,6 +119,11 @@ def serve(app: ASGIApp, settings: Settings, sock: socket.socket) -> None:
         ws_max_size=TRANSPORT_MESSAGE_FACTOR * settings.max_message_bytes,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
-        log_level="info",
+        log_level=log_level,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    return uvicorn.Server(config)
+
+
+def serve(app: ASGIApp, settings: Settings, sock: socket.socket) -> None:
+    """Serve ``app`` on the bound socket until interrupted."""
+    make_server(app, settings).run(sockets=[sock])

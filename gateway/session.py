@@ -9,6 +9,7 @@ back, encodes in a worker thread and hands each fragment to ``send``. Any failur
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -42,7 +43,8 @@ async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
     """Run coroutines as one unit: the first failure cancels the others and is raised (unwrapped).
 
     The TaskGroup lives in a task of its own, so its cancellation of the parent never reaches the server's
-    request task (anyio-driven servers do not expect a stray cancel/uncancel on their task).
+    request task (anyio-driven servers do not expect a stray cancel/uncancel on their task). If this is
+    cancelled before the group started them, the coroutines are closed, never left un-awaited.
     """
 
     async def group() -> list[Any]:
@@ -53,7 +55,12 @@ async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
             raise first_error(error) from None
         return [task.result() for task in started]
 
-    return await asyncio.create_task(group())
+    try:
+        return await asyncio.create_task(group())
+    finally:
+        for coroutine in coroutines:
+            if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                coroutine.close()
 
 
 @dataclass(frozen=True)

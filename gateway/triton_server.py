@@ -416,6 +416,8 @@ class EmbeddedTriton:
             if self._reader is not None:
                 self._reader.join(timeout=5.0)
                 self._reader = None
+            if process is not None and process.stdout is not None:
+                process.stdout.close()  # the log pipe: its reader has seen the end of it
             if self._shm_prefix:
                 for region in _SHM_DIR.glob(f"{self._shm_prefix}*"):
                     region.unlink(missing_ok=True)

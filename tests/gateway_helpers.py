@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import threading
+import urllib.request
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,10 @@ from typing import Any
 import av
 import numpy as np
 from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.http_server import bind, make_server
+from gateway.settings import Settings
 
 
 def read_wav_int16(path: Path) -> np.ndarray:
@@ -90,6 +98,25 @@ def decode_video(mp4: bytes) -> tuple[list[np.ndarray], list[bool], list[int], f
         samples = sum(f.samples for f in container.decode(audio=0))
         rate = container.streams.audio[0].rate
     return frames, keyframes, pts, samples / rate
+
+
+@contextlib.contextmanager
+def running_gateway(settings: Settings) -> Iterator[str]:
+    """The real gateway (create_app behind the configured uvicorn) on a free loopback port; yields its URL."""
+    listener = bind("127.0.0.1", 0)
+    listener.listen(64)  # bound before uvicorn starts: early connections wait in the backlog, no polling
+    server = make_server(create_app(settings), settings, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="gateway", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=120) as response:
+            assert response.status == 200
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:

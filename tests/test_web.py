@@ -10,9 +10,6 @@ downloaded MP4s go to test-artifacts/.
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-import urllib.request
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,13 +20,12 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-import uvicorn
+from gateway_helpers import running_gateway
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from scipy.signal import resample_poly
 from skimage import data
 
-from gateway.app import create_app
 from gateway.errors import NoFaceFound
 from gateway.settings import Settings
 from gateway.triton_server import EmbeddedTriton
@@ -53,22 +49,9 @@ PLAYBACK_TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def gateway_url(triton_server: EmbeddedTriton) -> Iterator[str]:
-    """The real gateway (create_app) behind uvicorn on a free loopback port, serving web/ at /."""
-    app = create_app(Settings(triton_url=triton_server.grpc_url, demo=True))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)  # bound before uvicorn starts: early connections wait in the backlog, no polling
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="gateway", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    with urllib.request.urlopen(f"{url}/healthz", timeout=120) as response:
-        assert response.status == 200
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
-    listener.close()
+    """The real gateway behind its configured uvicorn on a free loopback port, serving web/ at /."""
+    with running_gateway(Settings(triton_url=triton_server.grpc_url, demo=True)) as url:  # type: ignore[call-arg]
+        yield url
 
 
 @pytest.fixture(scope="module")

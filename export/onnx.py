@@ -88,6 +88,7 @@ def export_stage(
         do_constant_folding=True,
     )
     module.eval()
+    declare_shapes(path, spec)
     sidecar = {
         "stage": spec.name,
         "doc": spec.doc,
@@ -101,6 +102,32 @@ def export_stage(
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     log.info("exported %s → %s", spec.name, path)
     return path
+
+
+def declare_shapes(path: Path, spec: StageSpec) -> None:
+    """Write the spec's shapes into the graph's declared inputs and outputs.
+
+    The TorchScript exporter's shape inference can name output axes wrongly (the generator's prediction came out
+    as ``[batch, 3, batch, …]``); ONNX Runtime ignores that, but TensorRT and Triton's auto-complete read it.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    for declared, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
+        by_name = {t.name: t for t in tensors}
+        for value in declared:
+            tensor = by_name.get(value.name)
+            if tensor is None:
+                continue
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for dim in tensor.shape:
+                entry = shape.dim.add()
+                if isinstance(dim, str):
+                    entry.dim_param = dim
+                else:
+                    entry.dim_value = dim
+    onnx.save(model, str(path))
 
 
 def relative_error(have: np.ndarray | torch.Tensor, want: np.ndarray | torch.Tensor) -> float:

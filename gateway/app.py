@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_swagger import patch_fastapi
 
 from gateway import __version__
@@ -21,7 +22,7 @@ from gateway.avatar_store import AvatarStore
 from gateway.avatars import AvatarLimits
 from gateway.context import Context, SessionSlots, context_of
 from gateway.errors import BadMessage, LipsyncError
-from gateway.http_errors import error_response
+from gateway.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.metrics import Metrics
 from gateway.routes import avatars, compat, oneshot, operations, stream
 from gateway.settings import Settings
@@ -80,6 +81,12 @@ def create_app(settings: Settings) -> FastAPI:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
         return await lipsync_error(request, BadMessage(f"Invalid request: {where}: {first.get('msg', 'invalid')}."))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_refusal(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = FRAMEWORK_CODES.get(error.status_code, "http_error")
+        context_of(request).metrics.errors.labels(code).inc()
+        return body_response(code, f"{error.detail}.".replace("..", "."), error.status_code, error.headers)
 
     for router in (operations.router, avatars.router, oneshot.router, stream.router, compat.router):
         app.include_router(router)

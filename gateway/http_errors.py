@@ -26,8 +26,16 @@ def status_of(error: LipsyncError) -> int:
 
 
 def error_response(error: LipsyncError) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(code=error.code, message=error.message))
-    return JSONResponse(body.model_dump(), status_code=status_of(error))
+    return body_response(error.code, error.message, status_of(error))
+
+
+def body_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+# Refusals raised by the framework itself (form parsing, routing), worded in the same body.
+FRAMEWORK_CODES = {400: "bad_message", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 _MEANINGS = {

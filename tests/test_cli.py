@@ -62,3 +62,49 @@ def test_up_labels_models_not_exported_from_official_weights(tmp_path: Path) -> 
     ]:
         sidecar.write_text(json.dumps({"weights": weights}))
         assert _exported_from_official_weights(settings) is official
+
+
+def test_a_busy_port_stops_up_at_once_without_touching_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository, artifacts = tmp_path / "model_repository", tmp_path / "artifacts"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        monkeypatch.setenv("LIPSYNC_PORT", str(busy.getsockname()[1]))
+        monkeypatch.setenv("LIPSYNC_MODEL_REPOSITORY", str(repository))
+        monkeypatch.setenv("LIPSYNC_ARTIFACTS_DIR", str(artifacts))
+        result = _run("-m", "gateway", "up", "--demo")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "already in use" in errors[0], result.stderr
+    assert not repository.exists() and not artifacts.exists()  # no export, no repository, no Triton
+
+
+def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSYNC_PORT", "notanumber")
+    result = _run("-m", "gateway", "up", "--demo")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LIPSYNC_PORT='notanumber'" in lines[0] and "integer" in lines[0], result.stderr
+
+
+def test_help_lists_the_settings_in_user_terms() -> None:
+    from gateway.settings import Settings
+
+    up_help = _run("-m", "gateway", "up", "--help")
+    assert up_help.returncode == 0
+    for name in Settings.model_fields:
+        assert f"LIPSYNC_{name.upper()}" in up_help.stdout
+    top = _run("-m", "gateway", "--help").stdout
+    assert "not landed" not in top and "LIPSYNC_" in top
+
+
+def test_install_can_take_pytorchs_cpu_build() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(
+        ["make", "-n", "-B", "install", "TORCH=cpu"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in dry
+    plain = subprocess.run(["make", "-n", "-B", "install"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert "download.pytorch.org" not in plain and "/opt/wheels" not in plain

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_swagger import patch_fastapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.access import OriginCheck

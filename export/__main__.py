@@ -89,6 +89,7 @@ def _repository(args: argparse.Namespace) -> int:
             preferred_batch_sizes=tuple(int(size) for size in args.preferred_batch_sizes.split(",") if size),
             instances=args.instances,
             intra_op_threads=args.threads,
+            cpu_rows_per_run=args.rows_per_run,
             fp16=not args.fp32,
             trt_cache_dir=args.trt_cache,
         )
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     repository.add_argument("--preferred-batch-sizes", default="", help="comma-separated, e.g. 8,16")
     repository.add_argument("--instances", type=int, default=1, help="instances per model (per GPU)")
     repository.add_argument("--threads", type=int, default=0, help="cpu: ONNX Runtime threads (0 = one per core)")
+    repository.add_argument(
+        "--rows-per-run", type=int, default=4, help="cpu: rows per ONNX Runtime run (bounds memory; 0 = all)"
+    )
     repository.add_argument("--fp32", action="store_true", help="gpu: TensorRT in fp32 instead of fp16")
     repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
     repository.set_defaults(run=_repository)

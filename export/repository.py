@@ -58,6 +58,10 @@ class RepositorySettings:
     preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = 1  # instances per model (per GPU on the gpu target)
     intra_op_threads: int = 0  # cpu: ONNX Runtime threads per model instance, 0 = one per core
+    # cpu: rows per ONNX Runtime run of a batched model. Peak memory is linear in it (docs/measurements.md:
+    # ≈ 150 MB per 256² frame for the generator, ≈ 167 MB for GFPGAN), so 4 keeps an instance under ≈ 1 GB
+    # while the dynamic batcher still merges up to frame_batch rows per execution. 0: all rows at once.
+    cpu_rows_per_run: int = 4
     fp16: bool = True  # gpu: TensorRT precision
     trt_cache_dir: str = "/trt_cache"  # gpu: engine cache, a path inside the Triton container
     trt_workspace_bytes: int = 1 << 30
@@ -69,8 +73,8 @@ class RepositorySettings:
         for name in ("frame_batch", "other_batch", "instances", "trt_opt_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0:
-            raise ValueError("max_queue_delay_us and intra_op_threads must be ≥ 0")
+        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.cpu_rows_per_run < 0:
+            raise ValueError("max_queue_delay_us, intra_op_threads and cpu_rows_per_run must be ≥ 0")
         too_big = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.frame_batch]
         if too_big:
             raise ValueError(f"preferred batch sizes {too_big} are outside 1..frame_batch={self.frame_batch}")
@@ -325,7 +329,11 @@ def model_config(spec: StageSpec, settings: RepositorySettings) -> dict[str, Any
     config["instance_group"] = [{"count": settings.instances, "kind": Enum(kind)}]
     if settings.target == "cpu":
         config["parameters"] = _parameters(
-            {"onnx_file": "model.onnx", "intra_op_thread_count": str(settings.intra_op_threads)}
+            {
+                "onnx_file": "model.onnx",
+                "intra_op_thread_count": str(settings.intra_op_threads),
+                "max_rows_per_run": str(settings.cpu_rows_per_run),
+            }
         )
     elif uses_tensorrt(spec):
         config["optimization"] = {

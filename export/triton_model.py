@@ -2,8 +2,9 @@
 
 ``python -m export repository --target cpu`` copies this file as ``<model>/1/model.py`` beside the model's
 ``model.onnx``; everything model-specific comes from the generated ``config.pbtxt`` (tensor names, dtypes,
-``max_batch_size``, and the parameters ``onnx_file`` and ``intra_op_thread_count``). It imports only numpy,
-onnxruntime and the backend's ``triton_python_backend_utils``, so it runs in the stub without this project.
+``max_batch_size``, and the parameters ``onnx_file``, ``intra_op_thread_count`` and ``max_rows_per_run``).
+It imports only numpy, onnxruntime and the backend's ``triton_python_backend_utils``, so it runs in the stub
+without this project.
 
 ``execute`` receives the requests the dynamic batcher merged; it concatenates those with equal per-row shapes
 along the batch axis, runs the graph once per group, and splits the outputs back. If a merged run fails, each
@@ -64,6 +65,22 @@ def concatenate(feeds: Sequence[Feed]) -> tuple[Feed, list[int]]:
     return {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}, rows
 
 
+def run_in_pieces(run: Any, feed: Feed, max_rows: int) -> list[np.ndarray]:
+    """``run(feed)`` on at most ``max_rows`` rows at a time, outputs concatenated (0: all rows at once).
+
+    ONNX Runtime's peak memory grows with the rows of one run (activations, and an arena that keeps its peak);
+    the dynamic batcher may merge up to max_batch_size rows, so this bounds what one model instance holds.
+    """
+    total = len(next(iter(feed.values())))
+    if max_rows <= 0 or total <= max_rows:
+        return list(run(feed))
+    pieces = [
+        run({name: array[start : start + max_rows] for name, array in feed.items()})
+        for start in range(0, total, max_rows)
+    ]
+    return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
+
+
 def split(outputs: Sequence[np.ndarray], rows: Sequence[int]) -> list[list[np.ndarray]]:
     """Per request, its slice of every output (the inverse of :func:`concatenate`)."""
     bounds = np.cumsum([0, *rows])
@@ -84,6 +101,8 @@ class TritonPythonModel:
         self.outputs = [tensor["name"] for tensor in config["output"]]
         path = Path(args["model_repository"]) / args["model_version"] / parameter(config, "onnx_file", "model.onnx")
         threads = int(parameter(config, "intra_op_thread_count", "0"))
+        # Rows per ONNX Runtime run (batched models only): bounds the instance's memory (see run_in_pieces).
+        self.max_rows = int(parameter(config, "max_rows_per_run", "0")) if self.batched else 0
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
@@ -132,7 +151,7 @@ class TritonPythonModel:
     def _run_group(self, group: list[tuple[int, Feed]]) -> list[tuple[int, Any]]:
         feed, rows = concatenate([item[1] for item in group])
         try:
-            outputs = self.session.run(self.outputs, feed)
+            outputs = run_in_pieces(lambda piece: self.session.run(self.outputs, piece), feed, self.max_rows)
             # Without a batch axis a group is one request, whose outputs need not have its inputs' rows.
             parts = split(outputs, rows) if self.batched else [outputs]
         except Exception as error:  # ONNX Runtime's errors have no common base class

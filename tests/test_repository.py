@@ -28,7 +28,7 @@ from export.repository import (
     write_repository,
 )
 from export.specs import STAGES
-from export.triton_model import concatenate, group_by_row_shape, split
+from export.triton_model import concatenate, group_by_row_shape, run_in_pieces, split
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NP_OF_TRITON = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_UINT8": np.uint8}
@@ -74,6 +74,8 @@ def test_configs_parse_and_name_only_files_that_exist(written: WrittenRepository
             assert config.backend == "python"
             assert (model_dir / "1" / "model.py").read_bytes() == (REPO_ROOT / "export/triton_model.py").read_bytes()
             assert (model_dir / "1" / config.parameters["onnx_file"].string_value).is_file()
+            rows = int(config.parameters["max_rows_per_run"].string_value)
+            assert rows == RepositorySettings().cpu_rows_per_run > 0
         else:
             assert config.backend == "onnxruntime"
             assert (model_dir / "1" / config.default_model_filename).is_file()
@@ -241,6 +243,22 @@ def test_cli_writes_the_gpu_repository(reduced_onnx_dir: Path, tmp_path: Path) -
 def test_docs_describe_every_model_and_ensemble() -> None:
     """docs/models.md carries the generated tables verbatim, so the docs cannot drift from the specs."""
     assert describe_markdown() in (REPO_ROOT / "docs" / "models.md").read_text()
+
+
+def test_model_source_runs_many_rows_in_pieces_with_the_same_result() -> None:
+    runs: list[int] = []
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        runs.append(len(feed["x"]))
+        return [feed["x"] * 2 + feed["y"], feed["y"].sum(axis=1)]
+
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((10, 3)), "y": rng.standard_normal((10, 3))}
+    whole = run_in_pieces(run, feed, 0)
+    pieces = run_in_pieces(run, feed, 4)
+    assert runs == [10, 4, 4, 2]
+    for a, b in zip(whole, pieces, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_model_source_batches_by_row_shape_and_splits_back() -> None:

@@ -398,7 +398,9 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     act as in eval mode from then on, whatever the module's mode.
     """
     for block in module.modules():
-        if isinstance(block, ConvBlock | ConvTransposeBlock) and len(block.conv_block) == 2:
-            conv, norm = block.conv_block
+        if not isinstance(block, ConvBlock | ConvTransposeBlock) or len(block.conv_block) != 2:
+            continue  # not a Wav2Lip unit, or already folded
+        conv, norm = block.conv_block
+        if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) and isinstance(norm, nn.BatchNorm2d):
             block.conv_block = nn.Sequential(fold_batch_norm(conv, norm))
     return module

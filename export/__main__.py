@@ -48,7 +48,7 @@ def _download(args: argparse.Namespace) -> int:
 
     if args.wav2lip and not args.accept_wav2lip_licence:
         log.error(
-            "%s\nNothing was downloaded. To fetch %s anyway, confirm that your use is non-commercial by adding "
+            "%s\nNothing was downloaded. To fetch %s, confirm that your use is non-commercial by adding "
             "--accept-wav2lip-licence (or download it by hand from %s).",
             WAV2LIP_LICENCE,
             args.wav2lip,

@@ -3,9 +3,12 @@
 Commands:
   check      --checkpoints DIR [--size 256|512]   are the official files there? (exit 1 with instructions if not)
   download   --checkpoints DIR [--size 256|512] [--gfpgan] [--base-url URL]
-                                                  fetch the official files (resumable; a mirror via --base-url)
-  onnx       --out DIR (--checkpoints DIR [--size 256|512] | --reduced) [--grid-sample 4d|5d]
-             [--stages a,b,...] [--check]        one ONNX graph + JSON sidecar per stage
+             [--wav2lip [FILE_NAME] --accept-wav2lip-licence]
+                                                  fetch the official files (resumable; a mirror via --base-url);
+                                                  Wav2Lip's weights (non-commercial) only with the explicit flag
+  onnx       --out DIR (--checkpoints DIR [--size 256|512] [--wav2lip FILE] | --reduced) [--grid-sample 4d|5d]
+             [--stages a,b,...] [--check]        one ONNX graph + JSON sidecar per stage; `wav2lip` is exported
+                                                  when DIR holds wav2lip_gan.pth (or --wav2lip names a file)
   repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
                                                   the Triton model repository (configs generated from the specs)
   synthetic  --out DIR [--seed N]                 write checkpoints in the official layouts, filled with
@@ -18,10 +21,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from export.official import how_to_get, missing_files
+from export.official import WAV2LIP, WAV2LIP_FILES, how_to_get, missing_files
+
+if TYPE_CHECKING:
+    from export.stages import Variant
 
 log = logging.getLogger("export")
 
@@ -37,9 +44,21 @@ def _check(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from export.download import DownloadError, download_official
-    from export.official import OPTIONAL, REQUIRED_FOR_SIZE
+    from export.official import OFFICIAL_FILES, OPTIONAL, REQUIRED_FOR_SIZE, WAV2LIP_LICENCE
 
+    if args.wav2lip and not args.accept_wav2lip_licence:
+        log.error(
+            "%s\nNothing was downloaded. To fetch %s, confirm that your use is non-commercial by adding "
+            "--accept-wav2lip-licence (or download it by hand from %s).",
+            WAV2LIP_LICENCE,
+            args.wav2lip,
+            OFFICIAL_FILES[args.wav2lip].url,
+        )
+        return 2
     names = REQUIRED_FOR_SIZE[args.size] + (OPTIONAL if args.gfpgan else ())
+    if args.wav2lip:
+        log.warning("fetching %s under its licence terms: %s", args.wav2lip, WAV2LIP_LICENCE)
+        names += (args.wav2lip,)
     try:
         download_official(names, args.checkpoints, base_url=args.base_url)
     except DownloadError as err:
@@ -51,20 +70,47 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_stages(variant: Variant, with_gfpgan: bool) -> list[str]:
+    """What `onnx` exports without --stages: every stage, GFPGAN only when asked for, Wav2Lip only when its
+    weights are there (always for the reduced architecture)."""
+    from export.stages import BUILDERS
+
+    stages = [s for s in BUILDERS if s != "gfpgan" or with_gfpgan]
+    wav2lip_file = variant.wav2lip_checkpoint
+    if wav2lip_file is not None and not wav2lip_file.is_file():
+        log.info("not exporting wav2lip: %s is not there (optional; non-commercial weights)", wav2lip_file)
+        stages.remove("wav2lip")
+    return stages
+
+
 def _onnx(args: argparse.Namespace) -> int:
     from export.onnx import export_and_check
+    from export.specs import STAGES
     from export.stages import BUILDERS, StageFactory, Variant
 
     if args.reduced == (args.checkpoints is not None):
         log.error("give exactly one of --checkpoints DIR (official weights) or --reduced (random demo weights)")
         return 2
-    variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed)
+    if args.reduced and args.wav2lip is not None:
+        log.error("--wav2lip FILE loads official weights; it does not go with --reduced")
+        return 2
+    variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed, args.wav2lip)
+    wav2lip_file = variant.wav2lip_checkpoint
+    stages = args.stages.split(",") if args.stages else default_stages(variant, args.with_gfpgan)
+    if unknown := [s for s in stages if s not in BUILDERS]:
+        log.error("unknown stage(s) %s; stages: %s", ", ".join(unknown), ", ".join(BUILDERS))
+        return 2
     if variant.reduced:
         log.warning("exporting the REDUCED architecture with RANDOM weights: for tests and demos, not results")
-    elif missing := missing_files(args.checkpoints, args.size):
-        log.error("%s", how_to_get(missing, args.checkpoints))
-        return 1
-    stages = args.stages.split(",") if args.stages else [s for s in BUILDERS if s != "gfpgan" or args.with_gfpgan]
+    else:
+        # Only the files the chosen stages read must be there (`--stages wav2lip` needs no SadTalker file).
+        needed = {STAGES[s].checkpoint.split(":")[0].replace("_256.", f"_{args.size}.") for s in stages}
+        if missing := [f for f in missing_files(args.checkpoints, args.size) if f.name in needed]:
+            log.error("%s", how_to_get(missing, args.checkpoints))
+            return 1
+        if "wav2lip" in stages and wav2lip_file is not None and not wav2lip_file.is_file():
+            log.error("the wav2lip stage needs %s, which does not exist", wav2lip_file)
+            return 1
     factory = StageFactory(variant)
     for stage in tqdm(stages, desc="export", unit="stage"):
         export_and_check(
@@ -126,6 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     download.add_argument("--size", type=int, choices=(256, 512), default=256)
     download.add_argument("--gfpgan", action="store_true", help="also fetch GFPGANv1.4.pth (face enhancement)")
     download.add_argument("--base-url", default=None, help="a mirror serving the files by name")
+    download.add_argument(
+        "--wav2lip",
+        nargs="?",
+        const=WAV2LIP,
+        choices=WAV2LIP_FILES,
+        default=None,
+        help=f"also fetch a Wav2Lip file (default {WAV2LIP}); NON-COMMERCIAL weights, needs --accept-wav2lip-licence",
+    )
+    download.add_argument(
+        "--accept-wav2lip-licence",
+        action="store_true",
+        help="confirm that you use Wav2Lip's weights for non-commercial purposes only (LRS2-trained)",
+    )
     download.set_defaults(run=_download)
 
     onnx = sub.add_parser("onnx", help="export every stage to ONNX with a JSON sidecar")
@@ -136,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     onnx.add_argument("--grid-sample", choices=("5d", "4d"), default="5d", help="4d: the TensorRT-friendly form")
     onnx.add_argument("--stages", default=None, help="comma-separated subset (default: all)")
     onnx.add_argument("--with-gfpgan", action="store_true", help="also export GFPGAN (needs GFPGANv1.4.pth)")
+    onnx.add_argument(
+        "--wav2lip",
+        type=Path,
+        default=None,
+        help=f"Wav2Lip checkpoint file for the wav2lip stage (default: {WAV2LIP} in --checkpoints, if there)",
+    )
     onnx.add_argument("--seed", type=int, default=0, help="seed of the reduced random weights")
     onnx.add_argument("--check", action="store_true", help="compare each graph with PyTorch (batch 1 and 3)")
     onnx.set_defaults(run=_onnx)

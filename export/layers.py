@@ -1,13 +1,20 @@
-"""Shared building blocks of the SadTalker face renderer (face-vid2vid lineage); imports no model.
+"""Shared building blocks; imports no model.
 
-Upstream: OpenTalker/SadTalker ``src/facerender/modules/util.py`` (Apache-2.0), itself derived from the
-First Order Motion Model / face-vid2vid re-implementations. Attribute names follow upstream so that
-checkpoint tensors load by name. Upstream's synchronised batch norm behaves as plain batch norm in eval mode,
-and its spectral-norm convolutions are plain convolutions here (the norm is folded into the weight at load).
+Face renderer (face-vid2vid lineage): upstream OpenTalker/SadTalker ``src/facerender/modules/util.py``
+(Apache-2.0), itself derived from the First Order Motion Model / face-vid2vid re-implementations. Upstream's
+synchronised batch norm behaves as plain batch norm in eval mode, and its spectral-norm convolutions are plain
+convolutions here (the norm is folded into the weight at load).
+
+Wav2Lip's units (Rudrabha/Wav2Lip ``models/conv.py``, non-commercial licence; SadTalker reuses the audio
+encoder): :class:`ConvBlock`, :class:`ConvTransposeBlock`, :func:`make_audio_encoder`, and
+:func:`fold_batch_norms`, which folds their eval-mode batch norms into the convolutions for export.
+
+Attribute names follow upstream so that checkpoint tensors load by name.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -292,3 +299,108 @@ class SPADEResBlock(nn.Module):
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, segmap), SPADE_LEAKY_SLOPE))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, segmap), SPADE_LEAKY_SLOPE))
         return shortcut + dx
+
+
+# --------------------------------------------------------------------------- Wav2Lip units
+
+
+class ConvBlock(nn.Module):
+    """Conv2d → BatchNorm2d (→ + input when residual) → ReLU; the names match upstream's ``Conv2d`` wrapper."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int | tuple[int, int],
+        padding: int,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU()
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+class ConvTransposeBlock(nn.Module):
+    """ConvTranspose2d → BatchNorm2d → ReLU; the names match upstream's ``Conv2dTranspose`` wrapper."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, output_padding: int = 0
+    ) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout)
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv_block(x))
+
+
+def make_audio_encoder(channels: tuple[int, int, int, int, int]) -> nn.Sequential:
+    """Wav2Lip's audio encoder: (N, 1, 80, 16) → (N, channels[4], 1, 1).
+
+    Height (mel bands) 80 → 27 → 9 → 3 → 1 and width (time) 16 → 16 → 6 → 3 → 1.
+    """
+    c1, c2, c3, c4, c5 = channels
+    return nn.Sequential(
+        ConvBlock(1, c1, 3, 1, 1),
+        ConvBlock(c1, c1, 3, 1, 1, residual=True),
+        ConvBlock(c1, c1, 3, 1, 1, residual=True),
+        ConvBlock(c1, c2, 3, (3, 1), 1),
+        ConvBlock(c2, c2, 3, 1, 1, residual=True),
+        ConvBlock(c2, c2, 3, 1, 1, residual=True),
+        ConvBlock(c2, c3, 3, 3, 1),
+        ConvBlock(c3, c3, 3, 1, 1, residual=True),
+        ConvBlock(c3, c3, 3, 1, 1, residual=True),
+        ConvBlock(c3, c4, 3, (3, 2), 1),
+        ConvBlock(c4, c4, 3, 1, 1, residual=True),
+        ConvBlock(c4, c5, 3, 1, 0),
+        ConvBlock(c5, c5, 1, 1, 0),
+    )
+
+
+def fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> nn.Conv2d | nn.ConvTranspose2d:
+    """A copy of ``conv`` that computes ``norm(conv(x))`` with ``norm`` in eval mode (its running statistics).
+
+    Per output channel: scale = γ / √(running_var + ε), weight ← weight · scale, bias ← (bias − running_mean) ·
+    scale + β, in float64 and cast back once, so the folded convolution is the same affine map (it differs from
+    the two-step float32 computation only by rounding).
+    """
+    if norm.weight is None or norm.bias is None or norm.running_mean is None or norm.running_var is None:
+        raise ValueError("fold_batch_norm needs an affine batch norm with running statistics")
+    if conv.groups != 1:
+        raise ValueError(f"fold_batch_norm supports groups=1 only, got groups={conv.groups}")
+    scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    shift = norm.bias.detach().double() - norm.running_mean.double() * scale
+    weight = conv.weight.detach().double()
+    # Conv2d weights are (out, in, kh, kw); ConvTranspose2d weights are (in, out, kh, kw).
+    axis = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    folded = copy.deepcopy(conv)
+    folded.weight = nn.Parameter((weight * scale.view(axis)).to(conv.weight.dtype))
+    folded.bias = nn.Parameter((bias * scale + shift).to(conv.weight.dtype))
+    return folded
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """In place: every :class:`ConvBlock` / :class:`ConvTransposeBlock` of ``module`` gets its batch norm folded
+    into its convolution (``conv_block`` becomes a single convolution). Returns ``module``.
+
+    For export, after loading: the state-dict names change (``…conv_block.1.*`` disappear), and the batch norms
+    act as in eval mode from then on, whatever the module's mode.
+    """
+    for block in module.modules():
+        if not isinstance(block, ConvBlock | ConvTransposeBlock) or len(block.conv_block) != 2:
+            continue  # not a Wav2Lip unit, or already folded
+        conv, norm = block.conv_block
+        if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) and isinstance(norm, nn.BatchNorm2d):
+            block.conv_block = nn.Sequential(fold_batch_norm(conv, norm))
+    return module

@@ -10,6 +10,16 @@ from pathlib import Path
 
 _SADTALKER_RELEASE = "https://github.com/OpenTalker/SadTalker/releases/download/v0.0.2-rc"
 _GFPGAN_RELEASE = "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0"
+# Wav2Lip's authors publish wav2lip.pth and wav2lip_gan.pth only as Google Drive links in the Rudrabha/Wav2Lip
+# README (the earlier SharePoint links are dead); a Drive download needs a browser confirmation, so no script can
+# fetch it. camenduru/Wav2Lip on Hugging Face holds both files as published (the torch pickles with optimizer,
+# ~416 MiB each, uploaded February 2023) and is the copy that most install scripts and notebooks use; other
+# mirrors (Nekochu/Wav2Lip, numz/wav2lip_studio) hold the same files.
+_WAV2LIP_MIRROR = "https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints"
+_WAV2LIP_TERMS = (
+    "NON-COMMERCIAL use only: trained on LRS2 (BBC), research/academic/personal use; "
+    "see https://github.com/Rudrabha/Wav2Lip#license-and-citation"
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,18 @@ OFFICIAL_FILES: dict[str, OfficialFile] = {
             "params_ema",
             "GFPGAN v1.4 face enhancer (optional)",
         ),
+        OfficialFile(
+            "wav2lip_gan.pth",
+            f"{_WAV2LIP_MIRROR}/wav2lip_gan.pth",
+            "state_dict",
+            f"Wav2Lip + GAN lip-sync engine (optional; the default Wav2Lip file). {_WAV2LIP_TERMS}",
+        ),
+        OfficialFile(
+            "wav2lip.pth",
+            f"{_WAV2LIP_MIRROR}/wav2lip.pth",
+            "state_dict",
+            f"Wav2Lip without the GAN loss: more accurate lip sync, blurrier (optional). {_WAV2LIP_TERMS}",
+        ),
     )
 }
 
@@ -63,6 +85,15 @@ REQUIRED_FOR_SIZE: dict[int, tuple[str, ...]] = {
     512: ("SadTalker_V0.0.2_512.safetensors", "mapping_00229-model.pth.tar", "mapping_00109-model.pth.tar"),
 }
 OPTIONAL = ("GFPGANv1.4.pth",)
+# The Wav2Lip engine's weights: never part of a default download (their licence forbids commercial use), fetched
+# only with `python -m export download --wav2lip --accept-wav2lip-licence`.
+WAV2LIP = "wav2lip_gan.pth"
+WAV2LIP_FILES = ("wav2lip_gan.pth", "wav2lip.pth")
+WAV2LIP_LICENCE = (
+    "Wav2Lip's weights (wav2lip_gan.pth, wav2lip.pth) are licensed for NON-COMMERCIAL use only: the models were "
+    "trained on the LRS2 dataset, and their authors allow research, academic and personal use; any commercial use "
+    "is prohibited (https://github.com/Rudrabha/Wav2Lip#license-and-citation; commercial requests go to the authors)."
+)
 
 
 def missing_files(directory: Path, size: int = 256) -> list[OfficialFile]:

@@ -143,6 +143,24 @@ STAGES: dict[str, StageSpec] = {
             checkpoint="GFPGANv1.4.pth",
             doc="GFPGAN v1.4 face enhancement (optional; fixed noise)",
         ),
+        StageSpec(
+            "wav2lip",
+            inputs=(
+                _f32("mel_window", 1, 80, 16, doc="the 16 mel frames from int(80·i/25), clamped to end at the last"),
+                _f32(
+                    "face",
+                    6,
+                    96,
+                    96,
+                    doc="96² face crop, BGR /255: [rows ≥ 48 zeroed ‖ the crop] (lipsync.wav2lip.face_input)",
+                    sample="unit",
+                ),
+            ),
+            outputs=(_f32("prediction", 3, 96, 96, doc="the face with lips for the audio, BGR in [0, 1]"),),
+            per_frame=True,
+            checkpoint="wav2lip_gan.pth",
+            doc="Wav2Lip lip-sync engine, one video frame per batch row (≈7.9 GFLOP/frame; weights non-commercial)",
+        ),
         # Small steps that glue the networks into Triton ensembles (export/ensemble_steps.py).
         StageSpec(
             "mel_windows",

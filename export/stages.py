@@ -3,6 +3,9 @@
 A ``Variant`` says which weights and which forms: official checkpoints from a directory (the full
 architecture), or none — the reduced-width architecture with seeded random weights, for tests and the
 demo. Every module returned takes exactly its stage's inputs (``export.specs.STAGES``) in order.
+
+The Wav2Lip engine's weights are optional (non-commercial licence): its stage is built from ``wav2lip_gan.pth``
+in the checkpoint directory, or from the file ``Variant.wav2lip`` names.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import torch
 from torch import nn
 
 from export import ensemble_steps
+from export.layers import fold_batch_norms
 from export.mel import MelSpectrogram
-from export.models import audio2exp, audio2pose, face_recon, generator, gfpgan, keypoints, mapping
+from export.models import audio2exp, audio2pose, face_recon, generator, gfpgan, keypoints, mapping, wav2lip
+from export.official import WAV2LIP
 from export.weights import MANIFESTED_FILES, StateDict, is_synthetic, read_checkpoint, strip_prefix
 
 log = logging.getLogger(__name__)
@@ -28,12 +33,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
-    """Which weights and forms to build. ``checkpoints=None`` is the reduced demo architecture."""
+    """Which weights and forms to build. ``checkpoints=None`` is the reduced demo architecture.
+
+    ``wav2lip``: the Wav2Lip checkpoint file (default: ``wav2lip_gan.pth`` in ``checkpoints``).
+    """
 
     checkpoints: Path | None
     size: Literal[256, 512] = 256
     grid_sample: Literal["4d", "5d"] = "5d"
     seed: int = 0
+    wav2lip: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoints is None and self.wav2lip is not None:
+            raise ValueError("a Wav2Lip checkpoint file needs official weights (checkpoints), not the reduced variant")
+
+    @property
+    def wav2lip_checkpoint(self) -> Path | None:
+        """The Wav2Lip file this variant reads (``None`` for the reduced variant); it may not exist."""
+        if self.checkpoints is None:
+            return None
+        return self.wav2lip if self.wav2lip is not None else self.checkpoints / WAV2LIP
 
     @property
     def reduced(self) -> bool:
@@ -43,11 +63,26 @@ class Variant:
         """Provenance for sidecars and logs: never lets random weights pass for official ones."""
         if self.checkpoints is None:
             weights = f"RANDOM (reduced architecture, seed {self.seed}) - not a result of the models"
-        elif any(is_synthetic(p) for p in sorted(self.checkpoints.glob("*")) if p.name in MANIFESTED_FILES):
+        elif any(is_synthetic(p) for p in self._files(self.checkpoints)):
             weights = f"SYNTHETIC official-layout checkpoints in {self.checkpoints} - not the official weights"
         else:
             weights = f"official checkpoints in {self.checkpoints}"
-        return {"weights": weights, "reduced": self.reduced, "size": self.size, "grid_sample": self.grid_sample}
+        described: dict[str, object] = {
+            "weights": weights,
+            "reduced": self.reduced,
+            "size": self.size,
+            "grid_sample": self.grid_sample,
+        }
+        if self.wav2lip is not None:
+            described["wav2lip_checkpoint"] = str(self.wav2lip)
+        return described
+
+    def _files(self, directory: Path) -> list[Path]:
+        """The official-layout files this variant may read."""
+        files = [p for p in sorted(directory.glob("*")) if p.name in MANIFESTED_FILES]
+        if self.wav2lip is not None and self.wav2lip.is_file():
+            files.append(self.wav2lip)
+        return files
 
 
 @dataclass
@@ -104,6 +139,17 @@ def _mapping(file_name: str) -> Builder:
     return build
 
 
+def _wav2lip(variant: Variant, weights: _Weights | None) -> nn.Module:
+    """Wav2Lip with its batch norms folded into the convolutions (the exporter folds only those after a plain
+    convolution; this also removes the six after the transposed ones)."""
+    if weights is None:
+        module: nn.Module = wav2lip.Wav2Lip(wav2lip.REDUCED)
+    else:
+        path = variant.wav2lip_checkpoint or weights.directory / WAV2LIP
+        module = wav2lip.load_wav2lip(read_checkpoint(path), wav2lip.FULL, source=path.name)
+    return fold_batch_norms(module.eval())
+
+
 BUILDERS: dict[str, Builder] = {
     "mel": _mel,
     "audio2exp": _networks(
@@ -149,6 +195,8 @@ BUILDERS: dict[str, Builder] = {
     "face_to_uint8": lambda variant, weights: ensemble_steps.FaceToUint8(),
     "enhancer_input": lambda variant, weights: ensemble_steps.EnhancerInput(),
     "enhancer_output": lambda variant, weights: ensemble_steps.EnhancerOutput(),
+    # The second engine; last, so that every stage above keeps its seed.
+    "wav2lip": _wav2lip,
 }
 
 

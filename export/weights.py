@@ -9,6 +9,7 @@ the file, the tensor and both shapes.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 
-# The files we have manifests for (the 512 SadTalker file shares the 256 file's tensor names).
+# The files we have manifests for (the 512 SadTalker file shares the 256 file's tensor names; wav2lip.pth
+# and wav2lip_gan.pth have the same layout).
 MANIFESTED_FILES = tuple(sorted(p.name.removesuffix(".json") for p in MANIFEST_DIR.glob("*.*.json")))
 
 StateDict = dict[str, torch.Tensor]
@@ -62,11 +66,17 @@ def read_manifest(file_name: str, directory: Path = MANIFEST_DIR) -> Manifest:
     return Manifest(file_name, raw["format"], raw["note"], tensors)
 
 
+# Top-level keys of the torch pickles that hold the state dict, in order of preference: ``mapping`` (SadTalker's
+# mapping nets), ``params_ema`` then ``params`` (GFPGAN), ``state_dict`` (Wav2Lip).
+STATE_DICT_KEYS = ("mapping", "params_ema", "params", "state_dict")
+
+
 def read_checkpoint(path: Path) -> StateDict:
     """Read an official checkpoint file into a flat ``name → tensor`` dict.
 
-    ``.safetensors`` files are flat; the ``.pth``/``.pth.tar`` files are torch pickles whose state dict
-    sits under a top-level key (``mapping`` for the mapping nets, ``params_ema`` else ``params`` for GFPGAN).
+    ``.safetensors`` files are flat; the ``.pth``/``.pth.tar`` files are torch pickles whose state dict sits
+    under one of :data:`STATE_DICT_KEYS`. The other top-level entries (an optimizer's state, step counters, a
+    second copy of the weights) are not used, and a log line names them.
     """
     path = Path(path)
     if not path.is_file():
@@ -78,11 +88,14 @@ def read_checkpoint(path: Path) -> StateDict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, Mapping):
         raise CheckpointError(f"{path.name}: expected a dict at the top level, found {type(payload).__name__}")
-    for key in ("mapping", "params_ema", "params"):
+    for key in STATE_DICT_KEYS:
         if key in payload and isinstance(payload[key], Mapping):
+            ignored = sorted(str(k) for k in payload if k != key)
+            if ignored:
+                log.info("%s: using the tensors under %r; ignoring top-level %s", path.name, key, ", ".join(ignored))
             return dict(payload[key])
     raise CheckpointError(
-        f"{path.name}: none of the expected top-level keys (mapping, params_ema, params) is present; "
+        f"{path.name}: none of the expected top-level keys ({', '.join(STATE_DICT_KEYS)}) is present; "
         f"found {sorted(payload)}"
     )
 

@@ -1,10 +1,11 @@
-"""The command lines a user runs first: `python -m export check|synthetic` and `python -m gateway up`."""
+"""The command lines a user runs first: `python -m export check|download|onnx` and `python -m gateway up`."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,68 @@ def test_install_can_take_pytorchs_cpu_build() -> None:
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in dry
     plain = subprocess.run(["make", "-n", "-B", "install"], cwd=repo, capture_output=True, text=True, check=True).stdout
     assert "download.pytorch.org" not in plain and "/opt/wheels" not in plain
+
+
+def test_wav2lip_weights_are_optional_and_labelled_non_commercial() -> None:
+    from export.official import OPTIONAL, WAV2LIP_FILES
+
+    for name in WAV2LIP_FILES:
+        assert all(name not in names for names in REQUIRED_FOR_SIZE.values()) and name not in OPTIONAL
+        file = OFFICIAL_FILES[name]
+        assert file.pickle_key == "state_dict" and file.url.startswith("https://") and file.url.endswith(name)
+        assert "NON-COMMERCIAL" in file.purpose and "LRS2" in file.purpose
+
+
+def test_wav2lip_download_needs_the_explicit_licence_flag(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # were the download attempted, it would fail with "cannot reach"
+        sock.bind(("127.0.0.1", 0))
+        mirror = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = _run("-m", "export", "download", "--checkpoints", str(tmp_path), "--base-url", mirror, "--wav2lip")
+    assert result.returncode == 2
+    assert "NON-COMMERCIAL" in result.stderr and "--accept-wav2lip-licence" in result.stderr
+    assert OFFICIAL_FILES["wav2lip_gan.pth"].url in result.stderr
+    assert "cannot reach" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_onnx_exports_wav2lip_only_when_its_weights_are_there(tmp_path: Path) -> None:
+    from export.__main__ import default_stages
+    from export.stages import BUILDERS, Variant
+
+    assert "wav2lip" in default_stages(Variant(None), with_gfpgan=False)  # reduced: random weights
+    assert "wav2lip" not in default_stages(Variant(tmp_path), with_gfpgan=False)
+    elsewhere = tmp_path / "elsewhere.pth"
+    assert "wav2lip" not in default_stages(Variant(tmp_path, wav2lip=elsewhere), with_gfpgan=False)
+    elsewhere.write_bytes(b"x")
+    assert "wav2lip" in default_stages(Variant(tmp_path, wav2lip=elsewhere), with_gfpgan=False)
+    (tmp_path / "wav2lip_gan.pth").write_bytes(b"x")
+    assert default_stages(Variant(tmp_path), with_gfpgan=True) == list(BUILDERS)
+
+
+def test_onnx_wav2lip_arguments_are_checked(tmp_path: Path) -> None:
+    from export.__main__ import main
+
+    out = tmp_path / "onnx"
+    assert main(["onnx", "--reduced", "--wav2lip", str(tmp_path / "w.pth"), "--out", str(out)]) == 2
+    assert main(["onnx", "--checkpoints", str(tmp_path), "--stages", "wav2lip", "--out", str(out)]) == 1
+    assert main(["onnx", "--checkpoints", str(tmp_path), "--stages", "wav2lipp", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_onnx_exports_wav2lip_from_a_file_without_the_sadtalker_weights(
+    tmp_path: Path, synthetic_checkpoint: Callable[[str], Path]
+) -> None:
+    import json
+
+    from export.__main__ import main
+
+    source = synthetic_checkpoint("wav2lip_gan.pth")
+    empty, out = tmp_path / "checkpoints", tmp_path / "onnx"
+    empty.mkdir()
+    argv = ["onnx", "--checkpoints", str(empty), "--wav2lip", str(source), "--stages", "wav2lip", "--out", str(out)]
+    assert main([*argv, "--check"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["wav2lip.json", "wav2lip.onnx"]
+    sidecar = json.loads((out / "wav2lip.json").read_text())
+    assert sidecar["weights"].startswith("SYNTHETIC") and sidecar["wav2lip_checkpoint"] == str(source)
+    assert sidecar["parity"]["relative_error"]["3"] <= 1e-5

@@ -112,3 +112,19 @@ def test_an_unreachable_server_gives_a_clear_message(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     with pytest.raises(DownloadError, match=r"cannot reach .* download the file by hand"):
         download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin", progress=False, timeout=5)
+
+
+@pytest.mark.parametrize(("flag", "name"), [([], "wav2lip_gan.pth"), (["wav2lip.pth"], "wav2lip.pth")])
+def test_wav2lip_is_fetched_with_the_licence_flag(
+    file_server: FileServer, tmp_path: Path, flag: list[str], name: str
+) -> None:
+    from export.__main__ import main
+    from export.official import REQUIRED_FOR_SIZE
+
+    for required in REQUIRED_FOR_SIZE[256]:
+        (tmp_path / required).write_bytes(b"already here")
+    file_server.files[name] = b"wav2lip weights " * 1000
+    argv = ["download", "--checkpoints", str(tmp_path), "--base-url", file_server.url, "--wav2lip", *flag]
+    assert main([*argv, "--accept-wav2lip-licence"]) == 0
+    assert (tmp_path / name).read_bytes() == file_server.files[name]
+    assert file_server.range_headers == [None]  # one request: the required files were already there

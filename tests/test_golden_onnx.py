@@ -24,7 +24,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def factory(synthetic_checkpoint: Callable[[str], Path]) -> StageFactory:
-    for name in ("SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar", "mapping_00109-model.pth.tar"):
+    for name in (
+        "SadTalker_V0.0.2_256.safetensors",
+        "mapping_00229-model.pth.tar",
+        "mapping_00109-model.pth.tar",
+        "wav2lip_gan.pth",
+    ):
         directory = synthetic_checkpoint(name).parent
     return StageFactory(Variant(directory))
 
@@ -73,6 +78,13 @@ CASES = {
     ),
     "kp_detector": ("kp_detector", lambda g: {"image": g["image"]}, lambda out: out[0], "kp", 1e-5),
     "face_recon": ("face_recon", lambda g: {"image": g["image"]}, lambda out: out[0], "coeffs", 1e-5),
+    "wav2lip": (
+        "wav2lip",
+        lambda g: {"mel_window": g["mel_windows"], "face": g["face_input"]},
+        lambda out: out[0],
+        "prediction",
+        1e-5,
+    ),
 }
 
 

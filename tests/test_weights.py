@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,9 +130,20 @@ def test_read_checkpoint_reports_missing_files_and_unknown_pickles(tmp_path: Pat
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "GFPGANv1.4.pth")
     bad = tmp_path / "odd.pth"
-    torch.save({"state_dict": {}}, bad)
-    with pytest.raises(CheckpointError, match=r"odd\.pth.*found \['state_dict'\]"):
+    torch.save({"model": {}, "epoch": 3}, bad)
+    with pytest.raises(CheckpointError, match=r"odd\.pth.*state_dict\) is present; found \['epoch', 'model'\]"):
         read_checkpoint(bad)
+
+
+def test_read_checkpoint_names_the_top_level_entries_it_ignores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "trained.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "optimizer": {"state": {}}, "global_step": 7}, path)
+    with caplog.at_level(logging.INFO, logger="export.weights"):
+        state = read_checkpoint(path)
+    assert set(state) == {"w"}
+    assert "trained.pth: using the tensors under 'state_dict'; ignoring top-level global_step, optimizer" in caplog.text
 
 
 def test_synthetic_checkpoints_are_never_taken_for_official_ones(
@@ -140,7 +152,7 @@ def test_synthetic_checkpoints_are_never_taken_for_official_ones(
     from export.stages import Variant
     from export.weights import is_synthetic
 
-    for name in ("SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar"):
+    for name in ("SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar", "wav2lip_gan.pth"):
         assert is_synthetic(synthetic_checkpoint(name))
     directory = synthetic_checkpoint("mapping_00229-model.pth.tar").parent
     assert str(Variant(directory).describe()["weights"]).startswith("SYNTHETIC")

@@ -7,7 +7,7 @@ and ``audio2exp.py`` in OpenTalker/SadTalker, Apache-2.0. The audio encoder is W
 Per video frame: a 13-layer conv encoder (80×16 → 512×1×1, BatchNorm in eval mode, residual blocks) and
 ``Linear(512 + 64 + 1 → 64)`` over ``[audio | source exp | blink ratio]``. Upstream's ``test()`` only loops over
 chunks of 10 frames, which changes nothing per frame, so the batch axis here is simply the video frames.
-The audio encoder (:class:`ConvBlock`, :func:`make_audio_encoder`) is shared with Audio2Pose.
+The audio encoder (``export.layers.make_audio_encoder``) is shared with Audio2Pose and Wav2Lip.
 """
 
 from __future__ import annotations
@@ -18,54 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from export.layers import make_audio_encoder
 from export.weights import StateDict, load_strict
-
-
-class ConvBlock(nn.Module):
-    """Conv2d → BatchNorm2d (→ + input when residual) → ReLU; the names match upstream's ``Conv2d`` wrapper."""
-
-    def __init__(
-        self,
-        cin: int,
-        cout: int,
-        kernel_size: int,
-        stride: int | tuple[int, int],
-        padding: int,
-        residual: bool = False,
-    ) -> None:
-        super().__init__()
-        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU()
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_block(x)
-        if self.residual:
-            out = out + x
-        return self.act(out)
-
-
-def make_audio_encoder(channels: tuple[int, int, int, int, int]) -> nn.Sequential:
-    """Wav2Lip's audio encoder: (N, 1, 80, 16) → (N, channels[4], 1, 1).
-
-    Height (mel bands) 80 → 27 → 9 → 3 → 1 and width (time) 16 → 16 → 6 → 3 → 1.
-    """
-    c1, c2, c3, c4, c5 = channels
-    return nn.Sequential(
-        ConvBlock(1, c1, 3, 1, 1),
-        ConvBlock(c1, c1, 3, 1, 1, residual=True),
-        ConvBlock(c1, c1, 3, 1, 1, residual=True),
-        ConvBlock(c1, c2, 3, (3, 1), 1),
-        ConvBlock(c2, c2, 3, 1, 1, residual=True),
-        ConvBlock(c2, c2, 3, 1, 1, residual=True),
-        ConvBlock(c2, c3, 3, 3, 1),
-        ConvBlock(c3, c3, 3, 1, 1, residual=True),
-        ConvBlock(c3, c3, 3, 1, 1, residual=True),
-        ConvBlock(c3, c4, 3, (3, 2), 1),
-        ConvBlock(c4, c4, 3, 1, 1, residual=True),
-        ConvBlock(c4, c5, 3, 1, 0),
-        ConvBlock(c5, c5, 1, 1, 0),
-    )
 
 
 @dataclass(frozen=True)

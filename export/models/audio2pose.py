@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from export.models.audio2exp import make_audio_encoder
+from export.layers import make_audio_encoder
 from export.weights import StateDict, load_strict
 
 

@@ -6,7 +6,8 @@ Python-backend stub built for the running interpreter, starts the server on loop
 group, forwards its log lines to :mod:`logging`, waits until the server is ready, and on stop terminates the
 whole group so the stub processes die with it.
 
-Run it from a shell: ``python -m gateway.triton_server MODEL_REPOSITORY`` (Ctrl-C stops server and stubs).
+Run it from a shell: ``python -m gateway.triton_server MODEL_REPOSITORY`` (Ctrl-C stops server and stubs);
+``--address 0.0.0.0`` serves other hosts (the cpu-demo Triton pod of deploy/k8s).
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class EmbeddedTriton:
         http_port: int = 0,
         grpc_port: int = 0,
         metrics_port: int = 0,
+        address: str = LOOPBACK,
         log_verbose: int = 0,
         model_control_mode: ModelControlMode = "none",
         load_models: Sequence[str] = (),
@@ -195,7 +197,9 @@ class EmbeddedTriton:
     ) -> Self:
         """Start the server and return once it reports ready (strict readiness: every model loaded).
 
-        A port of 0 means a free loopback port. ``load_models`` applies to ``model_control_mode="explicit"``.
+        A port of 0 means a free loopback port. ``address`` is where the server listens: loopback unless asked
+        (``0.0.0.0`` in a container whose server other pods call, as deploy/k8s's cpu-demo does).
+        ``load_models`` applies to ``model_control_mode="explicit"``.
         ``exit_timeout_s`` is how long Triton waits for in-flight requests on SIGTERM.
         ``auto_complete_config=False`` suits generated, complete configs: the Python backend then skips the extra
         stub it launches per model just to complete the config (≈1 s per model on this kind of CPU).
@@ -227,7 +231,7 @@ class EmbeddedTriton:
                     http=http_port or next(free), grpc=grpc_port or next(free), metrics=metrics_port or next(free)
                 )
                 try:
-                    self._launch(repository, ports, options)
+                    self._launch(repository, ports, address, options)
                     self._wait_until_ready(ready_timeout_s)
                     return self
                 except TritonStartError as error:
@@ -239,7 +243,7 @@ class EmbeddedTriton:
             raise
         raise AssertionError("unreachable")
 
-    def _launch(self, repository: Path, ports: TritonPorts, options: list[str]) -> None:
+    def _launch(self, repository: Path, ports: TritonPorts, address: str, options: list[str]) -> None:
         _remove_leftovers_of_dead_launchers()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         backend_dir = self._prepare_backends(self._workdir)
@@ -250,11 +254,11 @@ class EmbeddedTriton:
             str(self.install.binary),
             f"--model-repository={repository}",
             f"--backend-directory={backend_dir}",
-            f"--http-address={LOOPBACK}",
+            f"--http-address={address}",
             f"--http-port={ports.http}",
-            f"--grpc-address={LOOPBACK}",
+            f"--grpc-address={address}",
             f"--grpc-port={ports.grpc}",
-            f"--metrics-address={LOOPBACK}",
+            f"--metrics-address={address}",
             f"--metrics-port={ports.metrics}",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             *options,
@@ -509,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=0, help="0 = a free loopback port")
     parser.add_argument("--grpc-port", type=int, default=0, help="0 = a free loopback port")
     parser.add_argument("--metrics-port", type=int, default=0, help="0 = a free loopback port")
+    parser.add_argument("--address", default=LOOPBACK, help="where to listen (0.0.0.0: every interface)")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--ready-timeout-s", type=float, default=120.0, help="seconds to wait for every model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     exit_on_signals()
@@ -520,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            address=args.address,
             log_verbose=args.log_verbose,
+            ready_timeout_s=args.ready_timeout_s,
         )
         LOG.info("serving: grpc %s, http %s, pid %d", server.grpc_url, server.http_url, server.pid)
         code = server.wait()

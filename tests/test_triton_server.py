@@ -151,6 +151,17 @@ def test_listens_on_loopback_only(server: EmbeddedTriton) -> None:
         assert addresses <= loopback, f"port {port} listens on {addresses}"
 
 
+def test_listens_on_every_interface_when_asked(tmp_path: Path) -> None:
+    # The cpu-demo Triton pod of deploy/k8s serves other pods: `python -m gateway.triton_server --address 0.0.0.0`.
+    repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
+    with EmbeddedTriton().start(repo, address="0.0.0.0") as server:
+        for port in (server.ports.http, server.ports.grpc, server.ports.metrics):
+            addresses = listening_addresses(port)
+            assert addresses & {"00000000", "00000000000000000000000000000000"}, f"port {port}: {addresses}"
+        x = np.ones((1, 3), np.float32)
+        np.testing.assert_array_equal(add_one(server.grpc_url, x), x + 1)  # still reachable on loopback
+
+
 def test_second_server_runs_alongside_and_stop_leaves_nothing(
     server: EmbeddedTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,567 @@
+"""deploy/k8s, checked without a cluster: each overlay rendered with ``kubectl kustomize``, every object validated
+against the Kubernetes JSON schemas (kubernetes-validate, strict: an unknown field fails), then the wiring the
+deployment relies on (docs/deploy.md): probes, the headless Service the gateways resolve, Redis, autoscalers and
+their custom metrics, disruption budgets, selectors, references, Ingress timeouts, images, resources.
+
+The ServiceMonitors (a custom resource no Kubernetes schema covers) and the Prometheus alert rules are checked
+for structure and for naming only metrics that exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.metrics import Metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+K8S = REPO_ROOT / "deploy" / "k8s"
+OVERLAYS = ("gpu", "cpu-demo")
+# The oldest Kubernetes we claim (autoscaling/v2 and policy/v1 are GA since 1.23 and 1.21; nothing newer is
+# used) and the newest the pinned kubernetes-validate ships schemas for.
+K8S_VERSIONS = ("1.27.0", "1.37.0")
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed (.ci/run installs Debian's kubernetes-client for it)"
+)
+
+# Our images and the docker/Dockerfile stage each is built from.
+IMAGE_STAGES = {
+    "lipsync-triton-export": "export",
+    "lipsync-triton-gateway": "gateway",
+    "lipsync-triton-cpu": "triton-cpu",
+}
+# Secrets the operator provides (docs/deploy.md names each): referenced, never rendered.
+EXTERNAL_SECRETS = {"lipsync-auth", "lipsync-tls"}
+# Triton 2.51's metric families (read from the embedded server; the nv_gpu_* ones appear with a GPU only).
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_total_bytes",
+    "nv_cpu_memory_used_bytes",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+}
+KUBE_STATE_METRICS = {
+    "kube_deployment_status_replicas_available",
+    "kube_horizontalpodautoscaler_status_current_replicas",
+    "kube_horizontalpodautoscaler_spec_max_replicas",
+}
+
+
+def gateway_metrics() -> set[str]:
+    """The series names the gateway exports (gateway/metrics.py), with Prometheus's suffixes."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {
+        family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    result = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@dataclass(frozen=True)
+class Render:
+    name: str
+    objects: list[dict[str, Any]]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.objects if o["kind"] == kind and o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{self.name}: expected one {kind}/{name}, found {len(found)}"
+        return found[0]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def names(self, kind: str) -> set[str]:
+        return {o["metadata"]["name"] for o in self.all(kind)}
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+
+    def pod_labels(self) -> list[tuple[str, dict[str, str]]]:
+        return [(w["metadata"]["name"], w["spec"]["template"]["metadata"]["labels"]) for w in self.workloads()]
+
+    def configmap_data(self, name: str) -> dict[str, str]:
+        data: dict[str, str] = self.get("ConfigMap", name)["data"]
+        return data
+
+
+@functools.cache
+def rendered(overlay: str) -> Render:
+    return Render(overlay, kustomize(K8S / "overlays" / overlay))
+
+
+# Ids `overlays/gpu`, not `gpu`: tests/conftest.py skips every test with a `gpu` keyword on machines without one.
+@pytest.fixture(params=OVERLAYS, ids=lambda overlay: f"overlays/{overlay}")
+def render(request: pytest.FixtureRequest) -> Render:
+    return rendered(request.param)
+
+
+def containers(pod_spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from pod_spec.get("initContainers", [])
+    yield from pod_spec["containers"]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return found
+
+
+def env_of(c: dict[str, Any], render: Render) -> dict[str, str]:
+    """A container's environment: envFrom ConfigMaps first, then env (which wins), values as written."""
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(render.configmap_data(source["configMapRef"]["name"]))
+    for var in c.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def port_number(c: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
+    return int(number)
+
+
+def dockerfile_stages() -> dict[str, str]:
+    stages: dict[str, str] = {}
+    current = None
+    for line in (REPO_ROOT / "docker" / "Dockerfile").read_text().splitlines():
+        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, flags=re.IGNORECASE)
+        if match:
+            current = match.group(1)
+            stages[current] = ""
+        elif current is not None:
+            stages[current] += line + "\n"
+    return stages
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def test_overlay_renders_the_whole_deployment_in_its_namespace(render: Render) -> None:
+    (namespace,) = render.all("Namespace")
+    ns = namespace["metadata"]["name"]
+    expected = {
+        ("Job", "export-models"),
+        ("Deployment", "triton"),
+        ("Deployment", "gateway"),
+        ("Deployment", "redis"),
+        ("Service", "triton-headless"),
+        ("Service", "triton-metrics"),
+        ("Service", "gateway"),
+        ("Service", "redis"),
+        ("Ingress", "gateway"),
+        ("HorizontalPodAutoscaler", "triton"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("PodDisruptionBudget", "triton"),
+        ("PodDisruptionBudget", "gateway"),
+        ("PersistentVolumeClaim", "model-repository"),
+    }
+    present = {(o["kind"], o["metadata"]["name"]) for o in render.objects}
+    assert expected <= present, expected - present
+    for obj in render.objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == ns, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_against_the_kubernetes_schemas(render: Render, version: str) -> None:
+    for obj in render.objects:
+        label = f"{render.name}: {obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{label} is invalid for Kubernetes {version} at {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            pytest.fail(f"{label}: {error.message}")
+
+
+def test_the_validator_is_strict_and_offline() -> None:
+    # The schemas ship in the package (no network): a misspelt field deep in a pod template must fail.
+    deployment = rendered("gpu").get("Deployment", "gateway")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError, match="imagePullPolicyy"):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
+
+
+# --------------------------------------------------------------------------------------------- Triton
+
+
+def test_triton_probes_use_tritons_health_endpoints(render: Render) -> None:
+    triton = container(render.get("Deployment", "triton"), "triton")
+    probes = {kind: triton[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for probe in probes.values():
+        assert port_number(triton, probe["httpGet"]["port"]) == 8000  # Triton's HTTP port
+    # The first start builds TensorRT engines before the ports open: at least 20 minutes of grace.
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    assert {p["name"]: p["containerPort"] for p in triton["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def test_gpu_overlay_puts_triton_on_a_gpu_and_keeps_its_engines() -> None:
+    render = rendered("gpu")
+    triton = render.get("Deployment", "triton")
+    server = container(triton, "triton")
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    assert server["image"] == compose["services"]["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    resources = server["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in triton["spec"]["template"]["spec"]["tolerations"])
+    # The engine cache path written into the configs (docker/export.sh --trt-cache) is a persistent volume.
+    cache = re.search(r"--trt-cache (\S+)", (REPO_ROOT / "docker" / "export.sh").read_text())
+    assert cache is not None
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in triton["spec"]["template"]["spec"]["volumes"]}
+    assert "persistentVolumeClaim" in volumes[mounts[cache.group(1)]]
+    # Gateways, Redis and the export need no GPU.
+    for workload in render.workloads():
+        if workload["metadata"]["name"] != "triton":
+            assert "nvidia.com/gpu" not in yaml.safe_dump(workload)
+
+
+def test_cpu_demo_runs_the_embedded_tritonserver_without_a_gpu() -> None:
+    render = rendered("cpu-demo")
+    assert "nvidia.com/gpu" not in yaml.safe_dump(render.objects)
+    server = container(render.get("Deployment", "triton"), "triton")
+    assert server["image"].split(":")[0] == "lipsync-triton-cpu"
+    command = server["command"]
+    assert command[:3] == ["python", "-m", "gateway.triton_server"]
+    assert "--address=0.0.0.0" in command
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    for name in ("http", "grpc", "metrics"):
+        assert f"--{name}-port={ports[name]}" in command
+    # The flags exist in the launcher, and the image's default command agrees.
+    source = (REPO_ROOT / "gateway" / "triton_server.py").read_text()
+    assert all(f'"{flag}"' in source for flag in ("--address", "--http-port", "--ready-timeout-s"))
+    assert '"gateway.triton_server", "/models", "--address", "0.0.0.0"' in dockerfile_stages()["triton-cpu"]
+    # The export writes the `cpu` repository (Python backend) the embedded server runs, from random weights.
+    export = container(render.get("Job", "export-models"), "export")
+    script = " ".join(export["args"])
+    assert "repository --target cpu" in script and "--reduced" in script
+    assert env_of(export, render)["LIPSYNC_DEMO"] == "1"
+    assert env_of(container(render.get("Deployment", "gateway"), "gateway"), render)["LIPSYNC_DEMO"] == "1"
+
+
+def test_export_job_writes_the_repository_triton_reads(render: Render) -> None:
+    job = render.get("Job", "export-models")
+    triton = render.get("Deployment", "triton")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+    def claim_at(workload: dict[str, Any], c: dict[str, Any], path: str) -> tuple[str, bool]:
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == path]
+        (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+        return volume["persistentVolumeClaim"]["claimName"], bool(mount.get("readOnly"))
+
+    assert claim_at(job, container(job, "export"), "/models") == ("model-repository", False)
+    server = container(triton, "triton")
+    repository = next(a for a in server["command"] if "/models" in a)
+    assert repository.endswith("/models")
+    assert claim_at(triton, server, "/models") == ("model-repository", True)
+    # Triton starts once the export has finished (repository.json is written last).
+    (wait,) = triton["spec"]["template"]["spec"]["initContainers"]
+    assert "/models/repository.json" in " ".join(wait["command"])
+    if render.name == "gpu":
+        assert "/app/docker/export.sh" in " ".join(container(job, "export")["args"])
+        assert env_of(container(job, "export"), render)["LIPSYNC_DEMO"] == "0"
+
+
+# --------------------------------------------------------------------------------------------- gateway
+
+
+def test_gateway_resolves_tritons_through_the_headless_service(render: Render) -> None:
+    headless = render.get("Service", "triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert not headless["spec"].get("publishNotReadyAddresses", False)  # only ready pods are resolved
+    triton = render.get("Deployment", "triton")
+    assert matches(headless["spec"]["selector"], triton["spec"]["template"]["metadata"]["labels"])
+    grpc = next(p for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    assert port_number(container(triton, "triton"), grpc["targetPort"]) == 8001
+
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    env = gateway["env"]
+    names = [var["name"] for var in env]
+    (pod_namespace,) = [var for var in env if var["name"] == "POD_NAMESPACE"]
+    assert pod_namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Kubernetes expands $(POD_NAMESPACE) only from variables defined before it.
+    assert names.index("POD_NAMESPACE") < names.index("LIPSYNC_TRITON_URL")
+    url = env_of(gateway, render)["LIPSYNC_TRITON_URL"]
+    assert url == f"dns://triton-headless.$(POD_NAMESPACE).svc.cluster.local:{grpc['port']}"
+
+
+def test_gateway_shares_avatars_through_the_redis_service(render: Render) -> None:
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    url = urlsplit(env_of(gateway, render)["LIPSYNC_REDIS_URL"])
+    assert url.scheme == "redis"
+    service = render.get("Service", url.hostname or "")
+    assert url.port in {p["port"] for p in service["spec"]["ports"]}
+    redis = render.get("Deployment", "redis")
+    assert matches(service["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
+    server = container(redis, "redis")
+    assert server["image"] == "redis:7"
+    args = server["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert "--maxmemory" in args and args[args.index("--save") + 1] == ""  # a cache: no snapshots
+
+
+def test_gateway_runs_the_images_command_with_its_settings(render: Render) -> None:
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    assert "command" not in gateway and "args" not in gateway  # the Dockerfile's CMD, as in docker-compose
+    stage = dockerfile_stages()["gateway"]
+    assert "gateway.app:app_from_env" in stage and '"--port", "8000"' in stage
+    assert port_number(gateway, "http") == 8000
+    env = env_of(gateway, render)
+    assert env["LIPSYNC_HOST"] == "0.0.0.0" and env["LIPSYNC_PORT"] == "8000"
+    assert int(env["LIPSYNC_MAX_SESSIONS"]) >= 1
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Readiness and the drain run gateway/probe.py, which exists and takes these commands.
+    assert gateway["readinessProbe"]["exec"]["command"] == ["python", "-m", "gateway.probe", "ready"]
+    drain = gateway["lifecycle"]["preStop"]["exec"]["command"]
+    assert drain[:4] == ["python", "-m", "gateway.probe", "drain"]
+    max_wait = float(drain[drain.index("--max-wait-s") + 1])
+    grace = render.get("Deployment", "gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert max_wait >= float(env["LIPSYNC_MAX_SESSION_SECONDS"]) and grace > max_wait
+    assert (REPO_ROOT / "gateway" / "probe.py").is_file()
+
+
+def test_ingress_keeps_websockets_open_for_a_whole_session(render: Render) -> None:
+    ingress = render.get("Ingress", "gateway")
+    annotations = ingress["metadata"]["annotations"]
+    gateway = render.get("Deployment", "gateway")
+    session_s = float(env_of(container(gateway, "gateway"), render)["LIPSYNC_MAX_SESSION_SECONDS"])
+    for key in ("nginx.ingress.kubernetes.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-send-timeout"):
+        assert int(annotations[key]) >= max(3600, session_s), key
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    service = render.get("Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert matches(service["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
+
+
+# --------------------------------------------------------------------------------------------- scaling
+
+
+def adapter_rules() -> dict[str, Any]:
+    objects = kustomize(K8S / "monitoring")
+    (configmap,) = objects
+    values = yaml.safe_load((K8S / "monitoring" / "adapter-values.yaml").read_text())
+    assert configmap["metadata"]["name"] == values["rules"]["existing"]
+    loaded: dict[str, Any] = yaml.safe_load(configmap["data"]["config.yaml"])
+    return loaded
+
+
+def test_autoscalers_target_the_right_deployments_on_the_right_metrics(render: Render) -> None:
+    served = {rule["name"]["as"] for rule in adapter_rules()["rules"]}
+    expected = {"triton": "triton_queue_us_per_request", "gateway": "lipsync_active_sessions"}
+    assert render.names("HorizontalPodAutoscaler") == set(expected)
+    for name, metric in expected.items():
+        hpa = render.get("HorizontalPodAutoscaler", name)
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", name)
+        render.get("Deployment", name)
+        (spec,) = hpa["spec"]["metrics"]
+        assert spec["type"] == "Pods" and spec["pods"]["metric"]["name"] == metric
+        assert metric in served, f"prometheus-adapter serves no {metric}"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # Gateways scale before they are full.
+    gateway = render.get("HorizontalPodAutoscaler", "gateway")["spec"]["metrics"][0]["pods"]["target"]
+    max_sessions = env_of(container(render.get("Deployment", "gateway"), "gateway"), render)["LIPSYNC_MAX_SESSIONS"]
+    assert gateway["type"] == "AverageValue" and 0 < float(gateway["averageValue"]) < int(max_sessions)
+
+
+def test_adapter_rules_read_metrics_that_exist() -> None:
+    objects = kustomize(K8S / "monitoring")
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+    known = TRITON_METRICS | gateway_metrics()
+    for rule in adapter_rules()["rules"]:
+        series = re.match(r"(\w+)\{", rule["seriesQuery"])
+        assert series is not None and series.group(1) in known
+        assert rule["resources"]["overrides"]["pod"]["resource"] == "pod"
+        assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
+        used = set(re.findall(r"\b(?:nv|lipsync)_\w+", rule["metricsQuery"]))
+        assert used <= known, used - known
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def test_disruption_budgets_cover_existing_pods(render: Render) -> None:
+    for pdb in render.all("PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        owners = [name for name, labels in render.pod_labels() if matches(selector, labels)]
+        assert owners == [pdb["metadata"]["name"]], f"PDB {pdb['metadata']['name']} selects {owners}"
+        assert "maxUnavailable" in pdb["spec"]  # a single replica can still be drained
+
+
+# --------------------------------------------------------------------------------------------- consistency
+
+
+def test_every_selector_matches_its_pods(render: Render) -> None:
+    for workload in render.workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        if workload["kind"] != "Job":
+            assert matches(workload["spec"]["selector"]["matchLabels"], labels), workload["metadata"]["name"]
+        for constraint in workload["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            assert matches(constraint["labelSelector"]["matchLabels"], labels)
+    for service in render.all("Service"):
+        selected = [name for name, labels in render.pod_labels() if matches(service["spec"]["selector"], labels)]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {selected}"
+        workload = next(w for w in render.workloads() if w["metadata"]["name"] == selected[0])
+        ports = {p["name"] for c in workload["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: no container port {port['targetPort']}"
+
+
+def test_every_reference_resolves(render: Render) -> None:
+    configmaps, secrets, claims = (
+        render.names("ConfigMap"),
+        render.names("Secret"),
+        render.names("PersistentVolumeClaim"),
+    )
+    optional_secrets: set[str] = set()
+
+    def secret(name: str, optional: bool = False) -> None:
+        if optional or name in EXTERNAL_SECRETS:
+            optional_secrets.add(name)
+        else:
+            assert name in secrets, f"{render.name}: Secret {name} is not rendered"
+
+    for workload in render.workloads():
+        spec = workload["spec"]["template"]["spec"]
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps
+            if "secret" in volume:
+                secret(volume["secret"]["secretName"], volume["secret"].get("optional", False))
+        mounted = {v["name"] for v in spec.get("volumes", [])}
+        for c in containers(spec):
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= mounted, c["name"]
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps
+                if "secretRef" in source:
+                    secret(source["secretRef"]["name"], source["secretRef"].get("optional", False))
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    data = render.configmap_data(ref["configMapKeyRef"]["name"])
+                    assert ref["configMapKeyRef"]["key"] in data
+                if "secretKeyRef" in ref:
+                    secret(ref["secretKeyRef"]["name"], ref["secretKeyRef"].get("optional", False))
+    for ingress in render.all("Ingress"):
+        for tls in ingress["spec"].get("tls", []):
+            secret(tls["secretName"])
+    # What is not rendered, the operator makes: docs/deploy.md must say how.
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    for name in optional_secrets:
+        assert name in EXTERNAL_SECRETS and f"`{name}`" in docs, name
+
+
+def test_every_container_states_its_resources(render: Render) -> None:
+    for workload in render.workloads():
+        for c in containers(workload["spec"]["template"]["spec"]):
+            resources = c.get("resources", {})
+            label = f"{render.name}: {workload['metadata']['name']}/{c['name']}"
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), label
+            assert "memory" in resources.get("limits", {}), label
+
+
+def test_our_images_are_built_by_the_dockerfile(render: Render) -> None:
+    stages = dockerfile_stages()
+    for workload in render.workloads():
+        for c in containers(workload["spec"]["template"]["spec"]):
+            repository = c["image"].rsplit(":", 1)[0] if ":" in c["image"].rsplit("/", 1)[-1] else c["image"]
+            name = repository.rsplit("/", 1)[-1]
+            if name.startswith("lipsync-triton"):
+                assert IMAGE_STAGES[name] in stages, c["image"]
+                assert ":" in c["image"].rsplit("/", 1)[-1], f"{c['image']}: the overlay sets no tag"
+
+
+# --------------------------------------------------------------------------------------------- monitoring
+
+
+def test_servicemonitors_select_the_rendered_services() -> None:
+    monitors = list(yaml.safe_load_all((K8S / "monitoring" / "servicemonitors.yaml").read_text()))
+    render = rendered("gpu")
+    assert {m["metadata"]["name"] for m in monitors} == {"triton", "gateway"}
+    for monitor in monitors:
+        assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+        selected = [
+            s
+            for s in render.all("Service")
+            if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
+        assert len(selected) == 1, f"ServiceMonitor {monitor['metadata']['name']} selects {len(selected)} Services"
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics"
+
+
+def test_alert_rules_name_metrics_that_exist() -> None:
+    rules = yaml.safe_load((K8S / "monitoring" / "alerts.yaml").read_text())
+    known = TRITON_METRICS | gateway_metrics() | KUBE_STATE_METRICS
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len({rule["alert"] for rule in alerts}) == len(alerts) >= 5
+    for rule in alerts:
+        assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule.get("alert")
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        used = set(re.findall(r"\b(?:nv|lipsync|kube)_\w+", rule["expr"]))
+        assert used and used <= known, (rule["alert"], used - known)
+
+
+def test_docs_cover_running_scaling_and_watching() -> None:
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    for needle in (
+        "kubectl apply -k deploy/k8s/overlays/gpu",
+        "kubectl apply -k deploy/k8s/overlays/cpu-demo",
+        "prometheus-adapter",
+        "triton_queue_us_per_request",
+        "lipsync_active_sessions",
+        "## Capacity model",
+        "docs/measurements.md",
+    ):
+        assert needle in docs, needle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -29,9 +30,9 @@ def error_response(error: LipsyncError) -> JSONResponse:
     return body_response(error.code, error.message, status_of(error))
 
 
-def body_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+def body_response(code: str, message: str, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = ErrorBody(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(), status_code=status, headers=dict(headers) if headers else None)
 
 
 # Refusals raised by the framework itself (form parsing, routing), worded in the same body.

@@ -243,6 +243,8 @@ def test_cli_stops_server_and_stubs_on_signal(tmp_path: Path, signum: signal.Sig
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+        if cli.stderr is not None:
+            cli.stderr.close()
     assert processes_mentioning(str(repo)) == []
 
 
@@ -271,4 +273,6 @@ def test_server_exits_when_launcher_is_killed(tmp_path: Path) -> None:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+        if cli.stderr is not None:
+            cli.stderr.close()
     assert processes_mentioning(str(repo)) == []

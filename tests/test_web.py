@@ -242,7 +242,11 @@ def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
     assert page.get_by_role("slider", name="Expression scale").count() == 1
     assert page.get_by_role("spinbutton", name="Pose style (0–45)").count() == 1
     assert page.get_by_role("combobox", name="Head pose").count() == 1
+    assert page.get_by_role("combobox", name="Video shows").count() == 1
     assert page.locator("#status").inner_text() == "Choose a portrait to begin."
+    # The server is a demo: the page says so before anything is chosen (it asked GET /v1/info on load).
+    page.wait_for_function("window.lipsync.info !== null")
+    assert page.get_by_role("alert").filter(has_text="DEMO").is_visible()
     assert page.get_by_role("button", name="Start").is_disabled()  # nothing to animate yet
     # The keyboard walks portrait → input choice → options, and the focus is drawn.
     page.get_by_label("Choose a portrait…").focus()

@@ -1,6 +1,6 @@
 // The page: portrait → avatar, speech (microphone or file) → WS /ws/stream session → MSE playback and stats.
 //
-// Test hook: `window.lipsync` = {state, stats, errors, avatar, options, ready, end}, kept up to date, so tests read
+// Test hook: `window.lipsync` = {state, stats, errors, info, avatar, options, ready, end}, kept up to date, so tests read
 // the page's state without scraping the DOM. `state` is one of:
 //   "idle" (no portrait), "uploading", "ready" (portrait accepted), "connecting", "streaming",
 //   "finishing" (end sent, server rendering the rest), "done", "cancelled", "error".
@@ -42,6 +42,7 @@ const hook = {
   state: "idle",
   stats: emptyStats(),
   errors: [], // {source, code, message}, in order
+  info: null, // GET /v1/info: what the server offers (demo, engines, limits), read on load
   avatar: null, // the POST /v1/avatars answer
   options: null, // the options of the last `start` message
   ready: null, // the server's `ready` message
@@ -93,7 +94,7 @@ function updateControls() {
   $("cancel").disabled = !active;
   $("download").disabled = active || player.segments === 0;
   for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
-    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk"]) {
+    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing"]) {
     $(id).disabled = active;
   }
   for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
@@ -106,7 +107,9 @@ function reportError(source, code, message) {
 }
 
 function showDemo() {
-  const demo = Boolean((hook.avatar && hook.avatar.demo) || (hook.ready && hook.ready.demo));
+  const demo = Boolean(
+    (hook.info && hook.info.demo) || (hook.avatar && hook.avatar.demo) || (hook.ready && hook.ready.demo),
+  );
   $("demo-banner").hidden = !demo;
   $("video-demo-tag").hidden = !demo;
 }
@@ -215,6 +218,7 @@ function readOptions() {
     blink: $("opt-blink").checked,
     seed,
     chunk_frames: chunk,
+    framing: $("opt-framing").value,
   };
 }
 
@@ -508,6 +512,19 @@ drop.addEventListener("drop", (e) => {
   if (file) choosePortrait(file);
 });
 
+// What the server offers, before anything is chosen: a demo server says so at once.
+async function loadInfo() {
+  try {
+    const response = await fetch("v1/info");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    hook.info = await response.json();
+    showDemo();
+  } catch (err) {
+    log.add("warn", `Could not read the server's description (${err.message}); continuing.`);
+  }
+}
+
 setInterval(updateStats, STATS_INTERVAL_MS);
 setMode(document.querySelector('input[name="source"]:checked').value);
 setState("idle");
+loadInfo();

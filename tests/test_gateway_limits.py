@@ -318,3 +318,21 @@ def test_the_one_shot_answer_has_the_requested_framing(client: TestClient) -> No
     assert response.status_code == 200, response.text
     frames = decode_video(response.content)[0]
     assert len(frames) == 10 and frames[0].shape == (512, 512, 3)
+
+
+def test_the_avatar_cache_keeps_within_its_byte_budget(triton_server: EmbeddedTriton) -> None:
+    portraits = [_big_portrait(side) for side in (600, 640, 680)]
+    one_avatar_mb = 3 * 600 * 600 * 3 / 2**20  # a portrait framing of about this size, and a bit more
+    with TestClient(create_app(_settings(triton_server, avatar_cache_mb=one_avatar_mb))) as small:
+        ids = []
+        for jpeg in portraits:
+            response = small.post("/v1/avatars", files={"image": ("p.jpg", jpeg, "image/jpeg")})
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["avatar_id"])
+        store = small.app.state.ctx.avatars  # type: ignore[attr-defined]
+        assert store.bytes_used <= store.capacity_bytes
+        assert 1 <= len(store) < len(portraits)
+        assert store.get(ids[-1]) is not None and store.get(ids[0]) is None  # the oldest went first
+        with small.websocket_connect("/ws/stream") as ws:  # an evicted avatar is reported, not crashed on
+            ws.send_text(json.dumps({"type": "start", "avatar_id": ids[0]}))
+            assert ws.receive_json()["code"] == "unknown_avatar"

@@ -129,6 +129,39 @@ _RENDER_NETWORKS = (
 # The frames axis of `motion`, which has no Triton batch axis (its signal is one span, batch 1).
 FRAMES = "frames"
 
+
+def _frames_of(stage: str, tensor: str, doc: str | None = None) -> TensorIO:
+    """A stage's per-frame tensor in an ensemble without a Triton batch axis (the frames axis is explicit)."""
+    io = _like(stage, tensor, doc=doc)
+    return dataclasses.replace(io, shape=(FRAMES, *io.shape[1:]))
+
+
+_SPAN_INPUTS = (
+    TensorIO("signal", "float32", (1, "samples"), "a span of the pre-emphasised, centre-padded signal"),
+    TensorIO(
+        "mel_index",
+        "int64",
+        (FRAMES, 16),
+        "per frame, its 16 mel frames' indices into the span's mel (clamped window indices)",
+    ),
+)
+_WAV2LIP_INPUTS = (
+    *_SPAN_INPUTS,
+    dataclasses.replace(
+        _frames_of("wav2lip", "face", doc="the avatar's Wav2Lip face input (masked ‖ crop), per frame"),
+        name="face_input",
+    ),
+)
+# A signal span → each frame's (1, 80, 16) mel window, as `windows`.
+_MEL_WINDOWS = (
+    _step("mel", {"signal": "signal"}, {"mel": "mel"}),
+    _step("mel_windows", {"mel": "mel", "index": "mel_index"}, {"windows": "windows"}),
+)
+_WAV2LIP_NETWORK = (
+    *_MEL_WINDOWS,
+    _step("wav2lip", {"mel_window": "windows", "face": "face_input"}, {"prediction": "prediction"}),
+)
+
 ENSEMBLES: dict[str, EnsembleSpec] = {
     e.name: e
     for e in (
@@ -148,20 +181,13 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
         EnsembleSpec(
             "motion",
             inputs=(
-                TensorIO("signal", "float32", (1, "samples"), "a span of the pre-emphasised, centre-padded signal"),
-                TensorIO(
-                    "mel_index",
-                    "int64",
-                    (FRAMES, 16),
-                    "per frame, its 16 mel frames' indices into the span's mel (clamped window indices)",
-                ),
+                *_SPAN_INPUTS,
                 TensorIO("ref_exp", "float32", (FRAMES, 64), "the portrait's expression coefficients, per frame"),
                 TensorIO("ratio", "float32", (FRAMES, 1), "eye blink ratio per frame"),
             ),
             outputs=(TensorIO("exp", "float32", (FRAMES, 64), "expression coefficients per frame"),),
             steps=(
-                _step("mel", {"signal": "signal"}, {"mel": "mel"}),
-                _step("mel_windows", {"mel": "mel", "index": "mel_index"}, {"windows": "windows"}),
+                *_MEL_WINDOWS,
                 _step("audio2exp", {"mel": "windows", "ref_exp": "ref_exp", "ratio": "ratio"}, {"exp": "exp"}),
             ),
             doc="audio → expression coefficients for K frames; no Triton batch axis (K ≤ audio2exp's max batch)",
@@ -172,6 +198,25 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
             outputs=(_like("face_to_uint8", "face"),),
             steps=(*_RENDER_NETWORKS, _step("face_to_uint8", {"image": "prediction"}, {"face": "face"})),
             doc="coefficient windows → rendered 256² face crops (uint8), one per frame",
+        ),
+        EnsembleSpec(
+            "wav2lip_render",
+            inputs=_WAV2LIP_INPUTS,
+            outputs=(_frames_of("wav2lip_to_uint8", "face"),),
+            steps=(*_WAV2LIP_NETWORK, _step("wav2lip_to_uint8", {"prediction": "prediction"}, {"face": "face"})),
+            doc="Wav2Lip: a signal span + per-frame mel indices + the avatar's face input → 96² faces (uint8)",
+        ),
+        EnsembleSpec(
+            "wav2lip_render_enhanced",
+            inputs=_WAV2LIP_INPUTS,
+            outputs=(_frames_of("enhancer_output", "face"),),
+            steps=(
+                *_WAV2LIP_NETWORK,
+                _step("wav2lip_enhancer_input", {"prediction": "prediction"}, {"image512": "image512"}),
+                _step("gfpgan", {"image": "image512"}, {"restored": "restored"}),
+                _step("enhancer_output", {"restored": "restored"}, {"face": "face"}),
+            ),
+            doc="as `wav2lip_render`, then GFPGAN v1.4 on the face: 512² faces (uint8)",
         ),
         EnsembleSpec(
             "render_enhanced",
@@ -224,6 +269,8 @@ def validate_ensemble(ensemble: EnsembleSpec) -> None:
             produced = {t.name: t.dtype for t in spec.outputs}
             if name not in produced:
                 raise ValueError(f"ensemble {ensemble.name}: {step.model} has no output {name!r}")
+            if tensor in dtypes:  # Triton wants every ensemble tensor written once
+                raise ValueError(f"ensemble {ensemble.name}: {tensor!r} is produced twice (by {step.model})")
             dtypes[tensor] = produced[name]
     for output in ensemble.outputs:
         if dtypes.get(output.name) != output.dtype:
@@ -300,6 +347,8 @@ def _warmup(spec: StageSpec, batched: bool) -> list[dict[str, Any]]:
 def max_batch_size(spec: StageSpec, settings: RepositorySettings) -> int:
     if not _stage_batched(spec):
         return 0
+    if spec.max_frames is not None:
+        return spec.max_frames
     return settings.frame_batch if spec.per_frame else settings.other_batch
 
 

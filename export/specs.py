@@ -41,6 +41,9 @@ class StageSpec:
     checkpoint: str
     doc: str
     opset: int = 17
+    # Largest batch of one execution when it differs from the repository's frame_batch: Wav2Lip is cheap, and
+    # the compatible protocol lets a client ask for up to 128 frames per request.
+    max_frames: int | None = None
 
 
 def _f32(name: str, *shape: Dim, doc: str = "", sample: str = "normal") -> TensorIO:
@@ -160,6 +163,7 @@ STAGES: dict[str, StageSpec] = {
             per_frame=True,
             checkpoint="wav2lip_gan.pth",
             doc="Wav2Lip lip-sync engine, one video frame per batch row (≈7.9 GFLOP/frame; weights non-commercial)",
+            max_frames=128,
         ),
         # Small steps that glue the networks into Triton ensembles (export/ensemble_steps.py).
         StageSpec(
@@ -203,6 +207,23 @@ STAGES: dict[str, StageSpec] = {
             per_frame=True,
             checkpoint="",
             doc="ensemble step of `render_enhanced`: clamp to [-1, 1], → [0, 255], round half to even, uint8",
+        ),
+        StageSpec(
+            "wav2lip_to_uint8",
+            inputs=(_f32("prediction", 3, 96, 96, doc="Wav2Lip's output, BGR in [0, 1]"),),
+            outputs=(TensorIO("face", "uint8", (BATCH, 96, 96, 3), "face crop, RGB, height × width × channel"),),
+            per_frame=True,
+            checkpoint="",
+            doc="ensemble step of `wav2lip_render`: ×255 truncated (upstream's astype(uint8)), BGR → RGB",
+            max_frames=128,
+        ),
+        StageSpec(
+            "wav2lip_enhancer_input",
+            inputs=(_f32("prediction", 3, 96, 96, doc="Wav2Lip's output, BGR in [0, 1]"),),
+            outputs=(_f32("image512", 3, 512, 512, doc="GFPGAN's input, RGB in [-1, 1]"),),
+            per_frame=True,
+            checkpoint="",
+            doc="ensemble step of `wav2lip_render_enhanced`: the uint8 face, bilinear to 512², → [-1, 1]",
         ),
     )
 }

@@ -195,8 +195,10 @@ BUILDERS: dict[str, Builder] = {
     "face_to_uint8": lambda variant, weights: ensemble_steps.FaceToUint8(),
     "enhancer_input": lambda variant, weights: ensemble_steps.EnhancerInput(),
     "enhancer_output": lambda variant, weights: ensemble_steps.EnhancerOutput(),
-    # The second engine; last, so that every stage above keeps its seed.
+    # The second engine and its glue; last, so that every stage above keeps its seed.
     "wav2lip": _wav2lip,
+    "wav2lip_to_uint8": lambda variant, weights: ensemble_steps.Wav2LipToUint8(),
+    "wav2lip_enhancer_input": lambda variant, weights: ensemble_steps.Wav2LipEnhancerInput(),
 }
 
 

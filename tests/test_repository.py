@@ -127,7 +127,7 @@ def test_batching_and_warmup(written: WrittenRepository) -> None:
         assert (config.max_batch_size > 0) == (name != "mel_windows"), name
         assert config.HasField("dynamic_batching") == spec.per_frame, name
         if spec.per_frame:
-            assert config.max_batch_size == 32
+            assert config.max_batch_size == (spec.max_frames or 32), name
             assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
             assert config.dynamic_batching.max_queue_delay_microseconds == 2000
         (warmup,) = config.model_warmup
@@ -194,6 +194,10 @@ def test_ensemble_validation_catches_a_broken_mapping() -> None:
     wrong_type = dataclasses.replace(render.steps[0], inputs=(("window", "face"), ("kp_canonical", "kp_canonical")))
     with pytest.raises(ValueError, match="before it is produced"):
         validate_ensemble(dataclasses.replace(render, steps=(wrong_type, *render.steps[1:])))
+    # An output named like an input (Triton refuses to load such an ensemble: one tensor, two types).
+    clash = dataclasses.replace(render.steps[2], outputs=(("face", "window"),))
+    with pytest.raises(ValueError, match="produced twice"):
+        validate_ensemble(dataclasses.replace(render, steps=(*render.steps[:2], clash)))
 
 
 def test_missing_graph_leaves_out_what_needs_it(reduced_onnx_dir: Path, tmp_path: Path) -> None:
@@ -203,8 +207,8 @@ def test_missing_graph_leaves_out_what_needs_it(reduced_onnx_dir: Path, tmp_path
         (onnx_dir / f"gfpgan{suffix}").unlink()
     repository = write_repository(onnx_dir, tmp_path / "repo")
     assert "gfpgan" not in repository.models
-    assert set(repository.ensembles) == {"avatar", "motion", "render"}
-    assert set(repository.skipped) == {"gfpgan", "render_enhanced"}
+    assert set(repository.ensembles) == {"avatar", "motion", "render", "wav2lip_render"}
+    assert set(repository.skipped) == {"gfpgan", "render_enhanced", "wav2lip_render_enhanced"}
     assert not (tmp_path / "repo" / "render_enhanced").exists()
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from export.stages import StageFactory
 from gateway.pasteback import from_enhancer, to_enhancer
 from gateway.triton_server import EmbeddedTriton, process_group_members
 from lipsync.audio import mel_window_indices, num_video_frames, padded_signal
+from lipsync.wav2lip import face_input, wav2lip_mel_window_indices
 
 LOG = logging.getLogger(__name__)
 pytestmark = pytest.mark.triton
@@ -172,6 +174,52 @@ def test_render_enhanced_equals_the_gateway_enhancer_path(
     got = infer(client, "render_enhanced", x, ["face"])["face"]
     restored = torch_run(reduced_factory, "gfpgan", to_enhancer(faces_uint8(prediction)))
     assert got.shape == (2, 512, 512, 3)
+    assert_faces_close(got, from_enhancer(restored, 512))
+
+
+@pytest.fixture(scope="module")
+def wav2lip_case(reduced_factory: StageFactory) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs of the Wav2Lip ensembles for 7 frames of a 0.3 s clip (tail windows included), and PyTorch's
+    network output for them."""
+    rng = np.random.default_rng(5)
+    wav = (0.3 * rng.standard_normal(4800)).astype(np.float32)
+    signal = padded_signal(wav)[None]
+    frames = num_video_frames(wav.shape[0])
+    mel_frames = (signal.shape[1] - 800) // 200 + 1
+    faces_bgr = rng.integers(0, 256, size=(frames, 96, 96, 3), dtype=np.uint8)
+    x = {
+        "signal": signal,
+        "mel_index": wav2lip_mel_window_indices(frames, mel_frames),
+        "face_input": face_input(faces_bgr),
+    }
+    mel = torch_run(reduced_factory, "mel", signal)[0]
+    windows = np.ascontiguousarray(mel[x["mel_index"]].transpose(0, 2, 1)[:, None])
+    return x, torch_run(reduced_factory, "wav2lip", windows, x["face_input"])
+
+
+def test_wav2lip_render_equals_upstreams_conversion(
+    client: grpcclient.InferenceServerClient, wav2lip_case: tuple[dict[str, np.ndarray], np.ndarray]
+) -> None:
+    x, prediction = wav2lip_case
+    got = infer(client, "wav2lip_render", x, ["face"])["face"]
+    # Upstream: (pred.transpose(0, 2, 3, 1) * 255).astype(np.uint8), BGR; we answer RGB.
+    upstream_bgr = (prediction.transpose(0, 2, 3, 1).astype(np.float64) * 255.0).astype(np.uint8)
+    assert got.shape == (7, 96, 96, 3)
+    assert_faces_close(got, np.ascontiguousarray(upstream_bgr[..., ::-1]))
+
+
+def test_wav2lip_render_enhanced_runs_gfpgan_on_the_enlarged_face(
+    client: grpcclient.InferenceServerClient,
+    reduced_factory: StageFactory,
+    wav2lip_case: tuple[dict[str, np.ndarray], np.ndarray],
+) -> None:
+    x, prediction = wav2lip_case
+    got = infer(client, "wav2lip_render_enhanced", x, ["face"])["face"]
+    face = (prediction.transpose(0, 2, 3, 1).astype(np.float64) * 255.0).astype(np.uint8)[..., ::-1]
+    enlarged = np.stack([cv2.resize(np.ascontiguousarray(f, np.float32), (512, 512)) for f in face])
+    gfpgan_input = np.ascontiguousarray(((enlarged / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2), np.float32)
+    restored = torch_run(reduced_factory, "gfpgan", gfpgan_input)
+    assert got.shape == (7, 512, 512, 3)
     assert_faces_close(got, from_enhancer(restored, 512))
 
 

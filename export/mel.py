@@ -34,7 +34,10 @@ from lipsync.audio import (
     REF_LEVEL_DB,
     SAMPLE_RATE,
     WIN,
+    centre_pad,
+    check_wav,
     padded_signal,
+    preemphasis,
 )
 
 
@@ -112,13 +115,13 @@ class MelSpectrogram(nn.Module):
 _MODULE: MelSpectrogram | None = None
 
 
-def log_mel(wav: np.ndarray) -> np.ndarray:
-    """Whole-clip log-mel ``(T_mel, 80)`` exactly as upstream's ``melspectrogram(wav).T`` after its crop to
-    whole video frames (``T_mel = 1 + 3.2·frames``)."""
+def log_mel(wav: np.ndarray, *, crop_to_frames: bool = True) -> np.ndarray:
+    """Whole-clip log-mel ``(T_mel, 80)`` exactly as upstream's ``melspectrogram(wav).T``: SadTalker's after its
+    crop to whole video frames (``T_mel = 1 + 3.2·frames``), Wav2Lip's of all of it (``crop_to_frames=False``)."""
     global _MODULE
     if _MODULE is None:
         _MODULE = MelSpectrogram().eval()
-    padded = padded_signal(wav)
+    padded = padded_signal(wav) if crop_to_frames else centre_pad(preemphasis(check_wav(wav)))
     with torch.no_grad():
         out = _MODULE(torch.from_numpy(padded)[None])
     return out[0].numpy()

@@ -130,37 +130,16 @@ _RENDER_NETWORKS = (
 FRAMES = "frames"
 
 
-def _frames_of(stage: str, tensor: str, doc: str | None = None) -> TensorIO:
-    """A stage's per-frame tensor in an ensemble without a Triton batch axis (the frames axis is explicit)."""
-    io = _like(stage, tensor, doc=doc)
-    return dataclasses.replace(io, shape=(FRAMES, *io.shape[1:]))
-
-
-_SPAN_INPUTS = (
-    TensorIO("signal", "float32", (1, "samples"), "a span of the pre-emphasised, centre-padded signal"),
-    TensorIO(
-        "mel_index",
-        "int64",
-        (FRAMES, 16),
-        "per frame, its 16 mel frames' indices into the span's mel (clamped window indices)",
-    ),
-)
-_WAV2LIP_INPUTS = (
-    *_SPAN_INPUTS,
-    dataclasses.replace(
-        _frames_of("wav2lip", "face", doc="the avatar's Wav2Lip face input (masked ‖ crop), per frame"),
-        name="face_input",
-    ),
-)
 # A signal span → each frame's (1, 80, 16) mel window, as `windows`.
 _MEL_WINDOWS = (
     _step("mel", {"signal": "signal"}, {"mel": "mel"}),
     _step("mel_windows", {"mel": "mel", "index": "mel_index"}, {"windows": "windows"}),
 )
-_WAV2LIP_NETWORK = (
-    *_MEL_WINDOWS,
-    _step("wav2lip", {"mel_window": "windows", "face": "face_input"}, {"prediction": "prediction"}),
+_WAV2LIP_INPUTS = (
+    _like("wav2lip", "mel_window"),
+    _like("wav2lip", "face", "face_input", "the avatar's Wav2Lip face input (masked ‖ crop), per frame"),
 )
+_WAV2LIP_NETWORK = (_step("wav2lip", {"mel_window": "mel_window", "face": "face_input"}, {"prediction": "prediction"}),)
 
 ENSEMBLES: dict[str, EnsembleSpec] = {
     e.name: e
@@ -181,7 +160,13 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
         EnsembleSpec(
             "motion",
             inputs=(
-                *_SPAN_INPUTS,
+                TensorIO("signal", "float32", (1, "samples"), "a span of the pre-emphasised, centre-padded signal"),
+                TensorIO(
+                    "mel_index",
+                    "int64",
+                    (FRAMES, 16),
+                    "per frame, its 16 mel frames' indices into the span's mel (clamped window indices)",
+                ),
                 TensorIO("ref_exp", "float32", (FRAMES, 64), "the portrait's expression coefficients, per frame"),
                 TensorIO("ratio", "float32", (FRAMES, 1), "eye blink ratio per frame"),
             ),
@@ -202,14 +187,14 @@ ENSEMBLES: dict[str, EnsembleSpec] = {
         EnsembleSpec(
             "wav2lip_render",
             inputs=_WAV2LIP_INPUTS,
-            outputs=(_frames_of("wav2lip_to_uint8", "face"),),
+            outputs=(_like("wav2lip_to_uint8", "face"),),
             steps=(*_WAV2LIP_NETWORK, _step("wav2lip_to_uint8", {"prediction": "prediction"}, {"face": "face"})),
-            doc="Wav2Lip: a signal span + per-frame mel indices + the avatar's face input → 96² faces (uint8)",
+            doc="Wav2Lip: mel windows + the avatar's face input → 96² faces (uint8), one per frame",
         ),
         EnsembleSpec(
             "wav2lip_render_enhanced",
             inputs=_WAV2LIP_INPUTS,
-            outputs=(_frames_of("enhancer_output", "face"),),
+            outputs=(_like("enhancer_output", "face"),),
             steps=(
                 *_WAV2LIP_NETWORK,
                 _step("wav2lip_enhancer_input", {"prediction": "prediction"}, {"image512": "image512"}),

@@ -21,6 +21,7 @@ from gateway.access import OriginCheck
 from gateway.avatar_store import AvatarStore
 from gateway.avatars import AvatarLimits
 from gateway.context import Context, SessionSlots, context_of
+from gateway.engines import engines
 from gateway.errors import BadMessage, LipsyncError
 from gateway.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.metrics import Metrics
@@ -47,13 +48,12 @@ def create_app(settings: Settings) -> FastAPI:
         triton = TritonClient(triton_url, timeout_s=settings.triton_timeout_s, metrics=metrics)
         limits = AvatarLimits(settings.max_portrait_bytes, settings.max_portrait_pixels, settings.min_face_pixels)
         store = AvatarStore(
-            triton,
             limits,
             capacity_bytes=int(settings.avatar_cache_mb * 2**20),
             max_output_side=settings.max_output_side,
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
-        app.state.ctx = Context(settings, metrics, triton, store, slots)
+        app.state.ctx = Context(settings, metrics, triton, store, slots, engines(settings.motion_block_frames))
         if settings.demo:
             log.warning("DEMO: the models do not run the official weights; the video is not a result of the models")
         yield

@@ -1,24 +1,24 @@
 """Portrait → everything a session needs, once per portrait, cached by content hash within a byte budget.
 
-dlib and the crop run in a worker thread; the ``avatar`` ensemble gives the 3DMM coefficients and the
-canonical keypoints; the ``mapping`` model on the source window gives the source keypoints. The record keeps
-what sessions read — the small output framings, the face crop, the coefficients — and not the uploaded photo,
-so a 25-megapixel upload costs a few megabytes in the cache, not 75.
+dlib, the crops and the framings run in a worker thread; each engine adds its own part once (SadTalker's
+coefficients and keypoints come from Triton: ``gateway.engines``). The record keeps what sessions read — the
+small output framings, the face crops, the landmarks, the engines' parts — and not the uploaded photo, so a
+25-megapixel upload costs a few megabytes in the cache, not 75.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from gateway.avatars import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
 from gateway.framing import Framing, make_framings
-from gateway.triton import TritonClient
-from lipsync.timeline import source_semantics, source_window
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,24 +32,29 @@ class AvatarState:
     landmarks: np.ndarray  # (68, 2) float64, photo coordinates
     faces_seen: int
     framings: dict[str, Framing]
-    crop: np.ndarray  # (256, 256, 3) uint8 RGB: the generator's source
-    source: np.ndarray  # (70,) the portrait's semantics
-    kp_canonical: np.ndarray  # (1, 15, 3)
-    kp_source: np.ndarray  # (1, 15, 3)
+    crop: np.ndarray  # (256, 256, 3) uint8 RGB: SadTalker's crop of the photo (its generator's source)
+    aligned: np.ndarray  # (224, 224, 3) uint8 RGB: that crop aligned for face_recon
+    parts: dict[str, Any] = field(default_factory=dict)  # engine name → what that engine prepared
 
     def __post_init__(self) -> None:
-        for array in (self.landmarks, self.crop, self.source, self.kp_canonical, self.kp_source):
+        for array in (self.landmarks, self.crop, self.aligned):
             array.setflags(write=False)
 
-    @property
-    def source_image(self) -> np.ndarray:
-        """(1, 3, 256, 256) float32 in [0, 1]: the crop as the generator reads it."""
-        return _chw(self.crop)
+    def add_part(self, engine: str, part: Any) -> None:
+        self.parts[engine] = part
+
+    def part(self, engine: str, kind: type[T]) -> T:
+        """The part ``engine`` prepared (see ``Engine.prepare``)."""
+        part = self.parts.get(engine)
+        if not isinstance(part, kind):
+            raise RuntimeError(f"avatar {self.id[:12]} has no prepared {engine} part")
+        return part
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.landmarks, self.crop, self.source, self.kp_canonical, self.kp_source)
-        return sum(int(a.nbytes) for a in arrays) + sum(f.nbytes for f in self.framings.values())
+        arrays = sum(int(a.nbytes) for a in (self.landmarks, self.crop, self.aligned))
+        parts = sum(int(getattr(part, "nbytes", 0)) for part in self.parts.values())
+        return arrays + parts + sum(f.nbytes for f in self.framings.values())
 
     def describe(self) -> dict[str, Any]:
         """What ``POST /v1/avatars`` answers."""
@@ -65,21 +70,15 @@ class AvatarState:
         }
 
 
-def _chw(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray((image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
-
-
 class AvatarStore:
     """The most recently used avatars, in memory, within ``capacity_bytes``."""
 
-    def __init__(
-        self, triton: TritonClient, limits: AvatarLimits, *, capacity_bytes: int, max_output_side: int = 1280
-    ) -> None:
-        self.triton = triton
+    def __init__(self, limits: AvatarLimits, *, capacity_bytes: int, max_output_side: int = 1280) -> None:
         self.limits = limits
         self.capacity_bytes = capacity_bytes
         self.max_output_side = max_output_side
         self._avatars: OrderedDict[str, AvatarState] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # as counted when added (a record's parts may grow later)
         self._bytes = 0
 
     @property
@@ -100,14 +99,6 @@ class AvatarStore:
         if (known := self.get(avatar_key(data))) is not None:
             return known
         avatar, framings = await asyncio.to_thread(self._prepare, data)
-        source_image = _chw(avatar.crop)
-        out = await self.triton.infer(
-            "avatar", {"crop": source_image, "aligned": _chw(avatar.aligned)}, ["coeffs", "kp_canonical"]
-        )
-        source = source_semantics(out["coeffs"][0])
-        kp = await self.triton.infer(
-            "mapping", {"window": source_window(source), "kp_canonical": out["kp_canonical"]}, ["kp_driving"]
-        )
         height, width = avatar.image.shape[:2]
         state = AvatarState(
             id=avatar.key,
@@ -118,12 +109,17 @@ class AvatarStore:
             faces_seen=avatar.faces_seen,
             framings=framings,
             crop=avatar.crop.copy(),
-            source=source,
-            kp_canonical=out["kp_canonical"],
-            kp_source=kp["kp_driving"],
+            aligned=avatar.aligned.copy(),
         )
         self._put(state)
         return state
+
+    def resize(self, state: AvatarState) -> None:
+        """Account for a record that grew (an engine added its part), evicting others if needed."""
+        if self._avatars.get(state.id) is state:
+            self._bytes += state.nbytes - self._sizes[state.id]
+            self._sizes[state.id] = state.nbytes
+            self._evict()
 
     def _prepare(self, data: bytes) -> tuple[Avatar, dict[str, Framing]]:
         avatar = prepare_avatar(data, limits=self.limits)
@@ -133,8 +129,12 @@ class AvatarStore:
         if state.id in self._avatars:
             return
         self._avatars[state.id] = state
+        self._sizes[state.id] = state.nbytes
         self._bytes += state.nbytes
+        self._evict()
+
+    def _evict(self) -> None:
         # The newest record always stays, even alone over the budget: the session that made it needs it.
         while self._bytes > self.capacity_bytes and len(self._avatars) > 1:
-            _, evicted = self._avatars.popitem(last=False)
-            self._bytes -= evicted.nbytes
+            evicted, _ = self._avatars.popitem(last=False)
+            self._bytes -= self._sizes.pop(evicted)

@@ -12,9 +12,11 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from gateway.avatar_store import AvatarState, AvatarStore
-from gateway.errors import Busy, SessionLimit
+from gateway.engines import Engine
+from gateway.errors import Busy, EngineUnavailable, SessionLimit
 from gateway.metrics import Metrics
-from gateway.session import SessionOptions, StreamSession
+from gateway.options import SessionOptions
+from gateway.session import StreamSession
 from gateway.settings import Settings
 from gateway.triton import TritonClient
 
@@ -64,18 +66,38 @@ class Context:
     triton: TritonClient
     avatars: AvatarStore
     slots: SessionSlots
+    engines: dict[str, Engine]
 
     @property
     def active_sessions(self) -> int:
         return self.slots.active
 
-    def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
+    async def served(self, engine: Engine, options: SessionOptions) -> None:
+        """Raise EngineUnavailable (in words) unless Triton serves every model a session of ``engine`` calls."""
+        missing = await self.triton.missing(engine.models(options))
+        if missing:
+            raise EngineUnavailable(engine.name, f"not served: {', '.join(missing)}")
+
+    async def served_engines(self) -> list[Engine]:
+        """The engines whose models (default options) Triton serves now; InferenceUnavailable if unreachable."""
+        return [e for e in self.engines.values() if not await self.triton.missing(e.models(SessionOptions()))]
+
+    async def prepare(self, avatar: AvatarState, engine: Engine) -> None:
+        """The avatar's part for ``engine``, computed once (and counted in the cache's budget)."""
+        if engine.name not in avatar.parts:
+            await engine.prepare(avatar, self.triton)
+            self.avatars.resize(avatar)
+
+    async def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
+        engine = self.engines[options.engine]
+        await self.served(engine, options)
+        await self.prepare(avatar, engine)
         return StreamSession(
             avatar,
             options,
+            engine,
             self.triton,
             self.metrics,
-            motion_block=self.settings.motion_block_frames,
             max_inflight=self.settings.max_inflight_renders,
             demo=self.settings.demo,
         )

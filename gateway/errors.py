@@ -151,6 +151,18 @@ class Unauthorized(LipsyncError):
         super().__init__("Missing or wrong access token.")
 
 
+class EngineUnavailable(LipsyncError):
+    """The engine a client asked for is not served here (its models are not in Triton's repository)."""
+
+    code = "engine_unavailable"
+
+    def __init__(self, engine: str, reason: str) -> None:
+        super().__init__(
+            f"The {engine} engine is not available on this server ({reason}). Its models must be exported and "
+            "served (see the README: weights)."
+        )
+
+
 class InferenceUnavailable(LipsyncError):
     """Triton is unreachable, not ready, or a model call failed; the gateway itself stays up."""
 
@@ -186,6 +198,7 @@ CLOSE_CODES: dict[str, int] = {
     "idle_timeout": 4408,
     "origin_not_allowed": 4403,
     "inference_unavailable": 1011,
+    "engine_unavailable": 4503,
 }
 HTTP_STATUS: dict[str, int] = {
     "bad_message": 400,
@@ -201,4 +214,5 @@ HTTP_STATUS: dict[str, int] = {
     "busy": 503,
     "session_limit": 429,
     "inference_unavailable": 503,
+    "engine_unavailable": 503,
 }

@@ -9,7 +9,7 @@ import numpy as np
 from gateway.avatar_store import AvatarState
 from gateway.context import Context
 from gateway.errors import UnsupportedAudio
-from gateway.session import SessionOptions
+from gateway.options import SessionOptions
 from gateway.settings import Settings
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from lipsync.audio_io import AudioDecodeError, decode_audio
@@ -28,7 +28,7 @@ def decode_upload_audio(data: bytes, settings: Settings) -> np.ndarray:
 
 async def render_offline(ctx: Context, avatar: AvatarState, wav: np.ndarray, options: SessionOptions) -> bytes:
     """Whole audio in, one MP4 out (fragmented, with its duration in the init segment)."""
-    session = ctx.new_session(avatar, options)
+    session = await ctx.new_session(avatar, options)
     fragments: list[bytes] = []
 
     async def collect(item: bytes | dict[str, Any]) -> None:

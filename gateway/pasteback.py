@@ -117,6 +117,45 @@ class PasteBack:
         return out
 
 
+class MaskedPasteBack:
+    """Paste faces into one portrait's box through any weight map: ``weights`` (box height, box width) in [0, 1].
+
+    For masks that are not a feathered box (Wav2Lip's lower face): the whole box is blended, ``face·w +
+    original·(1 − w)``; pixels outside the box are never touched. Same call convention as :class:`PasteBack`.
+    """
+
+    def __init__(self, original: np.ndarray, box: Box, weights: np.ndarray) -> None:
+        if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
+            raise ValueError(f"original must be (H, W, 3) uint8, got {original.shape} {original.dtype}")
+        height, width = original.shape[:2]
+        if not (0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height):
+            raise ValueError(f"box {tuple(box)} is not inside the {width}×{height} frame")
+        if weights.shape != (box.height, box.width):
+            raise ValueError(f"weights must be the box's size {(box.height, box.width)}, got {weights.shape}")
+        self.original = original
+        self.box = box
+        self._face_weight = np.ascontiguousarray(np.clip(weights, 0.0, 1.0), dtype=np.float32)
+        self._base_weight = np.float32(1.0) - self._face_weight
+        self._base = np.ascontiguousarray(original[box.y0 : box.y1, box.x0 : box.x1])
+
+    def new_frame(self) -> np.ndarray:
+        return self.original.copy()
+
+    def __call__(self, face: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
+            raise ValueError(f"face must be (S, S, 3) uint8, got {face.shape} {face.dtype}")
+        if out is None:
+            out = self.new_frame()
+        b = self.box
+        interpolation = interpolation_for((face.shape[1], face.shape[0]), (b.width, b.height))
+        resized = cv2.resize(np.ascontiguousarray(face), (b.width, b.height), interpolation=interpolation)
+        region = out[b.y0 : b.y1, b.x0 : b.x1]
+        blended = cv2.blendLinear(resized, self._base, self._face_weight, self._base_weight, dst=region)
+        if not np.shares_memory(blended, out):
+            region[...] = blended
+        return out
+
+
 def paste_back(frame: np.ndarray, face: np.ndarray, box: Box, feather: float = FEATHER) -> np.ndarray:
     """One-off paste: a new frame equal to ``frame`` outside ``box`` and the feathered face inside it."""
     return PasteBack(frame, box, feather)(face)

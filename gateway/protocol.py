@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import BadMessage
-from gateway.session import SessionOptions
+from gateway.options import DEFAULT_PADS, EngineName, SessionOptions
 
 PROTOCOL_VERSION = 1
 
@@ -22,15 +22,38 @@ class AudioFormat(_Strict):
     channels: Literal[1] = 1
 
 
+Pad = Annotated[int, Field(ge=0, le=1000)]
+
+# Options that only one engine reads: setting one with the other engine is a mistake worth saying.
+ENGINE_ONLY = {
+    "sadtalker": ("pose", "expression_scale", "pose_style", "blink"),
+    "wav2lip": ("pads", "blend"),
+}
+
+
 class Options(_Strict):
-    pose: Literal["still", "audio"] = "still"
+    engine: EngineName = "sadtalker"
     enhance: bool = False
-    expression_scale: float = Field(1.0, ge=0.0, le=3.0)
-    pose_style: int = Field(0, ge=0, le=45)
-    blink: bool = True
     seed: int | None = Field(None, ge=0, lt=2**31)
     chunk_frames: int = Field(8, ge=1, le=25)
     framing: Literal["portrait", "face"] = "portrait"
+    # SadTalker
+    pose: Literal["still", "audio"] = "still"
+    expression_scale: float = Field(1.0, ge=0.0, le=3.0)
+    pose_style: int = Field(0, ge=0, le=45)
+    blink: bool = True
+    # Wav2Lip: face box padding in photo pixels [top, bottom, left, right], and how the face is blended in
+    pads: tuple[Pad, Pad, Pad, Pad] = DEFAULT_PADS
+    blend: Literal["lower_face", "box"] = "lower_face"
+
+    @model_validator(mode="after")
+    def _options_of_this_engine(self) -> Options:
+        for engine, names in ENGINE_ONLY.items():
+            misplaced = [name for name in names if name in self.model_fields_set and engine != self.engine]
+            if misplaced:
+                verb = "applies" if len(misplaced) == 1 else "apply"
+                raise ValueError(f"{', '.join(misplaced)} {verb} to the {engine} engine, not {self.engine}")
+        return self
 
     def session_options(self) -> SessionOptions:
         return SessionOptions(**self.model_dump())
@@ -49,18 +72,46 @@ class End(_Strict):
 
 
 class LipsyncRequest(BaseModel):
-    """The compatible one-shot request of ``/ws/lipsync``; fields other than audio and image are accepted."""
+    """The compatible one-shot request of ``/ws/lipsync``: Wav2Lip's inference options, every one honoured.
+
+    Fields other than these are accepted and ignored (clients of other servers send more).
+    """
 
     model_config = ConfigDict(extra="allow")
-    audio: str = Field(min_length=1)
-    image: str = Field(min_length=1)
-    fps: float | None = None
+    audio: str = Field(min_length=1)  # base64 audio file (WAV, MP3, …)
+    image: str = Field(min_length=1)  # base64 portrait
+    fps: float = 25  # only 25: the engines render 25 frames per second
+    pads: tuple[Pad, Pad, Pad, Pad] = DEFAULT_PADS  # Wav2Lip's face box padding [top, bottom, left, right]
+    img_size: int = 96  # only 96: the Wav2Lip checkpoints' face size
+    batch_size: int = Field(128, ge=1, le=128)  # frames per Triton request
+    no_segmentation: bool = False  # True: paste the whole face box (feathered); False: only the lower face
+    no_sr: bool = True  # False: GFPGAN enhances the face before it is pasted
+    engine: EngineName = "wav2lip"  # "sadtalker" renders with SadTalker's defaults (the Wav2Lip fields unused)
+
+    @model_validator(mode="after")
+    def _supported(self) -> LipsyncRequest:
+        if self.fps != 25:
+            raise ValueError(f"fps must be 25 (the engines render 25 frames per second), got {self.fps:g}")
+        if self.img_size != 96:
+            raise ValueError(f"img_size must be 96 (the Wav2Lip checkpoints' face size), got {self.img_size}")
+        return self
+
+    def session_options(self) -> SessionOptions:
+        if self.engine == "sadtalker":
+            return SessionOptions()
+        return SessionOptions(
+            engine="wav2lip",
+            enhance=not self.no_sr,
+            chunk_frames=self.batch_size,
+            pads=self.pads,
+            blend="box" if self.no_segmentation else "lower_face",
+        )
 
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_start(text: str) -> Start:
@@ -79,9 +130,6 @@ def parse_control(text: str) -> End:
 
 def parse_lipsync(text: str) -> LipsyncRequest:
     try:
-        request = LipsyncRequest.model_validate_json(text)
+        return LipsyncRequest.model_validate_json(text)
     except ValidationError as err:
         raise BadMessage(f"Invalid request: {_describe(err)}") from err
-    if request.fps is not None and request.fps != 25:
-        raise BadMessage(f"fps must be 25 (this engine renders 25 frames per second), got {request.fps:g}")
-    return request

@@ -14,27 +14,23 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from gateway.audio_input import to_int16
 from gateway.avatar_store import AvatarState
-from gateway.errors import InferenceUnavailable, first_error
+from gateway.engines import Engine
+from gateway.errors import first_error
 from gateway.metrics import Metrics
 from gateway.muxer import FragmentedMp4Writer
-from gateway.pasteback import PasteBack
-from gateway.timeline import MotionRequest, PoseRequest, RenderRequest, Timeline
+from gateway.options import SessionOptions
+from gateway.timeline import RenderRequest
 from gateway.triton import TritonClient
 from lipsync.audio import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-# Audio a frame waits for beyond its own: the mapping window (13 frames) and the mel window of the last of
-# them (≈ 92.5 ms + the 40 ms granularity of whole frames); in pose mode `audio` also the rest of a 32-frame
-# pose window and 6 frames of smoothing.
-LOOKAHEAD_MS = {"still": 13 * 40 + 92.5 + 40, "audio": (31 + 6 + 13) * 40 + 92.5 + 40}
 
 Send = Callable[[bytes | dict[str, Any]], Awaitable[None]]
 
@@ -63,54 +59,34 @@ async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
                 coroutine.close()
 
 
-@dataclass(frozen=True)
-class SessionOptions:
-    pose: Literal["still", "audio"] = "still"
-    enhance: bool = False
-    expression_scale: float = 1.0
-    pose_style: int = 0
-    blink: bool = True
-    seed: int | None = None
-    chunk_frames: int = 8
-    framing: Literal["portrait", "face"] = "portrait"
-
-
 class StreamSession:
+    """One session: audio in, the engine's Triton calls, fMP4 fragments out, in order."""
+
     def __init__(
         self,
         avatar: AvatarState,
         options: SessionOptions,
+        engine: Engine,
         triton: TritonClient,
         metrics: Metrics,
         *,
-        motion_block: int = 4,
         max_inflight: int = 3,
         demo: bool = False,
         observe: Callable[[RenderRequest, np.ndarray], None] | None = None,
     ) -> None:
-        """``observe`` sees each chunk's rendered faces before paste-back and encoding (tests, debugging)."""
+        """The avatar's part for ``engine`` must be prepared (``Engine.prepare``). ``observe`` sees each chunk's
+        rendered faces before paste-back and encoding (tests, debugging)."""
         self.avatar = avatar
         self.observe = observe
         self.options = options
+        self.engine = engine
         self.seed = options.seed if options.seed is not None else random.randrange(2**31)
-        self.triton = triton
         self.metrics = metrics
         self.demo = demo
-        self.motion_block = motion_block
-        self.timeline = Timeline(
-            avatar.source,
-            options.pose,
-            options.expression_scale,
-            options.blink,
-            self.seed,
-            chunk_frames=options.chunk_frames,
-            motion_block=motion_block,
-        )
-        framing = avatar.framings[options.framing]
-        width, height = framing.size
+        self.engine_run = engine.start(avatar, options, triton, self.seed)
+        self.timeline = self.engine_run.timeline
+        width, height = avatar.framings[options.framing].size
         self.muxer = FragmentedMp4Writer(width, height, fps=FPS, sample_rate=SAMPLE_RATE)
-        self.paste = PasteBack(framing.image, framing.box(avatar.box))
-        self._source_image = avatar.source_image
         self._renders: asyncio.Queue[tuple[RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
             maxsize=max_inflight
         )
@@ -133,14 +109,14 @@ class StreamSession:
         width, height = self.muxer.width, self.muxer.height
         return {
             "type": "ready",
+            "engine": self.engine.name,
             "seed": self.seed,
             "mime_type": self.muxer.mime_type,
             "width": width,
             "height": height,
             "fps": FPS,
-            # Worst case: the models' look-ahead, plus waiting for the rest of a chunk and of an expression block.
-            "lookahead_ms": LOOKAHEAD_MS[self.options.pose]
-            + (self.options.chunk_frames - 1 + self.motion_block - 1) * 1000 / FPS,
+            # Worst case: the engine's look-ahead, plus waiting for the rest of a chunk.
+            "lookahead_ms": self.engine_run.lookahead_ms + (self.options.chunk_frames - 1) * 1000 / FPS,
             "demo": self.demo,
         }
 
@@ -161,12 +137,10 @@ class StreamSession:
                 await self._wake.wait()
                 self._wake.clear()
                 self._check(pending)
-                for motion in self.timeline.motion_requests():
-                    pending.add(asyncio.create_task(self._motion(motion)))
-                for pose in self.timeline.pose_requests():
-                    pending.add(asyncio.create_task(self._pose(pose)))
-                for render in self.timeline.render_requests():
-                    task = asyncio.create_task(self._render(render))
+                for call in self.engine_run.calls():
+                    pending.add(asyncio.create_task(self._then_wake(call)))
+                for render in self.engine_run.render_requests():
+                    task = asyncio.create_task(self.engine_run.render(render))
                     await self._renders.put((render, task))
                 if self.timeline.done:
                     await self._renders.put(None)
@@ -182,63 +156,11 @@ class StreamSession:
             if error is not None:
                 raise error
 
-    async def _motion(self, request: MotionRequest) -> None:
+    async def _then_wake(self, call: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._motion_call(request)
+            await call
         finally:
             self._wake.set()  # a result, or a failure for the scheduler to raise
-
-    async def _pose(self, request: PoseRequest) -> None:
-        try:
-            await self._pose_call(request)
-        finally:
-            self._wake.set()
-
-    async def _motion_call(self, request: MotionRequest) -> None:
-        out = await self.triton.infer(
-            "motion",
-            {
-                "signal": request.span.signal,
-                "mel_index": request.span.mel_index,
-                "ref_exp": request.ref_exp,
-                "ratio": request.ratio,
-            },
-            ["exp"],
-        )
-        self.timeline.set_exp(request, out["exp"])
-
-    async def _pose_call(self, request: PoseRequest) -> None:
-        mel = (await self.triton.infer("mel", {"signal": request.span.signal}, ["mel"]))["mel"][0]
-        windows = mel[request.span.mel_index].transpose(0, 2, 1)[None, :, None]  # (1, 32, 1, 80, 16)
-        out = await self.triton.infer(
-            "audio2pose",
-            {
-                "mels": np.ascontiguousarray(windows),
-                "z": request.z,
-                "pose_style": np.array([[self.options.pose_style]], dtype=np.int64),  # (batch 1, 1)
-                "ref_pose": self.avatar.source[None, 64:70],
-            },
-            ["motion"],
-        )
-        self.timeline.set_pose_motion(request, out["motion"][0])
-
-    async def _render(self, request: RenderRequest) -> np.ndarray:
-        k = len(request.frames)
-        model = "render_enhanced" if self.options.enhance else "render"
-        out = await self.triton.infer(
-            model,
-            {
-                "window": request.windows,
-                "kp_canonical": np.repeat(self.avatar.kp_canonical, k, axis=0),
-                "source_image": np.repeat(self._source_image, k, axis=0),
-                "kp_source": np.repeat(self.avatar.kp_source, k, axis=0),
-            },
-            ["face"],
-        )
-        faces = out["face"]
-        if faces.shape[0] != k:
-            raise InferenceUnavailable(f"{model} answered {faces.shape[0]} faces for {k} frames")
-        return faces
 
     async def _write(self, send: Send) -> None:
         try:
@@ -267,7 +189,7 @@ class StreamSession:
             self.metrics.realtime_factor.observe(self.frames_sent / FPS / elapsed)
 
     def _encode(self, request: RenderRequest, faces: np.ndarray) -> bytes:
-        frames = [self.paste(face) for face in faces]
+        frames = [self.engine_run.paste(face) for face in faces]
         return self.muxer.write_chunk(frames, to_int16(request.audio))
 
     async def _deliver(self, send: Send, fragment: bytes, frames: int) -> None:

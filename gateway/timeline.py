@@ -1,28 +1,40 @@
-"""The streaming coefficient timeline: what can be computed now, for a session whose audio keeps arriving.
+"""The streaming timelines: what can be computed now, for a session whose audio keeps arriving.
 
-Pure and synchronous: the session feeds audio in, asks for the next requests (expression blocks, pose windows,
-render chunks), runs them on Triton and hands the results back. Every request is a function of fixed-grid
-positions and, at the end only, of the clip's length — never of when audio arrived or of the chunk size — so
-a stream renders exactly the frames of a whole-clip run (``export.reference``):
+Pure and synchronous: the session feeds audio in, asks for the next requests, runs them on Triton and hands
+the results back. Every request is a function of fixed-grid positions and, at the end only, of the clip's
+length — never of when audio arrived or of the chunk size — so a stream renders exactly the frames of a
+whole-clip run (``export.reference``).
+
+:class:`AudioTimeline` is what both engines share: the audio received, the end, the mel spans that can no
+longer change, and the render chunks (the first may be shorter: see ``first_chunk_frames``).
+
+:class:`SadTalkerTimeline`:
 
 - expression: blocks of ``motion_block`` frames on a fixed grid; a block is issued once the mel frames its
   windows read are all inside the audio received (no end clamping can apply to it later);
 - pose (mode ``audio``): the 32-frame windows of :func:`lipsync.timeline.pose_windows`; the last, partial one
   after the end; a smoothed pose is final once 6 frames after it are known (or at the end);
-- render: chunks of ``chunk_frames`` frames; a frame needs the coefficients of the 13 frames after it.
+- render: a frame needs the coefficients of the 13 frames after it.
+
+:class:`Wav2LipTimeline`: a frame needs only its own 16 mel frames from ``int(80·i/25)``; near the end they are
+moved back to end on the clip's last mel frame (:mod:`lipsync.wav2lip`), so the last frames wait for the end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from lipsync.audio import (
+    FPS,
     HOP,
+    MEL_FRAMES_PER_SECOND,
     MEL_STEPS,
     N_FFT,
+    NUM_MELS,
     SAMPLES_PER_VIDEO_FRAME,
     mel_window_starts,
     num_mel_frames,
@@ -41,6 +53,7 @@ from lipsync.timeline import (
     pose_windows,
     smooth_pose,
 )
+from lipsync.wav2lip import wav2lip_mel_window_indices
 
 PAD = N_FFT // 2  # the centred STFT's zero padding at both ends of the clip
 
@@ -71,10 +84,12 @@ class PoseRequest:
 
 @dataclass(frozen=True)
 class RenderRequest:
+    """One chunk of frames to render, and the windows that drive them."""
+
     chunk: int
     frames: range
-    windows: np.ndarray  # (K, C, 27) float32
     audio: np.ndarray  # (K·640,) float32 samples of these frames
+    windows: np.ndarray  # SadTalker: (K, C, 27) mapping windows; Wav2Lip: (K, 1, 80, 16) mel windows
 
 
 class _Samples:
@@ -112,36 +127,26 @@ class _Samples:
         return view
 
 
-@dataclass
-class Timeline:
-    source: np.ndarray  # the portrait's semantics (70,) or (73,)
-    pose_mode: Literal["still", "audio"] = "still"
-    expression_scale: float = 1.0
-    blink: bool = True
-    seed: int = 0
-    chunk_frames: int = 8
-    motion_block: int = 8
+class AudioTimeline:
+    """The audio of one stream, its end, the mel spans that are final, and the render chunks' grid.
 
-    _samples: _Samples = field(default_factory=_Samples, repr=False)
-    _padded: _Samples = field(default_factory=lambda: _Samples(np.zeros(PAD, np.float32)), repr=False)
-    _last_sample: float = 0.0
-    _final_frames: int | None = None
-    _exp: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    _motion: dict[int, tuple[PoseWindow, np.ndarray]] = field(default_factory=dict, repr=False)  # number → (32, 6)
-    _issued_blocks: set[int] = field(default_factory=set, repr=False)
-    _issued_windows: set[int] = field(default_factory=set, repr=False)
-    _next_chunk: int = 0
-    # Coefficients are finalised once, in frame order, so a wake-up costs what is new, not the session so far.
-    _exp_count: int = 0  # frames 0.._exp_count−1 have their expression
-    _raw_poses: _Samples = field(init=False, repr=False)  # unsmoothed poses, frame 0 = the source pose
-    _next_pose_window: int = 0
-    _rows: _Samples = field(init=False, repr=False)  # final per-frame semantics
+    At the end the clip has floor(samples / 640) frames. SadTalker's front-end crops the audio to those whole
+    frames before its STFT; Wav2Lip's does not (``crops_to_whole_frames``): its last mel frames read the rest.
+    """
 
-    def __post_init__(self) -> None:
-        if self.chunk_frames < 1 or self.motion_block < 1:
-            raise ValueError(f"chunk_frames and motion_block must be ≥ 1, got {self.chunk_frames}, {self.motion_block}")
-        self._raw_poses = _Samples(self.source[None, EXP_DIM : EXP_DIM + 6], width=6)
-        self._rows = _Samples(width=self.source.size)
+    crops_to_whole_frames: ClassVar[bool] = True
+
+    def __init__(self, chunk_frames: int = 8, first_chunk_frames: int | None = None) -> None:
+        first = chunk_frames if first_chunk_frames is None else first_chunk_frames
+        if chunk_frames < 1 or first < 1:
+            raise ValueError(f"chunk sizes must be ≥ 1, got {chunk_frames} (first {first})")
+        self.chunk_frames = chunk_frames
+        self.first_chunk_frames = first
+        self._samples = _Samples()
+        self._padded = _Samples(np.zeros(PAD, np.float32))
+        self._last_sample = 0.0
+        self._final_frames: int | None = None
+        self._next_chunk = 0
 
     # ------------------------------------------------------------------------------------------- audio in
 
@@ -162,9 +167,16 @@ class Timeline:
         """No more audio: the clip has floor(samples / 640) frames; the last frames may now be clamped."""
         if self._final_frames is None:
             self._final_frames = len(self._samples) // SAMPLES_PER_VIDEO_FRAME
-            # Upstream crops the clip to whole frames before the STFT, then pads 400 zeros after it.
-            self._padded.truncate(PAD + self._final_frames * SAMPLES_PER_VIDEO_FRAME)
+            # The STFT's input ends with 400 zeros after the clip's last sample (cropped to whole frames or not).
+            self._padded.truncate(PAD + self._clip_samples())
             self._padded.extend(np.zeros(PAD, np.float32))
+
+    def _clip_samples(self) -> int:
+        """Samples the STFT reads: all heard so far, or (cropping) those of whole frames."""
+        if self.crops_to_whole_frames:
+            frames = self._final_frames if self._final_frames is not None else self.frames_heard
+            return frames * SAMPLES_PER_VIDEO_FRAME
+        return len(self._samples)
 
     @property
     def finished(self) -> bool:
@@ -182,10 +194,6 @@ class Timeline:
     def samples_heard(self) -> int:
         return len(self._samples)
 
-    @property
-    def done(self) -> bool:
-        return self._final_frames is not None and self._next_chunk * self.chunk_frames >= self._final_frames
-
     def audio_of(self, frames: range) -> np.ndarray:
         return self._samples.view(frames.start * SAMPLES_PER_VIDEO_FRAME, frames.stop * SAMPLES_PER_VIDEO_FRAME).copy()
 
@@ -195,19 +203,20 @@ class Timeline:
 
     # --------------------------------------------------------------------------------------- mel spans
 
-    def _mel_limit(self) -> int:
+    def mel_limit(self) -> int:
         """Index of the last mel frame that may be read: all of the clip at the end, else what is safe."""
         if self._final_frames is not None:
-            return num_mel_frames(self._final_frames * SAMPLES_PER_VIDEO_FRAME) - 1
-        # Only samples of whole frames are sure to be in the clip (the end crops to whole frames).
-        known = PAD + self.frames_heard * SAMPLES_PER_VIDEO_FRAME
+            return num_mel_frames(self._clip_samples()) - 1
+        # Before the end, a mel frame is final when every sample it reads is (cropping: whole frames only).
+        known = PAD + self._clip_samples()
         return (known - N_FFT) // HOP  # may be negative: nothing yet
 
-    def _span(self, frames: np.ndarray) -> MelSpan | None:
-        """The mel span of these frames' windows, or None while it reaches past what may be read."""
-        starts = mel_window_starts(int(frames[-1]) + 1)[frames]
-        index = starts[:, None] + np.arange(MEL_STEPS)[None, :]
-        limit = self._mel_limit()
+    def span(self, index: np.ndarray) -> MelSpan | None:
+        """The signal span that mel frames ``index`` (K, 16) read, or None while one of them may still change.
+
+        After the end, indices past the clip are clamped to its last mel frame (and before 0 to the first).
+        """
+        limit = self.mel_limit()
         if self._final_frames is None and index.max() > limit:
             return None
         index = np.clip(index, 0, limit)
@@ -215,6 +224,146 @@ class Timeline:
         begin, end = signal_span_for_mel_frames(low, high - low + 1)
         signal = self._padded.view(begin, end)[None].copy()  # the buffer is reused as audio arrives
         return MelSpan(np.ascontiguousarray(signal, dtype=np.float32), (index - low).astype(np.int64))
+
+    # ------------------------------------------------------------------------------------------ chunks
+
+    @property
+    def done(self) -> bool:
+        return self._final_frames is not None and self._chunk_frames(self._next_chunk).start >= self._final_frames
+
+    def _chunk_frames(self, chunk: int) -> range:
+        """Frames of chunk ``chunk`` (before the end is known: the full chunk)."""
+        first = 0 if chunk == 0 else self.first_chunk_frames + (chunk - 1) * self.chunk_frames
+        stop = first + (self.first_chunk_frames if chunk == 0 else self.chunk_frames)
+        return range(first, stop if self._final_frames is None else min(stop, self._final_frames))
+
+    def _next_requests(self, make: Callable[[int, range], RenderRequest | None]) -> list[RenderRequest]:
+        """The next chunks' requests, in order, as long as ``make(chunk, frames)`` can build one."""
+        requests = []
+        while True:
+            frames = self._chunk_frames(self._next_chunk)
+            if self._final_frames is not None and frames.start >= self._final_frames:
+                break
+            request = make(self._next_chunk, frames)
+            if request is None:
+                break
+            requests.append(request)
+            self._next_chunk += 1
+        return requests
+
+
+@dataclass(frozen=True)
+class MelRequest:
+    """The mel windows of a block of frames, computed from one signal span (the span's length is fixed by the
+    block grid, so a frame's window never depends on how the stream was chunked)."""
+
+    block: int
+    frames: range
+    span: MelSpan
+
+
+class Wav2LipTimeline(AudioTimeline):
+    """Wav2Lip: each frame's 16 mel frames from ``int(80·i/25)``, moved back at the end to end on the last.
+
+    Mel windows are computed in blocks of ``mel_block`` frames on a fixed grid (as SadTalker's expression);
+    a chunk is rendered once all its frames have their windows. Upstream's mel covers all of the audio.
+    """
+
+    crops_to_whole_frames = False
+
+    def __init__(self, chunk_frames: int = 8, mel_block: int = 4, first_chunk_frames: int | None = None) -> None:
+        super().__init__(chunk_frames, first_chunk_frames)
+        if mel_block < 1:
+            raise ValueError(f"mel_block must be ≥ 1, got {mel_block}")
+        self.mel_block = mel_block
+        self._windows = _Samples(width=NUM_MELS * MEL_STEPS)  # frame → its (80, 16) window, flattened
+        self._pending: dict[int, np.ndarray] = {}  # block → its windows, until the blocks before it are in
+        self._next_block = 0  # the next block to ask for
+        self._next_window_block = 0  # the next block whose windows are appended
+
+    def mel_requests(self) -> list[MelRequest]:
+        """Blocks whose mel windows can no longer change and have not been asked for yet."""
+        total = self._final_frames if self._final_frames is not None else self.frames_heard
+        requests = []
+        while self._next_block * self.mel_block < total:
+            first = self._next_block * self.mel_block
+            frames = range(first, min(first + self.mel_block, total))
+            if len(frames) < self.mel_block and self._final_frames is None:
+                break
+            span = self.span(self._indices(frames))
+            if span is None:
+                break
+            requests.append(MelRequest(self._next_block, frames, span))
+            self._next_block += 1
+        return requests
+
+    def set_mel(self, request: MelRequest, mel: np.ndarray) -> None:
+        """The ``mel`` model's answer (T, 80) for the request's span."""
+        windows = mel[request.span.mel_index].transpose(0, 2, 1)  # (K, 80, 16)
+        self._pending[request.block] = windows.reshape(len(request.frames), -1)
+        while self._next_window_block in self._pending:
+            self._windows.extend(self._pending.pop(self._next_window_block))
+            self._next_window_block += 1
+
+    def render_requests(self) -> list[RenderRequest]:
+        """Chunks whose every frame has its mel window."""
+        known = len(self._windows)
+
+        def make(chunk: int, frames: range) -> RenderRequest | None:
+            if frames.stop > known or len(frames) == 0:
+                return None
+            windows = self._windows.view(frames.start, frames.stop).reshape(-1, 1, NUM_MELS, MEL_STEPS).copy()
+            return RenderRequest(chunk, frames, self.audio_of(frames), windows=windows)
+
+        return self._next_requests(make)
+
+    def _indices(self, frames: range) -> np.ndarray:
+        total = self._final_frames
+        if total is None:  # before the end no window is moved back: it lies inside the audio heard
+            starts = MEL_FRAMES_PER_SECOND * np.arange(frames.start, frames.stop, dtype=np.int64) // FPS
+            return starts[:, None] + np.arange(MEL_STEPS)[None, :]
+        # Clips under 16 mel frames (0.19 s; upstream refuses them) read their last mel frame repeated.
+        mel_frames = max(num_mel_frames(self._clip_samples()), MEL_STEPS)
+        return wav2lip_mel_window_indices(frames.stop, mel_frames)[frames.start :]
+
+
+class SadTalkerTimeline(AudioTimeline):
+    """SadTalker: expression blocks, pose windows, and the 27-frame mapping windows of each chunk."""
+
+    def __init__(
+        self,
+        source: np.ndarray,
+        pose_mode: Literal["still", "audio"] = "still",
+        expression_scale: float = 1.0,
+        blink: bool = True,
+        seed: int = 0,
+        chunk_frames: int = 8,
+        motion_block: int = 8,
+        first_chunk_frames: int | None = None,
+    ) -> None:
+        super().__init__(chunk_frames, first_chunk_frames)
+        if motion_block < 1:
+            raise ValueError(f"motion_block must be ≥ 1, got {motion_block}")
+        self.source = source  # the portrait's semantics (70,) or (73,)
+        self.pose_mode = pose_mode
+        self.expression_scale = expression_scale
+        self.blink = blink
+        self.seed = seed
+        self.motion_block = motion_block
+        self._exp: dict[int, np.ndarray] = {}
+        self._motion: dict[int, tuple[PoseWindow, np.ndarray]] = {}  # number → (32, 6)
+        self._issued_blocks: set[int] = set()
+        self._issued_windows: set[int] = set()
+        # Coefficients are finalised once, in frame order, so a wake-up costs what is new, not the session so far.
+        self._exp_count = 0  # frames 0.._exp_count−1 have their expression
+        self._raw_poses = _Samples(self.source[None, EXP_DIM : EXP_DIM + 6], width=6)  # frame 0 = the source
+        self._next_pose_window = 0
+        self._rows = _Samples(width=self.source.size)  # final per-frame semantics
+
+    def _window_span(self, frames: np.ndarray) -> MelSpan | None:
+        """The mel span of these frames' SadTalker windows (each index clamped to the clip)."""
+        starts = mel_window_starts(int(frames[-1]) + 1)[frames]
+        return self.span(starts[:, None] + np.arange(MEL_STEPS)[None, :])
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -228,7 +377,7 @@ class Timeline:
             frames = range(block * self.motion_block, min((block + 1) * self.motion_block, total))
             if len(frames) < self.motion_block and self._final_frames is None:
                 break
-            span = self._span(np.arange(frames.start, frames.stop))
+            span = self._window_span(np.arange(frames.start, frames.stop))
             if span is None:
                 break
             ratio = (
@@ -265,7 +414,7 @@ class Timeline:
                 break
             last = (self._final_frames or total) - 1
             frames = np.minimum(np.arange(window.start, window.start + POSE_WINDOW), last)
-            span = self._span(frames)
+            span = self._window_span(frames)
             if span is None:
                 break
             requests.append(PoseRequest(window, span, pose_latent(self.seed, window.number)[None]))
@@ -327,20 +476,14 @@ class Timeline:
         final = self._finalise()
         semantics = self._rows.view(0, final)
         total = self._final_frames
-        requests = []
-        while True:
-            first = self._next_chunk * self.chunk_frames
-            if total is not None and first >= total:
-                break
-            frames = range(first, first + self.chunk_frames if total is None else min(first + self.chunk_frames, total))
+
+        def make(chunk: int, frames: range) -> RenderRequest | None:
             needed = frames.stop - 1 + MAPPING_RADIUS
-            if total is not None:
-                needed = min(needed, total - 1)
-            if needed >= final:
-                break
+            if (needed if total is None else min(needed, total - 1)) >= final:
+                return None
             # Before the end no window reaches past `final`, so clamping to it changes nothing.
             clip = final if total is None else total
             windows = mapping_windows(semantics, np.arange(frames.start, frames.stop), clip)
-            requests.append(RenderRequest(self._next_chunk, frames, windows, self.audio_of(frames)))
-            self._next_chunk += 1
-        return requests
+            return RenderRequest(chunk, frames, self.audio_of(frames), windows=windows)
+
+        return self._next_requests(make)

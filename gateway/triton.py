@@ -36,6 +36,7 @@ class TritonClient:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._client = InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+        self._frame_limits: dict[str, int] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -79,6 +80,33 @@ class TritonClient:
                 raise InferenceUnavailable(f"The inference server's answer from {model!r} has no {name!r}.")
             answer[name] = array
         return answer
+
+    async def frame_limit(self, model: str) -> int:
+        """The most frames one request to ``model`` may carry: its max_batch_size, or for an ensemble without a
+        batch axis the smallest of its steps' (asked once, from the server's own config)."""
+        if model not in self._frame_limits:
+            try:
+                config = (await self._client.get_model_config(model, as_json=True, client_timeout=10.0))["config"]
+                limit = int(config.get("max_batch_size", 0))
+                if limit == 0 and config.get("platform") == "ensemble":
+                    steps = config["ensemble_scheduling"]["step"]
+                    limits = [await self.frame_limit(step["model_name"]) for step in steps]
+                    limit = min((n for n in limits if n > 0), default=0)
+            except InferenceServerException as err:
+                raise InferenceUnavailable(
+                    f"The inference server could not describe {model!r}: {err.message() or err}."
+                ) from err
+            self._frame_limits[model] = limit
+        return self._frame_limits[model]
+
+    async def missing(self, models: Iterable[str]) -> list[str]:
+        """The models among ``models`` that the server does not have ready; InferenceUnavailable if unreachable."""
+        try:
+            return [m for m in models if not await self._client.is_model_ready(m, client_timeout=5.0)]
+        except InferenceServerException as err:
+            raise InferenceUnavailable(
+                f"The inference server at {self.url} is unreachable ({err.message() or err}); try again in a moment."
+            ) from err
 
     async def ready(self, models: Iterable[str]) -> tuple[bool, str]:
         """Whether the server and every model in ``models`` are ready, and if not, why."""

@@ -21,14 +21,17 @@ from PIL import Image
 from skimage import data
 from starlette.testclient import TestClient
 
-from export.reference import AvatarInputs, Options, ReferencePipeline
+from export.reference import AvatarInputs, Options, ReferencePipeline, Wav2LipReference
 from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
 from gateway.app import create_app
 from gateway.avatar_store import AvatarState, AvatarStore
 from gateway.avatars import AvatarLimits, prepare_avatar
+from gateway.engines import engines
+from gateway.engines.wav2lip import Wav2LipAvatar
 from gateway.metrics import Metrics
-from gateway.session import SessionOptions, StreamSession
+from gateway.options import SessionOptions
+from gateway.session import StreamSession
 from gateway.settings import Settings
 from gateway.timeline import RenderRequest
 from gateway.triton import TritonClient
@@ -43,9 +46,13 @@ def speech(spoken_wav: Path) -> np.ndarray:
 
 
 async def _avatar(url: str, portrait: bytes) -> AvatarState:
+    """The portrait's avatar record with every engine's part prepared."""
     triton = TritonClient(url, timeout_s=60, metrics=Metrics())
     try:
-        return await AvatarStore(triton, AvatarLimits(), capacity_bytes=2**30).add(portrait)
+        avatar = await AvatarStore(AvatarLimits(), capacity_bytes=2**30).add(portrait)
+        for engine in engines().values():
+            await engine.prepare(avatar, triton)
+        return avatar
     finally:
         await triton.close()
 
@@ -62,7 +69,7 @@ async def _served_faces(url: str, avatar: AvatarState, pcm: np.ndarray, options:
     async def discard(item: bytes | dict[str, object]) -> None:
         pass
 
-    session = StreamSession(avatar, options, triton, Metrics(), observe=observe)
+    session = StreamSession(avatar, options, engines()[options.engine], triton, Metrics(), observe=observe)
     try:
         running = asyncio.create_task(session.run(discard))
         for start in range(0, pcm.size, 2731):
@@ -108,6 +115,29 @@ def test_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
     difference = np.abs(served[8].astype(np.int16) - reference.astype(np.int16))
     # fp32 ONNX Runtime vs PyTorch (and mel spans vs the whole clip): within a level of rounding.
     assert difference.max() <= 2, difference.max()
+    assert (difference == 0).mean() > 0.98
+
+
+def test_wav2lip_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    avatar = asyncio.run(_avatar(triton_server.grpc_url, astronaut_jpeg))
+    served = {
+        k: asyncio.run(
+            _served_faces(triton_server.grpc_url, avatar, speech, SessionOptions(engine="wav2lip", chunk_frames=k))
+        )
+        for k in (4, 8, 16)
+    }
+    assert served[8].shape == (speech.size // 640, 96, 96, 3)
+    np.testing.assert_array_equal(served[4], served[8])
+    np.testing.assert_array_equal(served[16], served[8])
+
+    # The offline PyTorch pipeline on the same face input, with the whole clip's mel (tail windows included).
+    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, SessionOptions(engine="wav2lip"))
+    reference = Wav2LipReference(reduced_factory).render(face.face_input, speech.astype(np.float32) / 32768.0)
+    difference = np.abs(served[8].astype(np.int16) - reference.astype(np.int16))
+    # fp32 ONNX Runtime vs PyTorch, then truncation to uint8: a value may land one level lower or higher.
+    assert difference.max() <= 1, difference.max()
     assert (difference == 0).mean() > 0.98
 
 

@@ -9,7 +9,8 @@ import torch
 
 from export.reference import AvatarInputs, Options, ReferencePipeline
 from export.stages import StageFactory, Variant
-from gateway.timeline import MelSpan, RenderRequest, Timeline
+from gateway.timeline import MelSpan, RenderRequest
+from gateway.timeline import SadTalkerTimeline as Timeline
 from lipsync.timeline import mapping_windows, source_semantics
 
 
@@ -112,3 +113,49 @@ def test_nothing_is_rendered_before_its_window_is_heard(factory: StageFactory) -
     timeline.finish()
     with pytest.raises(ValueError, match="after the end"):
         timeline.add_audio(wav[:10])
+
+
+def test_wav2lip_windows_are_the_whole_clips_whatever_the_chunking(factory: StageFactory) -> None:
+    from export.mel import log_mel
+    from gateway.timeline import Wav2LipTimeline
+    from lipsync.wav2lip import wav2lip_mel_windows
+
+    wav = _speechlike(640 * 37 + 321)  # a tail that is not a whole frame: upstream's mel reads it
+    expected = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), 37)
+    streamed = {}
+    for chunk_frames, pieces in [(4, [333] * 80), (8, [640 * 9, 5000, 17]), (16, [1 << 20])]:
+        timeline = Wav2LipTimeline(chunk_frames=chunk_frames, mel_block=4)
+        rendered: list[RenderRequest] = []
+
+        def pump(timeline: Wav2LipTimeline = timeline, rendered: list[RenderRequest] = rendered) -> None:
+            for request in timeline.mel_requests():
+                timeline.set_mel(request, _run(factory, "mel", request.span.signal)[0])
+            rendered.extend(timeline.render_requests())
+
+        position = 0
+        for size in pieces:
+            timeline.add_audio(wav[position : position + size])
+            position += size
+            pump()
+        timeline.add_audio(wav[position:])
+        timeline.finish()
+        while not timeline.done:
+            pump()
+        assert [f for r in rendered for f in r.frames] == list(range(37))
+        assert all(len(r.frames) == chunk_frames for r in rendered[:-1])
+        streamed[chunk_frames] = np.concatenate([r.windows for r in rendered])
+    np.testing.assert_array_equal(streamed[4], streamed[8])
+    np.testing.assert_array_equal(streamed[4], streamed[16])
+    error = np.linalg.norm(streamed[8] - expected) / np.linalg.norm(expected)
+    assert error < 1e-5, error
+
+
+def test_wav2lip_frames_wait_only_for_their_own_window() -> None:
+    from gateway.timeline import Wav2LipTimeline
+
+    timeline = Wav2LipTimeline(chunk_frames=1, mel_block=1)
+    timeline.add_audio(_speechlike(640 * 6))  # 240 ms: frame 0's window (0..15) ends 212.5 ms in
+    requests = timeline.mel_requests()
+    assert [r.frames for r in requests] == [range(0, 1)]
+    timeline.set_mel(requests[0], np.zeros((16, 80), np.float32))
+    assert [r.frames for r in timeline.render_requests()] == [range(0, 1)]

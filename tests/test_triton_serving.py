@@ -26,7 +26,7 @@ from export.stages import StageFactory
 from gateway.pasteback import from_enhancer, to_enhancer
 from gateway.triton_server import EmbeddedTriton, process_group_members
 from lipsync.audio import mel_window_indices, num_video_frames, padded_signal
-from lipsync.wav2lip import face_input, wav2lip_mel_window_indices
+from lipsync.wav2lip import face_input, wav2lip_mel_windows
 
 LOG = logging.getLogger(__name__)
 pytestmark = pytest.mark.triton
@@ -183,18 +183,11 @@ def wav2lip_case(reduced_factory: StageFactory) -> tuple[dict[str, np.ndarray], 
     network output for them."""
     rng = np.random.default_rng(5)
     wav = (0.3 * rng.standard_normal(4800)).astype(np.float32)
-    signal = padded_signal(wav)[None]
     frames = num_video_frames(wav.shape[0])
-    mel_frames = (signal.shape[1] - 800) // 200 + 1
+    mel = torch_run(reduced_factory, "mel", padded_signal(wav)[None])[0]
     faces_bgr = rng.integers(0, 256, size=(frames, 96, 96, 3), dtype=np.uint8)
-    x = {
-        "signal": signal,
-        "mel_index": wav2lip_mel_window_indices(frames, mel_frames),
-        "face_input": face_input(faces_bgr),
-    }
-    mel = torch_run(reduced_factory, "mel", signal)[0]
-    windows = np.ascontiguousarray(mel[x["mel_index"]].transpose(0, 2, 1)[:, None])
-    return x, torch_run(reduced_factory, "wav2lip", windows, x["face_input"])
+    x = {"mel_window": wav2lip_mel_windows(mel, frames), "face_input": face_input(faces_bgr)}
+    return x, torch_run(reduced_factory, "wav2lip", x["mel_window"], x["face_input"])
 
 
 def test_wav2lip_render_equals_upstreams_conversion(

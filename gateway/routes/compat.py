@@ -28,7 +28,6 @@ from gateway.errors import (
 )
 from gateway.offline import decode_upload_audio, render_offline
 from gateway.protocol import parse_lipsync
-from gateway.session import SessionOptions
 from gateway.ws import Channel, compat_error, serve
 
 log = logging.getLogger(__name__)
@@ -73,4 +72,4 @@ async def _answer(channel: Channel, text: str | None) -> bytes:
     with ctx.slots.hold(client_key(channel.websocket)):
         state = await ctx.avatars.add(image)
         wav = await asyncio.to_thread(decode_upload_audio, audio, settings)
-        return await render_offline(ctx, state, wav, SessionOptions())
+        return await render_offline(ctx, state, wav, request.session_options())

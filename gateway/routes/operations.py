@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.context import Ctx
+from gateway.errors import InferenceUnavailable
 from gateway.framing import FRAMINGS
 from gateway.http_errors import error_responses
 from gateway.routes.http_common import Authorised
@@ -43,7 +44,7 @@ class Info(BaseModel):
     version: str
     demo: bool  # True: random weights, the video is not a result of the models
     auth_required: bool
-    engines: list[str]
+    engines: list[str]  # served now (empty while the inference server is unreachable)
     framings: list[str]
     limits: Limits
 
@@ -91,11 +92,15 @@ async def info(ctx: Ctx) -> Info:
         idle_timeout_s=s.idle_timeout_s,
         start_timeout_s=s.start_timeout_s,
     )
+    try:
+        served = [engine.name for engine in await ctx.served_engines()]
+    except InferenceUnavailable:
+        served = []
     return Info(
         version=__version__,
         demo=s.demo,
         auth_required=s.auth_token is not None,
-        engines=["sadtalker"],
+        engines=served,
         framings=list(FRAMINGS),
         limits=limits,
     )

@@ -36,7 +36,7 @@ async def _stream(channel: Channel) -> None:
     if state is None:
         raise UnknownAvatar(start.avatar_id)
     with ctx.slots.hold(client_key(channel.websocket)):
-        session = ctx.new_session(state, start.options.session_options())
+        session = await ctx.new_session(state, start.options.session_options())
         session_id = uuid.uuid4().hex
         limits = {
             "max_message_bytes": settings.max_message_bytes,

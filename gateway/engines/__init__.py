@@ -1,0 +1,73 @@
+"""The engines: one module per model family, each behind the small interface the session uses.
+
+An :class:`Engine` says which Triton models it needs, prepares its part of an avatar record once, and starts a
+:class:`EngineRun` per session: a timeline of what can be computed from the audio so far, the Triton calls that
+compute it, and how its faces are pasted into the output framing. The session, the muxer and the protocols
+are the same for every engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import numpy as np
+
+from gateway.avatar_store import AvatarState
+from gateway.options import SessionOptions
+from gateway.timeline import AudioTimeline, RenderRequest
+from gateway.triton import TritonClient
+
+Paste = Callable[[np.ndarray], np.ndarray]  # face (S, S, 3) uint8 → the whole output frame
+
+
+class EngineRun(Protocol):
+    """One session's engine: its timeline, the Triton calls it needs, and its paste-back."""
+
+    @property
+    def timeline(self) -> AudioTimeline: ...
+
+    @property
+    def paste(self) -> Paste: ...
+
+    @property
+    def lookahead_ms(self) -> float:
+        """The audio a frame waits for after its own (the engine's part; chunking adds to it)."""
+        ...
+
+    def calls(self) -> list[Coroutine[Any, Any, None]]:
+        """Calls that became possible (their results go back into the timeline); run them concurrently."""
+        ...
+
+    def render_requests(self) -> list[RenderRequest]:
+        """The next chunks that can be rendered, in order."""
+        ...
+
+    async def render(self, request: RenderRequest) -> np.ndarray:
+        """The chunk's faces (K, S, S, 3) uint8 RGB."""
+        ...
+
+
+class Engine(Protocol):
+    name: str
+
+    def models(self, options: SessionOptions) -> tuple[str, ...]:
+        """The Triton models (ensembles) a session with these options calls."""
+        ...
+
+    async def prepare(self, avatar: AvatarState, triton: TritonClient) -> None:
+        """Compute this engine's part of the avatar record, once (a no-op when it is there)."""
+        ...
+
+    def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> EngineRun:
+        """A run for one session (the avatar's part is prepared)."""
+        ...
+
+
+def engines(audio_block: int = 4) -> dict[str, Engine]:
+    """Every engine this gateway can drive, by name; ``audio_block``: frames per audio-model call (expression
+    blocks, mel blocks)."""
+    from gateway.engines.sadtalker import SadTalker
+    from gateway.engines.wav2lip import Wav2Lip
+
+    return {engine.name: engine for engine in (SadTalker(audio_block), Wav2Lip(audio_block))}

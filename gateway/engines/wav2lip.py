@@ -1,0 +1,181 @@
+"""Wav2Lip: each frame's 16 mel frames + the portrait's face crop → a 96² face with the lips for the audio.
+
+Upstream (Rudrabha/Wav2Lip ``inference.py``; weights non-commercial) detects the face with S3FD, pads the box
+by ``pads`` = [top, bottom, left, right] pixels (clamped to the image), resizes it to 96², and pastes the
+network's face back into the box as is. Here:
+
+- **The face box** comes from dlib's 68 landmarks (:func:`face_box`): across the jaw line's extremes (points
+  0 and 16), down to the chin (point 8), up to a fifth of the brow-to-chin height above the brows. S3FD's boxes
+  run from the forehead to about the chin and across the cheeks, which is why upstream's default pads add
+  10 px at the bottom; this box has that shape, so upstream's pads mean the same here.
+- **The crop** is cut from the output framing (``portrait`` or ``face``) — the picture the face is pasted back
+  into — and resized to 96² bilinearly (upstream's ``cv2.resize``), in BGR; :func:`lipsync.wav2lip.face_input`
+  makes the network's input. A still portrait has one crop, so it is computed once per (framing, pads).
+- **Paste-back** blends instead of pasting hard: ``blend="box"`` feathers the box's edge (upstream-like);
+  ``blend="lower_face"`` (default) blends only the jaw, mouth and chin, inside a feathered mask below the nose
+  from the landmarks (:func:`lower_face_weights`), so the box's edge never shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gateway.avatar_store import AvatarState
+from gateway.avatars import Box
+from gateway.errors import InferenceUnavailable
+from gateway.framing import Framing
+from gateway.options import SessionOptions
+from gateway.pasteback import FEATHER, MaskedPasteBack, feather_weights
+from gateway.timeline import MelRequest, RenderRequest, Wav2LipTimeline
+from gateway.triton import TritonClient
+from lipsync.wav2lip import FACE_SIZE, face_input
+
+NAME = "wav2lip"
+
+# A frame's window ends 15 mel frames after int(80·i/25): 212.5 ms of audio after the frame starts (the STFT
+# reads 25 ms past its frame), plus the 40 ms granularity of whole frames.
+LOOKAHEAD_MS = 15 * 12.5 + 25 + 40
+# How far above the brows the box starts, as a fraction of the brow-to-chin height (S3FD's boxes include the
+# lower forehead).
+FOREHEAD = 0.2
+# The lower-face mask's feather (Gaussian σ) as a fraction of the box's shorter side.
+MASK_FEATHER = 0.06
+
+
+def face_box(landmarks: np.ndarray, width: int, height: int, pads: tuple[int, int, int, int]) -> Box:
+    """The S3FD-like face box of 68 landmarks (photo pixels), padded by ``pads`` [top, bottom, left, right]
+    and clamped to the photo, as upstream pads S3FD's box."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    jaw = lm[0:17]
+    brows = lm[17:27]
+    chin_y = lm[8, 1]
+    brow_y = brows[:, 1].min()
+    top = brow_y - FOREHEAD * (chin_y - brow_y)
+    pad_top, pad_bottom, pad_left, pad_right = pads
+    return Box(
+        max(0, math.floor(jaw[:, 0].min()) - pad_left),
+        max(0, math.floor(top) - pad_top),
+        min(width, math.ceil(jaw[:, 0].max()) + pad_right),
+        min(height, math.ceil(chin_y) + pad_bottom),
+    )
+
+
+def lower_face_weights(landmarks_in_box: np.ndarray, box: Box) -> np.ndarray:
+    """(box height, box width) float32 weights: 1 on the jaw, mouth and chin below the nose, feathered to 0.
+
+    The region is the polygon of the jaw line (points 1–15) closed under the nose (points 35, 33, 31); the
+    feathered box is multiplied in, so no weight reaches the box's edge.
+    """
+    polygon = np.concatenate([landmarks_in_box[1:16], landmarks_in_box[[35, 33, 31]]])
+    mask = np.zeros((box.height, box.width), np.float32)
+    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], (1.0,))
+    sigma = MASK_FEATHER * min(box.width, box.height)
+    size = 2 * math.ceil(3 * sigma) + 1
+    blurred = cv2.GaussianBlur(mask, (size, size), sigma)
+    return np.ascontiguousarray(blurred * feather_weights(box.width, box.height, FEATHER))
+
+
+@dataclass(frozen=True, eq=False)
+class Wav2LipFace:
+    """One framing's face for Wav2Lip: the network's face input, and where and how the result is pasted."""
+
+    face_input: np.ndarray  # (1, 6, 96, 96) float32
+    box: Box  # in the framing's pixels
+    weights: np.ndarray  # (box height, box width) float32
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.face_input.nbytes + self.weights.nbytes)
+
+
+def make_face(framing: Framing, photo_box: Box, landmarks: np.ndarray, blend: str) -> Wav2LipFace:
+    box = framing.box(photo_box)
+    region = framing.image[box.y0 : box.y1, box.x0 : box.x1]
+    crop_bgr = cv2.resize(np.ascontiguousarray(region[..., ::-1]), (FACE_SIZE, FACE_SIZE))  # INTER_LINEAR
+    if blend == "box":
+        weights = feather_weights(box.width, box.height, FEATHER)
+    else:
+        points = framing.points(landmarks) - np.array([box.x0, box.y0])
+        weights = lower_face_weights(points, box)
+    return Wav2LipFace(face_input(crop_bgr[None]), box, weights)
+
+
+@dataclass(eq=False)
+class Wav2LipAvatar:
+    """The portrait's faces for Wav2Lip, per (framing, pads, blend), made on first use (numpy only)."""
+
+    faces: dict[tuple[str, tuple[int, int, int, int], str], Wav2LipFace]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(face.nbytes for face in self.faces.values())
+
+    def face(self, avatar: AvatarState, options: SessionOptions) -> Wav2LipFace:
+        key = (options.framing, options.pads, options.blend)
+        if key not in self.faces:
+            box = face_box(avatar.landmarks, avatar.width, avatar.height, options.pads)
+            self.faces[key] = make_face(avatar.framings[options.framing], box, avatar.landmarks, options.blend)
+        return self.faces[key]
+
+
+class Wav2Lip:
+    name = NAME
+
+    def __init__(self, mel_block: int = 4) -> None:
+        self.mel_block = mel_block
+
+    def models(self, options: SessionOptions) -> tuple[str, ...]:
+        return ("mel", "wav2lip_render_enhanced" if options.enhance else "wav2lip_render")
+
+    async def prepare(self, avatar: AvatarState, triton: TritonClient) -> None:
+        if NAME not in avatar.parts:
+            part = Wav2LipAvatar({})
+            part.face(avatar, SessionOptions(engine="wav2lip"))  # the default framing, pads and blend
+            avatar.add_part(NAME, part)
+
+    def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> Wav2LipRun:
+        face = avatar.part(NAME, Wav2LipAvatar).face(avatar, options)
+        return Wav2LipRun(face, avatar, options, triton, self.mel_block)
+
+
+class Wav2LipRun:
+    def __init__(
+        self, face: Wav2LipFace, avatar: AvatarState, options: SessionOptions, triton: TritonClient, mel_block: int
+    ) -> None:
+        self.face = face
+        self.model = "wav2lip_render_enhanced" if options.enhance else "wav2lip_render"
+        self.triton = triton
+        self.timeline = Wav2LipTimeline(chunk_frames=options.chunk_frames, mel_block=mel_block)
+        self.paste = MaskedPasteBack(avatar.framings[options.framing].image, face.box, face.weights)
+        # Worst case: the network's look-ahead plus waiting for the rest of a mel block.
+        self.lookahead_ms = LOOKAHEAD_MS + (mel_block - 1) * 40
+
+    def calls(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._mel(request) for request in self.timeline.mel_requests()]
+
+    def render_requests(self) -> list[RenderRequest]:
+        return self.timeline.render_requests()
+
+    async def _mel(self, request: MelRequest) -> None:
+        mel = (await self.triton.infer("mel", {"signal": request.span.signal}, ["mel"]))["mel"][0]
+        self.timeline.set_mel(request, mel)
+
+    async def render(self, request: RenderRequest) -> np.ndarray:
+        """One chunk's faces, in as many requests as the served model takes frames (GFPGAN takes fewer)."""
+        k = len(request.frames)
+        limit = await self.triton.frame_limit(self.model) or k
+        faces = []
+        for start in range(0, k, limit):
+            windows = request.windows[start : start + limit]
+            inputs = {"mel_window": windows, "face_input": np.repeat(self.face.face_input, len(windows), axis=0)}
+            faces.append((await self.triton.infer(self.model, inputs, ["face"]))["face"])
+        result = np.concatenate(faces)
+        if result.shape[0] != k:
+            raise InferenceUnavailable(f"{self.model} answered {result.shape[0]} faces for {k} frames")
+        return result

@@ -3,6 +3,9 @@
 A ``Variant`` says which weights and which forms: official checkpoints from a directory (the full
 architecture), or none — the reduced-width architecture with seeded random weights, for tests and the
 demo. Every module returned takes exactly its stage's inputs (``export.specs.STAGES``) in order.
+
+A builder takes its tensors from a ``WeightSource``: the files (what ``StageFactory`` uses), or
+``export.synthetic.SyntheticWeights`` — official layouts made in memory (``bench/gpu.py``, no files).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -66,11 +69,17 @@ class _Weights:
         return (strip_prefix(state, prefix) if prefix else state), f"{file_name} [{prefix or 'all'}]"
 
 
+class WeightSource(Protocol):
+    """Gives the tensors of an official file under ``prefix`` (prefix removed), and a name for messages."""
+
+    def get(self, file_name: str, prefix: str = "") -> tuple[StateDict, str]: ...
+
+
 _SADTALKER = "SadTalker_V0.0.2_256.safetensors"
-Builder = Callable[[Variant, _Weights | None], nn.Module]
+Builder = Callable[[Variant, WeightSource | None], nn.Module]
 
 
-def _mel(variant: Variant, weights: _Weights | None) -> nn.Module:
+def _mel(variant: Variant, weights: WeightSource | None) -> nn.Module:
     return MelSpectrogram()
 
 
@@ -82,7 +91,7 @@ def _networks(
 ) -> Builder:
     """A network built from ``prefix`` in an official file, or its reduced form with random weights."""
 
-    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+    def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             return reduced(variant)
         state, source = weights.get(file_name, prefix)
@@ -94,7 +103,7 @@ def _networks(
 def _mapping(file_name: str) -> Builder:
     config = mapping.CONFIG_FOR_FILE[file_name]
 
-    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+    def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             reduced = dataclasses.replace(mapping.REDUCED, coeff_nc=config.coeff_nc)
             return mapping.MappingWithTransform(mapping.MappingNet(reduced))

@@ -290,9 +290,11 @@ class Generator(nn.Module):
     ) -> Generator:
         """A copy with the same weights (on the same device, in the same dtype) and other sampler options."""
         reference = next(self.parameters())
-        copy = Generator(
-            self.config, grid_sample or self.grid_sample, sampling_precision or self.sampling_precision
-        ).to(device=reference.device, dtype=reference.dtype)
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the state dict
+            copy = Generator(
+                self.config, grid_sample or self.grid_sample, sampling_precision or self.sampling_precision
+            )
+        copy = copy.to_empty(device=reference.device).to(dtype=reference.dtype)
         copy.load_state_dict(self.state_dict())
         return copy.train(self.training)
 

@@ -90,6 +90,7 @@ def _repository(args: argparse.Namespace) -> int:
             instances=args.instances,
             intra_op_threads=args.threads,
             fp16=not args.fp32,
+            fp16_generator=args.fp16_generator,
             trt_cache_dir=args.trt_cache,
         )
         write_repository(args.onnx, args.out, settings)
@@ -149,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     repository.add_argument("--instances", type=int, default=1, help="instances per model (per GPU)")
     repository.add_argument("--threads", type=int, default=0, help="cpu: ONNX Runtime threads (0 = one per core)")
     repository.add_argument("--fp32", action="store_true", help="gpu: TensorRT in fp32 instead of fp16")
+    repository.add_argument(
+        "--fp16-generator",
+        action="store_true",
+        help="gpu: the generator in fp16 too (faster, but its sampling coordinates round to fp16: docs/gpu.md)",
+    )
     repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
     repository.set_defaults(run=_repository)
 

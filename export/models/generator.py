@@ -130,6 +130,11 @@ def _trilinear_by_slices(volume: Tensor, grid: Tensor) -> Tensor:
     return samples[:, :, 0] * weights[0] + samples[:, :, 1] * weights[1]
 
 
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype``; no cast (and no Cast node in an exported graph) when it already is."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _upsample(x: Tensor, factor: int) -> Tensor:
     return F.interpolate(x, scale_factor=float(factor), mode="nearest")
 
@@ -218,13 +223,13 @@ class DenseMotionNetwork(nn.Module):
         heatmap = keypoint_gaussians(kp_driving, depth, height, width) - keypoint_gaussians(
             kp_source, depth, height, width
         )
-        heatmap = torch.cat([torch.zeros_like(heatmap[:, :1]), heatmap], dim=1).unsqueeze(2).to(warped.dtype)
+        heatmap = _as(torch.cat([torch.zeros_like(heatmap[:, :1]), heatmap], dim=1).unsqueeze(2), warped.dtype)
 
         hourglass_in = torch.cat([heatmap, warped], dim=2).reshape(-1, parts * (channels + 1), depth, height, width)
         prediction = self.hourglass(hourglass_in)
 
         mask = F.softmax(self.mask(prediction), dim=1).unsqueeze(2)
-        mask = torch.where(mask < MASK_THRESHOLD, torch.zeros_like(mask), mask).to(sparse_motion.dtype)
+        mask = _as(torch.where(mask < MASK_THRESHOLD, torch.zeros_like(mask), mask), sparse_motion.dtype)
         deformation = (sparse_motion.permute(0, 1, 5, 2, 3, 4) * mask).sum(dim=1).permute(0, 2, 3, 4, 1)
 
         occlusion = torch.sigmoid(self.occlusion(prediction.reshape(-1, prediction.shape[1] * depth, height, width)))

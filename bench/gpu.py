@@ -57,6 +57,7 @@ from export.precision import DTypeName
 from export.specs import STAGES
 from export.stages import BUILDERS, StageFactory, Variant
 from export.synthetic import SyntheticWeights
+from lipsync.audio import FPS, HOP, MEL_FRAMES_PER_SECOND, N_FFT
 
 log = logging.getLogger("bench.gpu")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,10 +68,10 @@ STAGE_ORDER = ("mel", "audio2exp", "audio2pose", "mapping", "kp_detector", "face
 OPTIONAL_STAGES = ("wav2lip",)
 # Per-frame renderers: measured up to the largest batch.
 HEAVY = ("generator", "gfpgan", "wav2lip")
-FPS = 25
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
-# Video frames one item of a stage stands for (the rest: one frame per item).
-FRAMES_PER_ITEM = {"mel": TRACE_SIZES["samples"] / SAMPLES_PER_FRAME, "audio2pose": 32.0}
+# Video frames one item of a stage stands for (the rest: one frame per item). mel's item is a centre-padded
+# span of TRACE_SIZES["samples"]: (samples − N_FFT) / HOP + 1 mel frames, 80 of them per second of audio.
+_MEL_FRAMES = (TRACE_SIZES["samples"] - N_FFT) // HOP + 1
+FRAMES_PER_ITEM = {"mel": _MEL_FRAMES * FPS / MEL_FRAMES_PER_SECOND, "audio2pose": 32.0}
 # Engines: the stages each live frame passes through. kp_detector and face_recon run once per avatar;
 # audio2pose only in the `pose=audio` mode (one 32-frame window per 32 frames): left out.
 ENGINES: dict[str, tuple[str, ...]] = {

@@ -161,7 +161,7 @@ def test_session_estimate_arithmetic() -> None:
     items = [gpu.Measured(row, module=torch.nn.Identity()) for row in rows]
     T = gpu.Timing
     timings = [
-        T("mel", "fp16", "eager", 8, "ok", 7.2, 0.9),  # 0.9 ms per 4600 samples: 7.19 frames of audio
+        T("mel", "fp16", "eager", 8, "ok", 7.2, 0.9),  # 0.9 ms per 4600 samples: 20 mel frames, 6.25 video frames
         T("audio2exp", "fp16", "eager", 8, "ok", 0.8, 0.1),
         T("mapping", "fp16", "eager", 8, "ok", 0.8, 0.1),
         T("generator_5d", "fp16", "eager", 8, "ok", 48.0, 6.0),
@@ -178,7 +178,7 @@ def test_session_estimate_arithmetic() -> None:
         "ms_per_frame": 3.0,
     }
     assert sadtalker["ms_per_frame"] == pytest.approx(0.9 / gpu.FRAMES_PER_ITEM["mel"] + 0.1 + 0.1 + 3.0)
-    assert sadtalker["sessions"] == 12  # 1000 / (25 × 3.325) = 12.03
+    assert sadtalker["sessions"] == 11  # 1000 / (25 × 3.344) = 11.96
     assert estimate["engines"]["SadTalker + GFPGAN"]["fp16"] == {"status": "not measured: gfpgan"}
     assert estimate["engines"]["SadTalker"]["bf16"]["status"].startswith("not measured")
     assert estimate["engines"]["Wav2Lip"] == {"status": "wav2lip: not built"}

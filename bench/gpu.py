@@ -159,7 +159,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA only")
     parser.add_argument("--budget", type=float, default=0.0, help="seconds for the whole run (default by mode)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: PyTorch's)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every measurement as it is taken")
     return parser.parse_args(argv)
 
 
@@ -356,7 +356,7 @@ def build_rows(settings: Settings) -> tuple[list[Measured], list[str]]:
             else:
                 # The variant only picks forms here: every weight comes from `weights`.
                 module = BUILDERS[stage](Variant(checkpoints=None), weights).eval()
-            log.info("built %s in %.1f s", stage, time.monotonic() - started)
+            log.debug("built %s in %.1f s", stage, time.monotonic() - started)
         except Exception as error:  # a stage that cannot be built is reported, not fatal
             log.warning("could not build %s: %s", stage, error)
             measured += [Measured(r, None, status=f"not built: {type(error).__name__}: {error}") for r in rows]
@@ -536,7 +536,7 @@ def time_row(
             with torch.no_grad():
                 ms, repeats, peak = measure(call, sets, settings)
             results.append(Timing(item.row.name, dtype, runtime, batch, "ok", ms, ms / batch, repeats, peak))
-            log.info("%s %s %s batch %d: %.3f ms/item", item.row.name, dtype, runtime, batch, ms / batch)
+            log.debug("%s %s %s batch %d: %.3f ms/item", item.row.name, dtype, runtime, batch, ms / batch)
         except Exception as error:
             if _is_oom(error):
                 results.append(Timing(item.row.name, dtype, runtime, batch, "oom"))
@@ -616,7 +616,7 @@ def render_path_study(items: list[Measured], settings: Settings) -> list[dict[st
                         )
                         entry = {"form": item.row.form, "dtype": prec.dtype, "mode": prec.mode, "coordinates": coords}
                         results.append({**entry, **asdict(error)})
-                        log.info("render path %s %s coordinates %s: %s", item.row.form, prec.label, coords, error)
+                        log.debug("render path %s %s coordinates %s: %s", item.row.form, prec.label, coords, error)
                     except Exception as error_:
                         log.warning("render path %s %s failed: %s", item.row.form, prec.label, _short(error_))
             item.module = generator.to("cpu")
@@ -1011,8 +1011,10 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     trt_reserve = (150.0 if not settings.quick else 90.0) if trt_on else 0.0
     compile_reserve = (0.25 * settings.budget_s if compile_on else 0.0) + trt_reserve
     precision_reserve = settings.precision_reserve_s if "precision" in settings.parts else 0.0
+    log.info("built %d rows and counted their FLOPs (%.0f s)", len(ready), clock.elapsed())
     if "timing" in settings.parts:
         total = sum(len(settings.batches_for(i.row)) for i in ready) * len(settings.dtypes)
+        log.info("eager: %d configurations", total)
         with progress(total, "eager") as tick:
             for item in ready:
                 for dtype in settings.dtypes:
@@ -1020,9 +1022,11 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
                     timings += time_row(item, dtype, "eager", settings, clock, reserve, tick)
     render_path: list[dict[str, Any]] = []
     if "precision" in settings.parts:
+        log.info("precision study (%.0f s so far)", clock.elapsed())
         render_path = precision_study(items, settings)
     if compile_on:
         jobs = compile_jobs(ready, settings)
+        log.info("torch.compile: %d row × dtype jobs (%.0f s so far)", len(jobs), clock.elapsed())
         # A compile cannot be cut short: start one only if the longest so far (at first a guess) still fits.
         longest = {True: 90.0, False: 30.0}  # heavy rows, the others
         with progress(sum(len(settings.batches_for(i.row)) for i, _ in jobs), "compile") as tick:
@@ -1108,11 +1112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose or sys.stderr.isatty() else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # -v: every measurement as it is taken
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = make_settings(args)

@@ -1,7 +1,7 @@
 """GPU readiness benchmark: every stage's time per item, peak memory and reduced-precision error, in one command.
 
     python bench/gpu.py                        # on a CUDA GPU: full size, every measurement (< 8 min on an H100)
-    python bench/gpu.py --quick                # fewer batches and repeats, torch.compile on two stages (< 3 min)
+    python bench/gpu.py --quick                # batches 1, 8, 32, fewer repeats, compile the renderers (< 3 min)
     python bench/gpu.py --device cpu --quick   # reduced architecture, batch 1-2, fp32 + bf16 (< 2 min; CI)
 
 Needs only PyTorch, numpy and this repository: copy the repository to a bare GPU machine and run it from its

@@ -183,3 +183,21 @@ def test_session_estimate_arithmetic() -> None:
     assert estimate["engines"]["SadTalker"]["bf16"]["status"].startswith("not measured")
     assert estimate["engines"]["Wav2Lip"] == {"status": "wav2lip: not built"}
     assert estimate["label"].startswith("ESTIMATE")
+
+
+def test_cuda_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a GPU run measures (the settings only: there is no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "_bf16_native", lambda: True)
+    full = gpu.make_settings(gpu.parse_args([]))
+    assert full.device.type == "cuda" and not full.reduced and full.compile
+    assert full.batches == (1, 4, 8, 16, 32) and full.heavy_batches == (1, 4, 8, 16, 32, 64)
+    assert full.dtypes == ("fp32", "fp16", "bf16") and full.error_dtypes == ("fp16", "bf16")
+    for stage in ("generator", "gfpgan", "wav2lip"):
+        assert full.batches_for(gpu.Row(stage, stage)) == full.heavy_batches
+    assert full.batches_for(gpu.Row("mapping", "mapping")) == full.batches
+    assert full.budget_s <= 450  # < 8 minutes with the report
+    quick = gpu.make_settings(gpu.parse_args(["--quick"]))
+    assert quick.budget_s <= 160 and quick.compile_rows is not None
+    monkeypatch.setattr(gpu, "_bf16_native", lambda: False)
+    assert gpu.make_settings(gpu.parse_args([])).dtypes == ("fp32", "fp16")

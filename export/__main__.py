@@ -137,6 +137,7 @@ def _repository(args: argparse.Namespace) -> int:
             intra_op_threads=args.threads,
             cpu_rows_per_run=args.rows_per_run,
             fp16=not args.fp32,
+            fp16_generator=args.fp16_generator,
             trt_cache_dir=args.trt_cache,
         )
         write_repository(args.onnx, args.out, settings)
@@ -218,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rows-per-run", type=int, default=4, help="cpu: rows per ONNX Runtime run (bounds memory; 0 = all)"
     )
     repository.add_argument("--fp32", action="store_true", help="gpu: TensorRT in fp32 instead of fp16")
+    repository.add_argument(
+        "--fp16-generator",
+        action="store_true",
+        help="gpu: the generator in fp16 too (faster, but its sampling coordinates round to fp16: docs/gpu.md)",
+    )
     repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
     repository.set_defaults(run=_repository)
 

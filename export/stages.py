@@ -6,6 +6,9 @@ demo. Every module returned takes exactly its stage's inputs (``export.specs.STA
 
 The Wav2Lip engine's weights are optional (non-commercial licence): its stage is built from ``wav2lip_gan.pth``
 in the checkpoint directory, or from the file ``Variant.wav2lip`` names.
+
+A builder takes its tensors from a ``WeightSource``: the files (what ``StageFactory`` uses), or
+``export.synthetic.SyntheticWeights`` — official layouts made in memory (``bench/gpu.py``, no files).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -101,11 +104,17 @@ class _Weights:
         return (strip_prefix(state, prefix) if prefix else state), f"{file_name} [{prefix or 'all'}]"
 
 
+class WeightSource(Protocol):
+    """Gives the tensors of an official file under ``prefix`` (prefix removed), and a name for messages."""
+
+    def get(self, file_name: str, prefix: str = "") -> tuple[StateDict, str]: ...
+
+
 _SADTALKER = "SadTalker_V0.0.2_256.safetensors"
-Builder = Callable[[Variant, _Weights | None], nn.Module]
+Builder = Callable[[Variant, WeightSource | None], nn.Module]
 
 
-def _mel(variant: Variant, weights: _Weights | None) -> nn.Module:
+def _mel(variant: Variant, weights: WeightSource | None) -> nn.Module:
     return MelSpectrogram()
 
 
@@ -117,7 +126,7 @@ def _networks(
 ) -> Builder:
     """A network built from ``prefix`` in an official file, or its reduced form with random weights."""
 
-    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+    def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             return reduced(variant)
         state, source = weights.get(file_name, prefix)
@@ -129,7 +138,7 @@ def _networks(
 def _mapping(file_name: str) -> Builder:
     config = mapping.CONFIG_FOR_FILE[file_name]
 
-    def build(variant: Variant, weights: _Weights | None) -> nn.Module:
+    def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             reduced = dataclasses.replace(mapping.REDUCED, coeff_nc=config.coeff_nc)
             return mapping.MappingWithTransform(mapping.MappingNet(reduced))
@@ -139,14 +148,17 @@ def _mapping(file_name: str) -> Builder:
     return build
 
 
-def _wav2lip(variant: Variant, weights: _Weights | None) -> nn.Module:
+def _wav2lip(variant: Variant, weights: WeightSource | None) -> nn.Module:
     """Wav2Lip with its batch norms folded into the convolutions (the exporter folds only those after a plain
     convolution; this also removes the six after the transposed ones)."""
     if weights is None:
         module: nn.Module = wav2lip.Wav2Lip(wav2lip.REDUCED)
     else:
-        path = variant.wav2lip_checkpoint or weights.directory / WAV2LIP
-        module = wav2lip.load_wav2lip(read_checkpoint(path), wav2lip.FULL, source=path.name)
+        if variant.wav2lip is not None:  # a file named explicitly, wherever it is
+            state, source = read_checkpoint(variant.wav2lip), variant.wav2lip.name
+        else:
+            state, source = weights.get(WAV2LIP)
+        module = wav2lip.load_wav2lip(state, wav2lip.FULL, source=source)
     return fold_batch_norms(module.eval())
 
 

@@ -75,6 +75,31 @@ def golden_weights(file_name: str, prefix: str = "") -> StateDict:
     return {name[len(prefix) :]: tensor for name, tensor in state.items()}
 
 
+class SyntheticWeights:
+    """A weight source for ``export.stages.BUILDERS`` that makes each official file's tensors in memory.
+
+    The same values as the files ``write_synthetic_checkpoint`` writes (so the same modules), without
+    writing or reading files — no safetensors needed. Each (file, prefix) is made once.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._made: dict[tuple[str, str], StateDict] = {}
+
+    def get(self, file_name: str, prefix: str = "") -> tuple[StateDict, str]:
+        if file_name not in MANIFESTED_FILES:
+            raise ValueError(f"no manifest for {file_name!r}; known: {', '.join(MANIFESTED_FILES)}")
+        if (file_name, prefix) not in self._made:
+            state = synthetic_state_dict(read_manifest(file_name), self.seed, prefix)
+            self._made[file_name, prefix] = {name[len(prefix) :]: tensor for name, tensor in state.items()}
+        source = f"SYNTHETIC {file_name} [{prefix or 'all'}] (made in memory, seed {self.seed})"
+        return self._made[file_name, prefix], source
+
+    def clear(self) -> None:
+        """Forget the tensors made so far (the modules built from them keep their own copies)."""
+        self._made.clear()
+
+
 def write_synthetic_checkpoint(file_name: str, directory: Path, seed: int = 0) -> Path:
     """Write ``directory/file_name`` in the official format, filled with synthetic values."""
     if file_name not in MANIFESTED_FILES:

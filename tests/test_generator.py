@@ -25,6 +25,7 @@ from export.models.generator import (
     trilinear_sample,
 )
 from export.onnx import relative_error as rel_err
+from export.precision import cpu_emulation
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict
 
@@ -135,6 +136,59 @@ def test_4d_generator_equals_5d_in_float64() -> None:
     args = [a.double() for a in random_inputs(2, 128)]
     with torch.no_grad():
         assert rel_err(four(*args), five(*args)) <= 1e-10
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_fp32_sampling_coordinates_change_nothing_in_float32(form: GridSampleForm) -> None:
+    """The reduced-precision option is the same computation in float32: default behaviour is untouched."""
+    net = reduced_generator(form)
+    args = random_inputs(2, 128)
+    with torch.no_grad():
+        assert torch.equal(net.copy_with(sampling_precision="fp32")(*args), net(*args))
+
+
+def _sampler_dtypes(net: Generator, args: tuple[torch.Tensor, ...]) -> list[tuple[torch.dtype, torch.dtype]]:
+    """(volume, grid) dtypes of every grid_sample call while ``net`` runs."""
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    original = torch.nn.functional.grid_sample
+
+    def spy(volume: torch.Tensor, grid: torch.Tensor, *rest: object, **options: object) -> torch.Tensor:
+        seen.append((volume.dtype, grid.dtype))
+        return original(volume, grid, *rest, **options)  # type: ignore[arg-type]
+
+    # The CPU has no bfloat16 avg_pool3d: export.precision's emulation runs it in float32 and rounds back.
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), cpu_emulation(torch.device("cpu")):
+        patch.setattr(torch.nn.functional, "grid_sample", spy)
+        net(*args)
+    return seen
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_fp32_sampling_coordinates_in_a_bfloat16_generator(form: GridSampleForm) -> None:
+    """Cast to bfloat16, the default samples in bfloat16; with "fp32" every sample (and its grid) is float32,
+    while the convolutions and the output stay bfloat16."""
+    net = reduced_generator(form).to(torch.bfloat16)
+    args = tuple(a.to(torch.bfloat16) for a in random_inputs(1, 128))
+    calls = 2  # the warp by every sparse motion, then the warp of the volume by the deformation
+    assert _sampler_dtypes(net, args) == [(torch.bfloat16, torch.bfloat16)] * calls
+    fp32 = net.copy_with(sampling_precision="fp32")
+    assert _sampler_dtypes(fp32, args) == [(torch.float32, torch.float32)] * calls
+    with torch.no_grad(), cpu_emulation(torch.device("cpu")):
+        assert fp32(*args).dtype == torch.bfloat16
+    assert next(fp32.parameters()).dtype == torch.bfloat16
+
+
+def test_copy_with_keeps_weights_and_changes_only_the_options() -> None:
+    net = reduced_generator("5d").double()
+    four = net.copy_with(grid_sample="4d")
+    assert (four.grid_sample, four.sampling_precision) == ("4d", "native")
+    assert four.dense_motion_network.grid_sample == "4d" and not four.training
+    assert next(four.parameters()).dtype == torch.float64
+    args = [a.double() for a in random_inputs(1, 128)]
+    with torch.no_grad():
+        assert rel_err(four(*args), net(*args)) <= 1e-10
+    with pytest.raises(ValueError, match="sampling_precision"):
+        Generator(REDUCED, "5d", "fp16")  # type: ignore[arg-type]
 
 
 def test_renamed_tensor_is_named(official: StateDict) -> None:

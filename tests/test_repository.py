@@ -21,9 +21,12 @@ from export.__main__ import main
 from export.repository import (
     ENSEMBLES,
     GENERATED_MARK,
+    TENSORRT_FP32_MODELS,
+    TENSORRT_OPTIONS,
     RepositorySettings,
     WrittenRepository,
     describe_markdown,
+    tensorrt_precision,
     validate_ensemble,
     write_repository,
 )
@@ -163,6 +166,7 @@ def test_ensembles_have_the_designed_batch_semantics(written: WrittenRepository)
 def test_gpu_target_runs_networks_through_tensorrt_fp16_with_an_engine_cache(
     reduced_onnx_dir: Path, tmp_path: Path
 ) -> None:
+    """fp16 for every network but the generator, whose sampling coordinates must stay fp32 (docs/gpu.md)."""
     repository = write_repository(reduced_onnx_dir, tmp_path, RepositorySettings(target="gpu", trt_cache_dir="/c"))
     parsed = configs(repository)
     for name, spec in STAGES.items():
@@ -174,12 +178,32 @@ def test_gpu_target_runs_networks_through_tensorrt_fp16_with_an_engine_cache(
             continue
         (tensorrt,) = accelerators
         assert tensorrt.name == "tensorrt"
-        assert tensorrt.parameters["precision_mode"] == "FP16"
+        assert tensorrt.parameters["precision_mode"] == ("FP32" if name == "generator" else "FP16"), name
+        assert set(tensorrt.parameters) <= TENSORRT_OPTIONS  # Triton refuses any other key
         assert tensorrt.parameters["trt_engine_cache_enable"] == "1"
         assert tensorrt.parameters["trt_engine_cache_path"] == f"/c/{name}"
     profile = parsed["generator"].optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
     assert profile["trt_profile_max_shapes"] == "source_image:32x3x256x256,kp_source:32x15x3,kp_driving:32x15x3"
     assert profile["trt_profile_opt_shapes"].startswith("source_image:8x3x256x256")
+
+
+def precisions(repository: WrittenRepository) -> dict[str, str]:
+    return {
+        name: config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["precision_mode"]
+        for name, config in configs(repository).items()
+        if config.optimization.execution_accelerators.gpu_execution_accelerator
+    }
+
+
+def test_gpu_target_precision_switches(reduced_onnx_dir: Path, tmp_path: Path) -> None:
+    networks = {name for name, spec in STAGES.items() if spec.checkpoint}
+    fast = write_repository(reduced_onnx_dir, tmp_path / "fast", RepositorySettings(target="gpu", fp16_generator=True))
+    assert precisions(fast) == dict.fromkeys(networks, "FP16")
+    exact = write_repository(reduced_onnx_dir, tmp_path / "exact", RepositorySettings(target="gpu", fp16=False))
+    assert precisions(exact) == dict.fromkeys(networks, "FP32")
+    assert set(TENSORRT_FP32_MODELS) == {"generator"}
+    assert tensorrt_precision(STAGES["generator"], RepositorySettings(target="gpu")) == "FP32"
+    assert tensorrt_precision(STAGES["gfpgan"], RepositorySettings(target="gpu")) == "FP16"
 
 
 def test_ensemble_validation_catches_a_broken_mapping() -> None:
@@ -240,6 +264,9 @@ def test_cli_writes_the_gpu_repository(reduced_onnx_dir: Path, tmp_path: Path) -
     generator = parse(tmp_path / "repo" / "generator" / "config.pbtxt")
     assert generator.dynamic_batching.max_queue_delay_microseconds == 500
     assert generator.instance_group[0].count == 2
+    assert precisions(WrittenRepository(tmp_path / "repo", (), (), {}))["generator"] == "FP32"
+    assert main([*argv, "--fp16-generator"]) == 0
+    assert precisions(WrittenRepository(tmp_path / "repo", (), (), {}))["generator"] == "FP16"
     assert main(["repository", "--onnx", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 1
     assert main([*argv, "--max-batch-size", "4", "--preferred-batch-sizes", "8"]) == 1  # 8 > max batch 4
 

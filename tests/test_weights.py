@@ -162,3 +162,23 @@ def test_synthetic_checkpoints_are_never_taken_for_official_ones(
     assert not is_synthetic(unmarked)
     assert str(Variant(tmp_path).describe()["weights"]).startswith("official")
     assert str(Variant(None).describe()["weights"]).startswith("RANDOM")
+
+
+def test_in_memory_synthetic_weights_build_the_same_modules_as_the_files(
+    synthetic_checkpoint: Callable[[str], Path],
+) -> None:
+    """export.synthetic.SyntheticWeights (bench/gpu.py: no files, no safetensors) gives a builder the tensors
+    `python -m export synthetic` writes, so the modules are the same."""
+    from export.stages import BUILDERS, StageFactory, Variant
+    from export.synthetic import SyntheticWeights
+
+    file_name = "mapping_00229-model.pth.tar"
+    from_files = StageFactory(Variant(synthetic_checkpoint(file_name).parent)).build("mapping")
+    weights = SyntheticWeights()
+    in_memory = BUILDERS["mapping"](Variant(checkpoints=None), weights)
+    for (name, have), (_, want) in zip(in_memory.state_dict().items(), from_files.state_dict().items(), strict=True):
+        assert torch.equal(have, want), name
+    state, source = weights.get("SadTalker_V0.0.2_256.safetensors", "audio2exp.")
+    assert source.startswith("SYNTHETIC") and state and not any(name.startswith("audio2exp.") for name in state)
+    with pytest.raises(ValueError, match="no manifest"):
+        weights.get("no_such_file.pth")

@@ -20,6 +20,13 @@ each point is sampled bilinearly in its two neighbouring slices, and the two sam
 depth. Zeros padding in depth is a zero weight for an out-of-range slice; within a slice, a point at or
 beyond the surrounding zero row/column is masked so it never reads a neighbouring tile. Exact in real
 arithmetic (≈1e-14 in float64); in float32 the larger mosaic coordinates round ~4× coarser than the 5-D op's.
+
+Reduced precision (``sampling_precision``): in fp16 a coordinate near the far side of the 4-D form's mosaic
+(≈ 4·65 pixels across at full size) rounds to a quarter of a pixel. With ``"fp32"`` the coordinates — the
+identity grid, the sparse motions, the blended deformation, the keypoint heatmaps' arithmetic — and the sampling
+itself (the 4-D form's mosaic coordinates and depth blend included) are computed in float32 with autocast off,
+whatever dtype the convolutions run in; the sampled features go back to the working dtype. ``"native"``
+(default) computes them in the dtype of the tensors at hand. In float32 the two are the same computation.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from export.layers import (
 from export.weights import StateDict, fold_spectral_norm, load_strict
 
 GridSampleForm = Literal["5d", "4d"]
+SamplingPrecision = Literal["native", "fp32"]
 
 # Upstream constants: keypoint Gaussian variance for the heatmaps, and motion-mask values below the
 # threshold are zeroed before the weighted sum of sparse motions.
@@ -54,11 +62,23 @@ MASK_THRESHOLD = 1e-3
 NUM_DOWN_BLOCKS = 2
 
 
-def trilinear_sample(volume: Tensor, grid: Tensor, form: GridSampleForm) -> Tensor:
+def trilinear_sample(
+    volume: Tensor, grid: Tensor, form: GridSampleForm, precision: SamplingPrecision = "native"
+) -> Tensor:
     """Sample (N, C, D, H, W) at grid (N, Do, Ho, Wo, 3) of (x, y, z) in [-1, 1] → (N, C, Do, Ho, Wo).
 
     Trilinear, zeros padding, align_corners=False — ``F.grid_sample``'s defaults, as upstream calls it.
+    ``precision="fp32"`` samples in float32 with autocast off and returns the volume's dtype.
     """
+    if precision == "fp32" and not (volume.dtype == grid.dtype == torch.float32):
+        with torch.autocast(volume.device.type, enabled=False):
+            return _trilinear(volume.float(), grid.float(), form).to(volume.dtype)
+    if precision not in get_args(SamplingPrecision):
+        raise ValueError(f"sampling precision must be one of {get_args(SamplingPrecision)}, got {precision!r}")
+    return _trilinear(volume, grid, form)
+
+
+def _trilinear(volume: Tensor, grid: Tensor, form: GridSampleForm) -> Tensor:
     if form == "5d":
         return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if form == "4d":
@@ -110,6 +130,11 @@ def _trilinear_by_slices(volume: Tensor, grid: Tensor) -> Tensor:
     return samples[:, :, 0] * weights[0] + samples[:, :, 1] * weights[1]
 
 
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype``; no cast (and no Cast node in an exported graph) when it already is."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _upsample(x: Tensor, factor: int) -> Tensor:
     return F.interpolate(x, scale_factor=float(factor), mode="nearest")
 
@@ -154,7 +179,12 @@ class DenseMotionNetwork(nn.Module):
     keypoint heatmaps predicts a softmax mask that blends the motions, and an occlusion map.
     """
 
-    def __init__(self, config: GeneratorConfig, grid_sample: GridSampleForm = "5d") -> None:
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        grid_sample: GridSampleForm = "5d",
+        sampling_precision: SamplingPrecision = "native",
+    ) -> None:
         super().__init__()
         in_features = (config.num_kp + 1) * (config.dense_compress + 1)
         self.hourglass = Hourglass(
@@ -166,34 +196,40 @@ class DenseMotionNetwork(nn.Module):
         self.occlusion = nn.Conv2d(self.hourglass.out_filters * config.reshape_depth, 1, 7, padding=3)
         self.num_kp = config.num_kp
         self.grid_sample = grid_sample
+        self.sampling_precision = sampling_precision
 
     def forward(self, feature: Tensor, kp_source: Tensor, kp_driving: Tensor) -> tuple[Tensor, Tensor]:
         _, _, depth, height, width = feature.shape
         feature = F.relu(self.norm(self.compress(feature)))
         channels = feature.shape[1]
         parts = self.num_kp + 1
+        coordinate_dtype = feature.dtype
+        if self.sampling_precision == "fp32":
+            coordinate_dtype, kp_source, kp_driving = torch.float32, kp_source.float(), kp_driving.float()
 
         # Sparse motions (N, K+1, D, H, W, 3): the identity (background), then one per keypoint.
-        identity = coordinate_grid_3d(depth, height, width, feature.dtype, feature.device)[None, None]
+        identity = coordinate_grid_3d(depth, height, width, coordinate_dtype, feature.device)[None, None]
         to_source = identity - kp_driving[:, :, None, None, None, :] + kp_source[:, :, None, None, None, :]
         sparse_motion = torch.cat([identity.expand(to_source.shape[0], 1, -1, -1, -1, -1), to_source], dim=1)
 
         # The compressed feature warped by each sparse motion: (N, K+1, C, D, H, W).
         repeated = feature.unsqueeze(1).expand(-1, parts, -1, -1, -1, -1).reshape(-1, channels, depth, height, width)
-        warped = trilinear_sample(repeated, sparse_motion.reshape(-1, depth, height, width, 3), self.grid_sample)
+        warped = trilinear_sample(
+            repeated, sparse_motion.reshape(-1, depth, height, width, 3), self.grid_sample, self.sampling_precision
+        )
         warped = warped.reshape(-1, parts, channels, depth, height, width)
 
         # Heatmaps: driving minus source Gaussians, a zero map for the background: (N, K+1, 1, D, H, W).
         heatmap = keypoint_gaussians(kp_driving, depth, height, width) - keypoint_gaussians(
             kp_source, depth, height, width
         )
-        heatmap = torch.cat([torch.zeros_like(heatmap[:, :1]), heatmap], dim=1).unsqueeze(2)
+        heatmap = _as(torch.cat([torch.zeros_like(heatmap[:, :1]), heatmap], dim=1).unsqueeze(2), warped.dtype)
 
         hourglass_in = torch.cat([heatmap, warped], dim=2).reshape(-1, parts * (channels + 1), depth, height, width)
         prediction = self.hourglass(hourglass_in)
 
         mask = F.softmax(self.mask(prediction), dim=1).unsqueeze(2)
-        mask = torch.where(mask < MASK_THRESHOLD, torch.zeros_like(mask), mask)
+        mask = _as(torch.where(mask < MASK_THRESHOLD, torch.zeros_like(mask), mask), sparse_motion.dtype)
         deformation = (sparse_motion.permute(0, 1, 5, 2, 3, 4) * mask).sum(dim=1).permute(0, 2, 3, 4, 1)
 
         occlusion = torch.sigmoid(self.occlusion(prediction.reshape(-1, prediction.shape[1] * depth, height, width)))
@@ -231,24 +267,48 @@ class Generator(nn.Module):
     H and W must be divisible by 128 (the dense-motion hourglass pools the H/4 volume five times).
     """
 
-    def __init__(self, config: GeneratorConfig, grid_sample: GridSampleForm = "5d") -> None:
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        grid_sample: GridSampleForm = "5d",
+        sampling_precision: SamplingPrecision = "native",
+    ) -> None:
         super().__init__()
         if grid_sample not in get_args(GridSampleForm):
             raise ValueError(f"grid_sample must be one of {get_args(GridSampleForm)}, got {grid_sample!r}")
+        if sampling_precision not in get_args(SamplingPrecision):
+            raise ValueError(
+                f"sampling_precision must be one of {get_args(SamplingPrecision)}, got {sampling_precision!r}"
+            )
+        self.config = config
         self.source_encoder = SourceEncoder(config)
-        self.dense_motion_network = DenseMotionNetwork(config, grid_sample)
+        self.dense_motion_network = DenseMotionNetwork(config, grid_sample, sampling_precision)
         out_channels = config.block_expansion * 2**NUM_DOWN_BLOCKS
         self.third = SameBlock2d(config.max_features, out_channels, kernel_size=3, leaky=True)
         self.fourth = nn.Conv2d(out_channels, out_channels, 1)
         self.decoder = SPADEDecoder(config)
         self.grid_sample = grid_sample
+        self.sampling_precision = sampling_precision
+
+    def copy_with(
+        self, grid_sample: GridSampleForm | None = None, sampling_precision: SamplingPrecision | None = None
+    ) -> Generator:
+        """A copy with the same weights (on the same device, in the same dtype) and other sampler options."""
+        reference = next(self.parameters())
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the state dict
+            copy = Generator(
+                self.config, grid_sample or self.grid_sample, sampling_precision or self.sampling_precision
+            )
+        copy = copy.to_empty(device=reference.device).to(dtype=reference.dtype)
+        copy.load_state_dict(self.state_dict())
+        return copy.train(self.training)
 
     def render(self, feature: Tensor, kp_source: Tensor, kp_driving: Tensor) -> Tensor:
         """Everything after the source encoder: warp the cached volume, mask occlusions, decode."""
         deformation, occlusion = self.dense_motion_network(feature, kp_source, kp_driving)
         # Upstream resizes the deformation and occlusion map when their size differs from the features';
         # they are computed on the same volume, so it never does.
-        out = trilinear_sample(feature, deformation, self.grid_sample)
+        out = trilinear_sample(feature, deformation, self.grid_sample, self.sampling_precision)
         _, channels, depth, height, width = out.shape
         out = self.fourth(self.third(out.reshape(-1, channels * depth, height, width)))
         return self.decoder(out * occlusion)

@@ -1,0 +1,292 @@
+"""Reduced-precision study: how far fp16 and bf16 runs of a stage are from fp32, on the same inputs.
+
+Two ways to run a module in a reduced dtype (:class:`Precision`):
+
+- ``autocast`` — ``torch.autocast(device, dtype)`` around the fp32 module: convolutions and matrix products in
+  the dtype, the ops PyTorch lists (softmax, norms, ``exp``, pooling and grid sampling on the CPU) in fp32.
+  What PyTorch eager serving would do.
+- ``cast`` — module and floating inputs converted to the dtype: every tensor in it, as an engine built in fp16
+  (TensorRT's FP16 mode) is free to do.
+
+The error is ``export.onnx.relative_error`` (‖reduced − fp32‖₂ / ‖fp32‖₂, float64) of each output, worst over
+the outputs. For the generator the study also follows the design's rule — the sampling coordinates stay fp32
+(``export.models.generator``'s ``sampling_precision="fp32"``) — against letting them be reduced, over the whole
+render path: mapping → generator → uint8 face (:func:`render_path_error`).
+
+On the CPU, fp16 convolutions have only reference kernels (≈ 100× slower than fp32), some ops have no fp16 or
+bf16 kernel at all (``avg_pool3d``), and the reduced-precision 2-D grid sampler returned NaN and wrong values
+at some coordinates (torch 2.13). :func:`cpu_emulation` runs those ops in fp32 on the reduced-precision inputs
+and rounds the result back to the dtype — what a GPU kernel does with fp16 tensors (fp16 in, fp32
+accumulation, fp16 out). A GPU's fp16 grid sampler may round its pixel coordinates further than this, so the
+"everything reduced" render error measured on a GPU (``bench/gpu.py``) can be larger than the CPU's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+from export.ensemble_steps import FaceToUint8
+from export.models.generator import Generator, SamplingPrecision
+from export.onnx import relative_error
+
+DTypeName = Literal["fp32", "fp16", "bf16"]
+DTYPES: dict[DTypeName, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+Mode = Literal["autocast", "cast"]
+MODES: tuple[Mode, ...] = ("autocast", "cast")
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A dtype and how the module is brought to it (fp32 ignores the mode)."""
+
+    dtype: DTypeName
+    mode: Mode = "autocast"
+
+    @property
+    def label(self) -> str:
+        return "fp32" if self.dtype == "fp32" else f"{self.dtype}/{self.mode}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+FP32 = Precision("fp32")
+
+# ----------------------------------------------------------------------------------------- CPU emulation
+
+_aten = torch.ops.aten
+# Ops a reduced dtype runs in fp32 on the CPU whatever happens: fp16 convolutions (reference kernels, far too
+# slow) and the grid samplers (wrong results in reduced precision).
+_CPU_FP32_OPS: dict[torch.dtype, frozenset[Any]] = {
+    torch.float16: frozenset({_aten.convolution.default, _aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
+    torch.bfloat16: frozenset({_aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
+}
+
+
+class _CpuEmulation(TorchDispatchMode):
+    """Runs some reduced-precision CPU ops in fp32 and rounds the result back (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emulated: set[str] = set()
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        low = next((a.dtype for a in args if isinstance(a, Tensor) and a.dtype in REDUCED_DTYPES), None)
+        if low is None:
+            return func(*args, **kwargs)
+        if func in _CPU_FP32_OPS[low]:
+            return self._in_fp32(func, low, args, kwargs)
+        try:
+            return func(*args, **kwargs)
+        except (NotImplementedError, RuntimeError) as error:
+            if "not implemented for" not in str(error):
+                raise
+            return self._in_fp32(func, low, args, kwargs)
+
+    def _in_fp32(self, func: Any, low: torch.dtype, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.emulated.add(str(func))
+
+        def up(x: Any) -> Any:
+            return x.float() if isinstance(x, Tensor) and x.dtype == low else x
+
+        def down(x: Any) -> Any:
+            return x.to(low) if isinstance(x, Tensor) and x.dtype == torch.float32 else x
+
+        return tree_map(down, func(*tree_map(up, args), **tree_map(up, kwargs)))
+
+
+@contextlib.contextmanager
+def cpu_emulation(device: torch.device) -> Iterator[set[str]]:
+    """On the CPU, run reduced-precision ops that the CPU lacks or gets wrong in fp32, rounding back; yields the
+    names of the ops it emulated. Elsewhere a no-op (a GPU has the kernels)."""
+    if device.type != "cpu":
+        yield set()
+        return
+    mode = _CpuEmulation()
+    with mode:
+        yield mode.emulated
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _floating(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+class Runner:
+    """Calls a module in one precision on fp32 inputs; outputs as a tuple, in the dtype they came out in.
+
+    For ``cast`` the module is copied once and converted; the fp32 module is left as it is.
+    """
+
+    def __init__(self, module: nn.Module, precision: Precision, device: torch.device) -> None:
+        self.precision = precision
+        self.device = device
+        reduced = precision.dtype != "fp32"
+        self.module = (
+            copy.deepcopy(module).to(precision.torch_dtype) if reduced and precision.mode == "cast" else module
+        )
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        dtype = self.precision.torch_dtype
+        with torch.no_grad():
+            if self.precision.dtype == "fp32":
+                out = self.module(*inputs)
+            elif self.precision.mode == "autocast":
+                with torch.autocast(self.device.type, dtype=dtype):
+                    out = self.module(*inputs)
+            else:
+                out = self.module(*(_floating(x, dtype) for x in inputs))
+        return out if isinstance(out, tuple) else (out,)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 references without TF32 (cuDNN convolutions default to TF32 on Ampere and later GPUs)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@dataclass(frozen=True)
+class StageError:
+    """Worst relative error over a stage's outputs, and whether every output value was finite."""
+
+    relative_error: float
+    finite: bool
+
+
+def _compare(have: Sequence[Tensor], want: Sequence[Tensor]) -> StageError:
+    finite = all(bool(torch.isfinite(h).all()) for h in have)
+    worst = max(relative_error(h.float(), w) for h, w in zip(have, want, strict=True))
+    return StageError(worst if finite else float("inf"), finite)
+
+
+def stage_errors(
+    module: nn.Module, inputs: Sequence[Tensor], precisions: Sequence[Precision], device: torch.device
+) -> dict[str, StageError]:
+    """Each precision's error against fp32 (TF32 off) on the same inputs, keyed by ``Precision.label``."""
+    with exact_fp32(device):
+        reference = Runner(module, FP32, device)(*inputs)
+    errors: dict[str, StageError] = {}
+    for precision in precisions:
+        with cpu_emulation(device):
+            have = Runner(module, precision, device)(*inputs)
+        errors[precision.label] = _compare(have, reference)
+    return errors
+
+
+# --------------------------------------------------------------------------------------------- render path
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """One batch of the render path: the avatar (source image, canonical and source keypoints) and the
+    coefficient windows of the frames to draw."""
+
+    window: Tensor
+    kp_canonical: Tensor
+    source_image: Tensor
+    kp_source: Tensor
+
+    def to(self, device: torch.device) -> RenderInputs:
+        return RenderInputs(
+            *(x.to(device) for x in (self.window, self.kp_canonical, self.source_image, self.kp_source))
+        )
+
+
+@dataclass(frozen=True)
+class RenderError:
+    """The render path in one precision against fp32: the generator's float output and the uint8 face."""
+
+    relative_error: float  # of the float face in [0, 1]
+    max_level_diff: int  # largest difference of a uint8 value
+    mean_level_diff: float
+    share_over_2_levels: float  # fraction of uint8 values more than 2 levels off
+    finite: bool
+
+
+def render_inputs(
+    mapping: nn.Module, batch: int, window_size: tuple[int, int], image_size: int, generator: torch.Generator
+) -> RenderInputs:
+    """Inputs like a session's: windows of one clip (a shared base plus small per-frame changes), and the
+    source keypoints made by the mapping of the clip's first window (fp32), as the gateway makes them."""
+    base = torch.randn(1, *window_size, generator=generator)
+    window = base + 0.3 * torch.randn(batch, *window_size, generator=generator)
+    kp_canonical = (0.3 * torch.randn(1, 15, 3, generator=generator)).expand(batch, -1, -1).contiguous()
+    source_image = torch.rand(1, 3, image_size, image_size, generator=generator).expand(batch, -1, -1, -1)
+    with torch.no_grad():
+        kp_source = mapping(base.expand(batch, -1, -1), kp_canonical)
+    return RenderInputs(window, kp_canonical, source_image.contiguous(), kp_source)
+
+
+def render_path_error(
+    mapping: nn.Module,
+    generator: Generator,
+    inputs: RenderInputs,
+    precision: Precision,
+    coordinates: SamplingPrecision,
+    device: torch.device,
+    reference: tuple[Tensor, Tensor] | None = None,
+) -> tuple[RenderError, tuple[Tensor, Tensor]]:
+    """mapping → generator → uint8 face in ``precision``, the generator's sampling coordinates as ``coordinates``
+    says, against the same path in fp32. Returns the error and the fp32 reference (pass it back to reuse it)."""
+    to_uint8 = FaceToUint8()
+
+    def path(prec: Precision, coords: SamplingPrecision) -> tuple[Tensor, Tensor]:
+        kp_driving = Runner(mapping, prec, device)(inputs.window, inputs.kp_canonical)[0]
+        renderer = Runner(generator.copy_with(sampling_precision=coords), prec, device)
+        face = renderer(inputs.source_image, inputs.kp_source, kp_driving.float())[0].float()
+        # The uint8 step is a separate fp32 model in the ensembles.
+        return face, to_uint8(face)
+
+    if reference is None:
+        with exact_fp32(device), torch.no_grad():
+            reference = path(FP32, "native")
+    with cpu_emulation(device), torch.no_grad():
+        face, levels = path(precision, coordinates)
+    finite = bool(torch.isfinite(face).all())
+    diff = (levels.int() - reference[1].int()).abs()
+    error = RenderError(
+        relative_error=relative_error(face, reference[0]) if finite else float("inf"),
+        max_level_diff=int(diff.max()),
+        mean_level_diff=float(diff.float().mean()),
+        share_over_2_levels=float((diff > 2).float().mean()),
+        finite=finite,
+    )
+    return error, reference
+
+
+def reduced_precisions(dtypes: Sequence[DTypeName], modes: Sequence[Mode] = MODES) -> list[Precision]:
+    """Every (reduced dtype, mode) pair, in order."""
+    return [Precision(d, m) for d in dtypes if d != "fp32" for m in modes]
+
+
+def describe_emulation(device: torch.device) -> str:
+    if device.type != "cpu":
+        return "none: the GPU's own kernels"
+    return (
+        "CPU: fp16 convolutions and reduced-precision grid sampling run in fp32 on the rounded inputs and are "
+        "rounded back; ops without a CPU kernel in the dtype likewise"
+    )

@@ -1,0 +1,203 @@
+"""bench/gpu.py: its CPU mode end to end (a subprocess, as CI runs it), what it needs, and its pieces.
+
+The CUDA path cannot run here; its parts that need no GPU (trtexec's command lines and output, the session
+estimate, TensorRT detection failing soft) are tested on their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from export import tensorrt
+from export.specs import STAGES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "bench" / "gpu.py"
+
+
+def load_bench() -> ModuleType:
+    """bench/ is a folder of scripts, not a package: load gpu.py by path."""
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu = load_bench()
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    out = tmp_path_factory.mktemp("gpu_bench")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads((out / "gpu-bench.json").read_text()) if (out / "gpu-bench.json").is_file() else {}
+    return done, report, out
+
+
+@pytest.mark.slow
+def test_cpu_quick_prints_the_table_last_and_exits_0(
+    cpu_run: tuple[subprocess.CompletedProcess[str], dict, Path],
+) -> None:
+    done, report, out = cpu_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[-1].startswith("## Time per item")
+    assert lines[-1].startswith("| generator") or lines[-1].startswith("| gfpgan")  # a table row, last
+    assert (out / "gpu-bench.md").read_text() == done.stdout
+    assert report["elapsed_s"] < 150  # the issue asks for < 2 minutes; the budget is 100 s
+
+
+@pytest.mark.slow
+def test_cpu_quick_json_structure(cpu_run: tuple[subprocess.CompletedProcess[str], dict, Path]) -> None:
+    _, report, _ = cpu_run
+    assert report["schema"] == "lipsync-triton/gpu-bench/1"
+    assert report["settings"]["device"] == "cpu" and report["settings"]["size"] == "reduced"
+    assert report["settings"]["dtypes"] == ["fp32", "bf16"]
+    expected = {"mel", "audio2exp", "audio2pose", "mapping", "kp_detector", "face_recon", "gfpgan"}
+    assert expected | {"generator_5d", "generator_4d"} <= set(report["stages"])
+    for name, stage in report["stages"].items():
+        assert stage["batches"] == [1, 2], name
+        assert stage["gflop_per_item"] > 0, name
+        assert set(stage["errors"]) == {"bf16/autocast", "bf16/cast"}, name
+        assert all(0 < e["relative_error"] < 0.2 and e["finite"] for e in stage["errors"].values()), name
+        timed = {(t["dtype"], t["batch"]) for t in stage["timings"] if t["runtime"] == "eager"}
+        assert timed == {(d, b) for d in ("fp32", "bf16") for b in (1, 2)}, name
+        for t in stage["timings"]:
+            assert t["status"] == "ok" or t["status"].startswith("skipped"), (name, t)
+            if t["status"] == "ok":
+                assert t["ms_per_item"] > 0 and t["repeats"] >= 3 and t["peak_mib"] is None
+    assert {(r["form"], r["coordinates"]) for r in report["render_path"]} == {
+        (form, coords) for form in ("5d", "4d") for coords in ("fp32", "native")
+    }
+    estimates = report["estimates"]
+    assert estimates["label"].startswith("ESTIMATE")
+    assert set(estimates["engines"]) == {"SadTalker", "SadTalker + GFPGAN", "Wav2Lip", "Wav2Lip + GFPGAN"}
+    if "wav2lip" not in report["stages"]:
+        assert estimates["engines"]["Wav2Lip"] == {"status": "wav2lip: not built"}
+    assert report["tensorrt"]["status"] == "TensorRT: not run (needs a CUDA device)"
+
+
+def test_help_says_what_it_needs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert "Needs only PyTorch, numpy and this repository" in done.stdout
+    assert "--quick" in done.stdout and "--device" in done.stdout and "--out" in done.stdout
+
+
+def test_runs_with_nothing_but_torch_and_numpy(tmp_path: Path) -> None:
+    """Every optional package is made unimportable; a small CPU run still completes."""
+    blocked = ["onnx", "onnxruntime", "onnxscript", "safetensors", "scipy", "tqdm", "tritonclient", "tensorrt"]
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"blocked: {{name}}")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = ["bench/gpu.py", "--device", "cpu", "--quick", "--stages", "mapping", "--out", {str(tmp_path)!r}]
+import runpy
+runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-bench.json").read_text())
+    assert set(report["stages"]) == {"mapping"}
+
+
+def test_tensorrt_missing_is_one_line() -> None:
+    route, why = tensorrt.detect()
+    if route is not None:
+        pytest.skip(f"this machine has a TensorRT route: {why}")
+    assert "no tensorrt package" in why and "no trtexec" in why
+    settings = gpu.make_settings(gpu.parse_args(["--device", "cpu", "--quick"]))
+    result = gpu.tensorrt_phase([], settings, gpu.Clock(60))
+    assert result.status == "TensorRT: not run (needs a CUDA device)" and "\n" not in result.status
+
+
+def test_trtexec_commands_and_output() -> None:
+    profile = tensorrt.Profile(STAGES["generator"], max_batch=16)
+    build = tensorrt.trtexec_build_command("trtexec", Path("g.onnx"), Path("g.engine"), profile, 3)
+    assert build[:3] == ["trtexec", "--onnx=g.onnx", "--fp16"]
+    assert "--minShapes=source_image:1x3x256x256,kp_source:1x15x3,kp_driving:1x15x3" in build
+    assert "--optShapes=source_image:8x3x256x256,kp_source:8x15x3,kp_driving:8x15x3" in build
+    assert "--maxShapes=source_image:16x3x256x256,kp_source:16x15x3,kp_driving:16x15x3" in build
+    timing = tensorrt.trtexec_time_command("trtexec", Path("g.engine"), profile, 4)
+    assert "--shapes=source_image:4x3x256x256,kp_source:4x15x3,kp_driving:4x15x3" in timing
+    assert profile.output_shape(4) == (4, 3, 256, 256)
+    output = (
+        "[12/01/2026-10:00:00] [I] Latency: min = 3.1 ms, max = 3.9 ms, mean = 3.3 ms, median = 3.25 ms\n"
+        "[12/01/2026-10:00:00] [I] GPU Compute Time: min = 2.9 ms, max = 3.6 ms, mean = 3.05 ms, median = 3.02 ms, "
+        "percentile(90%) = 3.2 ms\n"
+    )
+    assert tensorrt.parse_trtexec_median_ms(output) == 3.02
+    assert tensorrt.parse_trtexec_median_ms("no timing here") is None
+    with pytest.raises(ValueError, match="dynamic axis"):
+        tensorrt.Profile(STAGES["mel"], max_batch=4).argument(1)
+
+
+def test_session_estimate_arithmetic() -> None:
+    rows = [gpu.Row(name, name) for name in ("mel", "audio2exp", "mapping", "gfpgan")]
+    rows += [gpu.Row("generator_5d", "generator", "5d"), gpu.Row("generator_4d", "generator", "4d")]
+    items = [gpu.Measured(row, module=torch.nn.Identity()) for row in rows]
+    T = gpu.Timing
+    timings = [
+        T("mel", "fp16", "eager", 8, "ok", 7.2, 0.9),  # 0.9 ms per 4600 samples: 20 mel frames, 6.25 video frames
+        T("audio2exp", "fp16", "eager", 8, "ok", 0.8, 0.1),
+        T("mapping", "fp16", "eager", 8, "ok", 0.8, 0.1),
+        T("generator_5d", "fp16", "eager", 8, "ok", 48.0, 6.0),
+        T("generator_4d", "fp16", "compile", 16, "ok", 48.0, 3.0),
+        T("generator_4d", "fp16", "eager", 64, "ok", 64.0, 1.0),  # above the serving batch: not used
+        T("gfpgan", "fp16", "eager", 4, "oom"),
+    ]
+    estimate = gpu.estimate_sessions(items, timings, ["fp16", "bf16"])
+    sadtalker = estimate["engines"]["SadTalker"]["fp16"]
+    assert sadtalker["parts"]["generator"] == {
+        "row": "generator_4d",
+        "runtime": "compile",
+        "batch": 16,
+        "ms_per_frame": 3.0,
+    }
+    assert sadtalker["ms_per_frame"] == pytest.approx(0.9 / gpu.FRAMES_PER_ITEM["mel"] + 0.1 + 0.1 + 3.0)
+    assert sadtalker["sessions"] == 11  # 1000 / (25 × 3.344) = 11.96
+    assert estimate["engines"]["SadTalker + GFPGAN"]["fp16"] == {"status": "not measured: gfpgan"}
+    assert estimate["engines"]["SadTalker"]["bf16"]["status"].startswith("not measured")
+    assert estimate["engines"]["Wav2Lip"] == {"status": "wav2lip: not built"}
+    assert estimate["label"].startswith("ESTIMATE")
+
+
+def test_cuda_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a GPU run measures (the settings only: there is no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "_bf16_native", lambda: True)
+    full = gpu.make_settings(gpu.parse_args([]))
+    assert full.device.type == "cuda" and not full.reduced and full.compile
+    assert full.batches == (1, 4, 8, 16, 32) and full.heavy_batches == (1, 4, 8, 16, 32, 64)
+    assert full.dtypes == ("fp32", "fp16", "bf16") and full.error_dtypes == ("fp16", "bf16")
+    for stage in ("generator", "gfpgan", "wav2lip"):
+        assert full.batches_for(gpu.Row(stage, stage)) == full.heavy_batches
+    assert full.batches_for(gpu.Row("mapping", "mapping")) == full.batches
+    assert full.budget_s <= 450  # < 8 minutes with the report
+    quick = gpu.make_settings(gpu.parse_args(["--quick"]))
+    assert quick.budget_s <= 160 and quick.compile_rows is not None
+    monkeypatch.setattr(gpu, "_bf16_native", lambda: False)
+    assert gpu.make_settings(gpu.parse_args([])).dtypes == ("fp32", "fp16")

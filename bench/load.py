@@ -2,12 +2,14 @@
 
     python bench/load.py --url http://127.0.0.1:8000 --sessions 4 [--audio speech.wav] [--seconds 5]
                          [--portrait face.jpg] [--pace realtime|burst] [--chunk-frames 8] [--token T]
+                         [--engine sadtalker|wav2lip]
 
 Each session uploads the portrait (cached by the server after the first), opens ``/ws/stream``, sends 16 kHz
 PCM in 40 ms pieces — at the speed of speech (``realtime``, like a microphone) or all at once (``burst``,
 like a file) — then ``end``, and reads fragments until the server's ``end``. Reported per session and in
 total: time to first fragment, real-time factor (seconds of video per second of wall time from start to
-end), and errors. Talks only to the URL given (use a loopback address for a local system).
+end), and errors. Talks only to the URL given (use a loopback address for a local system). All sessions come
+from one address: start the server with LIPSYNC_MAX_SESSIONS_PER_CLIENT (default 2) at least --sessions.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ async def _session(ws_url: str, avatar_id: str, pcm: np.ndarray, args: argparse.
     start = time.perf_counter()
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
-            options = {"chunk_frames": args.chunk_frames, "pose": args.pose}
+            options = {"chunk_frames": args.chunk_frames, "engine": args.engine}
+            if args.engine == "sadtalker":
+                options["pose"] = args.pose
             await ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "options": options}))
             ready = json.loads(await ws.recv())
             if ready["type"] != "ready":
@@ -136,7 +140,8 @@ def main() -> None:
     parser.add_argument("--portrait", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--pace", choices=("realtime", "burst"), default="realtime")
-    parser.add_argument("--pose", choices=("still", "audio"), default="still")
+    parser.add_argument("--engine", choices=("sadtalker", "wav2lip"), default="sadtalker")
+    parser.add_argument("--pose", choices=("still", "audio"), default="still", help="sadtalker only")
     parser.add_argument("--chunk-frames", type=int, default=8)
     parser.add_argument("--token", default=None)
     args = parser.parse_args()

@@ -121,6 +121,14 @@ def parse_start(text: str) -> Start:
         raise BadMessage(f"The first message must be a valid `start` message ({_describe(err)}).") from err
 
 
+def parse_options(**fields: object) -> Options:
+    """Options from separate fields (query parameters); BadMessage when they do not fit together."""
+    try:
+        return Options.model_validate(fields)
+    except ValidationError as err:
+        raise BadMessage(f"Invalid options ({_describe(err)}).") from err
+
+
 def parse_control(text: str) -> End:
     try:
         return End.model_validate_json(text)

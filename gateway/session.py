@@ -107,6 +107,7 @@ class StreamSession:
 
     def ready_message(self) -> dict[str, Any]:
         width, height = self.muxer.width, self.muxer.height
+        run = self.engine_run
         return {
             "type": "ready",
             "engine": self.engine.name,
@@ -115,8 +116,9 @@ class StreamSession:
             "width": width,
             "height": height,
             "fps": FPS,
-            # Worst case: the engine's look-ahead, plus waiting for the rest of a chunk.
-            "lookahead_ms": self.engine_run.lookahead_ms + (self.options.chunk_frames - 1) * 1000 / FPS,
+            # The models' own look-ahead, and the worst case: plus the rest of an audio block and of a chunk.
+            "model_lookahead_ms": run.lookahead_ms,
+            "lookahead_ms": run.lookahead_ms + (run.audio_block - 1 + self.options.chunk_frames - 1) * 1000 / FPS,
             "demo": self.demo,
         }
 

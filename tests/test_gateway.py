@@ -271,3 +271,22 @@ def test_a_call_over_its_deadline_says_so(triton_server: EmbeddedTriton) -> None
 
     with pytest.raises(InferenceUnavailable, match=r"did not finish 'render' within 0\.01 s"):
         asyncio.run(slow_render())
+
+
+def test_stream_with_the_wav2lip_engine(client: TestClient, avatar_id: str, speech: np.ndarray) -> None:
+    sadtalker = stream(client, avatar_id, speech[:6400], chunk_frames=4)
+    wav2lip = stream(client, avatar_id, speech, piece=1111, chunk_frames=4, engine="wav2lip")
+    assert wav2lip.ready["engine"] == "wav2lip" and sadtalker.ready["engine"] == "sadtalker"
+    # A Wav2Lip frame waits for ≈ 0.25 s of audio after it, SadTalker's for ≈ 0.65 s.
+    assert wav2lip.ready["model_lookahead_ms"] < 300 < 600 < sadtalker.ready["model_lookahead_ms"]
+    assert wav2lip.ready["lookahead_ms"] < sadtalker.ready["lookahead_ms"] - 300
+    assert wav2lip.end is not None and wav2lip.end["frames"] == speech.size // 640
+    frames, keyframes, _, _ = decode_video(wav2lip.mp4)
+    assert len(frames) == speech.size // 640 and all(keyframes[i] for i in range(0, len(frames), 4))
+    message = _expect_error(
+        client,
+        [json.dumps({"type": "start", "avatar_id": avatar_id, "options": {"engine": "wav2lip", "pose": "audio"}})],
+        "bad_message",
+        4400,
+    )
+    assert "pose applies to the sadtalker engine" in message

@@ -242,6 +242,7 @@ def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
     assert page.get_by_role("slider", name="Expression scale").count() == 1
     assert page.get_by_role("spinbutton", name="Pose style (0–45)").count() == 1
     assert page.get_by_role("combobox", name="Head pose").count() == 1
+    assert page.get_by_role("combobox", name="Engine").count() == 1
     assert page.get_by_role("combobox", name="Video shows").count() == 1
     assert page.locator("#status").inner_text() == "Choose a portrait to begin."
     # The server is a demo: the page says so before anything is chosen (it asked GET /v1/info on load).
@@ -253,7 +254,7 @@ def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.value") == "mic"  # the checked radio of the group
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "opt-pose"
+    assert page.evaluate("document.activeElement.id") == "opt-engine"
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
     assert web.unexpected_console_errors() == []
 
@@ -319,10 +320,43 @@ def test_audio_file_stream_plays_to_the_end(web: WebPage, portrait_files: dict[s
     assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
     options = hook(page)["options"]
     assert options.pop("expression_scale") == pytest.approx(1.2)
-    expected = {"pose": "still", "enhance": False, "pose_style": 3, "blink": True, "seed": None, "chunk_frames": 8}
+    expected = {
+        "engine": "sadtalker",
+        "enhance": False,
+        "seed": None,
+        "chunk_frames": 8,
+        "framing": "portrait",
+        "pose": "still",
+        "pose_style": 3,
+        "blink": True,
+    }
     assert options == expected
     expected_frames = decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME
     check_played_stream(web, "file", expected_frames)
+    assert web.unexpected_console_errors() == []
+
+
+@pytest.mark.slow
+def test_a_file_streams_with_the_wav2lip_engine(
+    web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path
+) -> None:
+    page = web.page
+    page.wait_for_function("window.lipsync.info !== null")
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    page.get_by_role("combobox", name="Engine").select_option("wav2lip")
+    # SadTalker's own options give way to Wav2Lip's.
+    assert page.get_by_role("combobox", name="Head pose").is_hidden()
+    assert page.get_by_role("combobox", name="Blend the new mouth").is_visible()
+    page.get_by_role("radio", name="Audio file").check()
+    page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+    state = hook(page)
+    assert state["options"]["engine"] == "wav2lip" and state["options"]["blend"] == "lower_face"
+    assert "pose" not in state["options"]
+    assert state["ready"]["engine"] == "wav2lip" and state["ready"]["model_lookahead_ms"] < 300
+    check_played_stream(web, "file", decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME)
+    screenshot(page, "wav2lip")
     assert web.unexpected_console_errors() == []
 
 

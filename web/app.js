@@ -94,7 +94,7 @@ function updateControls() {
   $("cancel").disabled = !active;
   $("download").disabled = active || player.segments === 0;
   for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
-    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing"]) {
+    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend"]) {
     $(id).disabled = active;
   }
   for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
@@ -210,15 +210,21 @@ function readOptions() {
   if (seed !== null && (!Number.isInteger(seed) || seed < 0)) {
     throw new Error(`The seed must be a whole number of 0 or more (or empty), not “${seedText}”.`);
   }
-  return {
-    pose: $("opt-pose").value,
+  const engine = $("opt-engine").value;
+  const common = {
+    engine,
     enhance: $("opt-enhance").checked,
-    expression_scale: Number($("opt-expression").value),
-    pose_style: poseStyle,
-    blink: $("opt-blink").checked,
     seed,
     chunk_frames: chunk,
     framing: $("opt-framing").value,
+  };
+  if (engine === "wav2lip") return { ...common, blend: $("opt-blend").value };
+  return {
+    ...common,
+    pose: $("opt-pose").value,
+    expression_scale: Number($("opt-expression").value),
+    pose_style: poseStyle,
+    blink: $("opt-blink").checked,
   };
 }
 
@@ -493,6 +499,7 @@ for (const radio of document.querySelectorAll('input[name="source"]')) {
 $("opt-expression").addEventListener("input", (e) => {
   $("opt-expression-value").textContent = Number(e.target.value).toFixed(1);
 });
+$("opt-engine").addEventListener("change", showEngineOptions);
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("cancel").addEventListener("click", cancel);
@@ -512,13 +519,25 @@ drop.addEventListener("drop", (e) => {
   if (file) choosePortrait(file);
 });
 
-// What the server offers, before anything is chosen: a demo server says so at once.
+// Each engine has its own options: show those of the engine chosen.
+function showEngineOptions() {
+  const engine = $("opt-engine").value;
+  for (const element of document.querySelectorAll("[data-engine]")) {
+    element.hidden = element.dataset.engine !== engine;
+  }
+}
+
+// What the server offers, before anything is chosen: a demo server says so at once; engines it does not
+// serve cannot be chosen.
 async function loadInfo() {
   try {
     const response = await fetch("v1/info");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     hook.info = await response.json();
     showDemo();
+    for (const option of $("opt-engine").options) {
+      option.disabled = hook.info.engines.length > 0 && !hook.info.engines.includes(option.value);
+    }
   } catch (err) {
     log.add("warn", `Could not read the server's description (${err.message}); continuing.`);
   }
@@ -527,4 +546,5 @@ async function loadInfo() {
 setInterval(updateStats, STATS_INTERVAL_MS);
 setMode(document.querySelector('input[name="source"]:checked').value);
 setState("idle");
+showEngineOptions();
 loadInfo();

@@ -32,7 +32,12 @@ class EngineRun(Protocol):
 
     @property
     def lookahead_ms(self) -> float:
-        """The audio a frame waits for after its own (the engine's part; chunking adds to it)."""
+        """The audio a frame's models read after its own start (audio blocks and chunking add to the wait)."""
+        ...
+
+    @property
+    def audio_block(self) -> int:
+        """Frames per audio-model call (expression or mel blocks): a frame may wait for its block's last."""
         ...
 
     def calls(self) -> list[Coroutine[Any, Any, None]]:

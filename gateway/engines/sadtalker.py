@@ -96,8 +96,8 @@ class SadTalkerRun:
         )
         framing = avatar.framings[options.framing]
         self.paste = PasteBack(framing.image, framing.box(avatar.box))
-        # Worst case: the models' look-ahead plus waiting for the rest of an expression block.
-        self.lookahead_ms = LOOKAHEAD_MS[options.pose] + (motion_block - 1) * 40
+        self.lookahead_ms = LOOKAHEAD_MS[options.pose]
+        self.audio_block = motion_block
         self._source_image = _chw(avatar.crop)
 
     def calls(self) -> list[Coroutine[Any, Any, None]]:

@@ -153,8 +153,8 @@ class Wav2LipRun:
         self.triton = triton
         self.timeline = Wav2LipTimeline(chunk_frames=options.chunk_frames, mel_block=mel_block)
         self.paste = MaskedPasteBack(avatar.framings[options.framing].image, face.box, face.weights)
-        # Worst case: the network's look-ahead plus waiting for the rest of a mel block.
-        self.lookahead_ms = LOOKAHEAD_MS + (mel_block - 1) * 40
+        self.lookahead_ms = LOOKAHEAD_MS
+        self.audio_block = mel_block
 
     def calls(self) -> list[Coroutine[Any, Any, None]]:
         return [self._mel(request) for request in self.timeline.mel_requests()]

@@ -11,7 +11,8 @@ from gateway.context import Ctx, client_key
 from gateway.errors import ImageTooLarge, TooLarge
 from gateway.http_errors import error_responses
 from gateway.offline import decode_upload_audio, render_offline
-from gateway.protocol import Options
+from gateway.options import EngineName
+from gateway.protocol import parse_options
 from gateway.routes.http_common import Authorised, read_limited
 
 router = APIRouter()
@@ -31,6 +32,7 @@ async def lipsync(
     request: Request,
     image: Annotated[UploadFile, File(description="the portrait (JPEG, PNG or WebP)")],
     audio: Annotated[UploadFile, File(description="speech (WAV, MP3, OGG, WebM, …)")],
+    engine: EngineName = "sadtalker",
     pose: Literal["still", "audio"] = "still",
     enhance: bool = False,
     seed: Annotated[int | None, Query(ge=0, lt=2**31)] = None,
@@ -48,6 +50,7 @@ async def lipsync(
         )
         state = await ctx.avatars.add(portrait)
         wav = decode_upload_audio(sound, settings)
-        options = Options(pose=pose, enhance=enhance, seed=seed, framing=framing)
+        chosen = {"pose": pose} if pose != "still" else {}  # so that `pose` with Wav2Lip is refused, not ignored
+        options = parse_options(engine=engine, enhance=enhance, seed=seed, framing=framing, **chosen)
         video = await render_offline(ctx, state, wav, options.session_options())
     return Response(video, media_type="video/mp4")

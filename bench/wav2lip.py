@@ -1,0 +1,155 @@
+"""Wav2Lip on this CPU: frames per second through the whole served path against raw ONNX Runtime.
+
+    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0]
+
+The full-size network (official layout, synthetic weights: the values do not change the cost) is exported
+with the mel front-end and its ensemble glue, served by the embedded Triton (cpu repository, as ``make up``
+writes it) behind the real gateway on loopback. Measured:
+
+- **raw**: ONNX Runtime alone on the exported graph, batches of ``--batch`` frames, CPU threads as the
+  Python backend uses them (``--threads``, 0 = one per core): frames per second, and GFLOP/frame
+  (``torch.utils.flop_counter``) × frames/s = achieved GFLOP/s;
+- **served**: N concurrent ``/ws/stream`` sessions (engine ``wav2lip``, the astronaut portrait, 512² output,
+  chunks of 8 frames), each sending ``--seconds`` of a voiced test signal at once (``burst``): frames per second
+  per session and in total (video frames delivered / wall time from ``start`` to ``end``), and the time to the
+  first fragment; plus one session paced like a microphone (``realtime``) for the first-fragment latency.
+
+Prints a Markdown table. Nothing here is a quality claim: the weights are synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import Result, _portrait, _session, _speech
+
+from export.onnx import TRACE_SIZES, export_and_check, sample_inputs
+from export.repository import RepositorySettings, write_repository
+from export.specs import STAGES
+from export.stages import BUILDERS, Variant
+from export.synthetic import SyntheticWeights
+
+LOG = logging.getLogger("bench.wav2lip")
+STAGES_SERVED = ("mel", "wav2lip", "wav2lip_to_uint8")
+
+
+def export_full_size(out: Path) -> float:
+    """The served Wav2Lip stages at full size with synthetic official-layout weights; returns GFLOP/frame."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    variant = Variant(checkpoints=Path("synthetic"))
+    weights = SyntheticWeights(seed=0)
+    gflop = 0.0
+    for stage in STAGES_SERVED:
+        module = BUILDERS[stage](variant, weights).eval()
+        export_and_check(stage, module, out, grid_sample="5d", provenance={"weights": "SYNTHETIC"}, check=False)
+        if stage == "wav2lip":
+            inputs = sample_inputs(STAGES[stage], 1, torch.Generator().manual_seed(0), TRACE_SIZES)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(*inputs)
+            gflop = counter.get_total_flops() / 1e9
+    return gflop
+
+
+def raw_fps(onnx: Path, batch: int, threads: int, seconds: float = 20.0) -> float:
+    """Frames per second of the graph alone in ONNX Runtime (the Python backend's session options)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    inputs = sample_inputs(STAGES["wav2lip"], batch, torch.Generator().manual_seed(1), TRACE_SIZES)
+    feed = {t.name: x.numpy() for t, x in zip(STAGES["wav2lip"].inputs, inputs, strict=True)}
+    session.run(None, feed)  # warm-up
+    frames, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, feed)
+        frames += batch
+    return frames / (time.perf_counter() - started)
+
+
+async def served(url: str, sessions: int, pcm: np.ndarray, pace: str) -> tuple[list[Result], float]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        response = await client.post("/v1/avatars", files={"image": ("p.jpg", _portrait(None), "image/jpeg")})
+        response.raise_for_status()
+        avatar_id = response.json()["avatar_id"]
+    args = argparse.Namespace(chunk_frames=8, pose="still", pace=pace, engine="wav2lip")
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(_session(url.replace("http", "ws") + "/ws/stream", avatar_id, pcm, args) for _ in range(sessions))
+    )
+    return list(results), time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="audio per session")
+    parser.add_argument("--sessions", default="1,2,4", help="concurrent sessions to try")
+    parser.add_argument("--batch", type=int, default=8, help="frames per ONNX Runtime run (raw)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = one per core")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from gateway.settings import Settings
+    from gateway.triton_server import EmbeddedTriton
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from gateway_helpers import running_gateway
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx = Path(scratch) / "onnx"
+        gflop = export_full_size(onnx)
+        fps = raw_fps(onnx / "wav2lip.onnx", args.batch, args.threads)
+        rows.append(f"| raw ONNX Runtime, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | {gflop * fps:.0f} |")
+        LOG.info("raw: %.1f frames/s (%.2f GFLOP/frame)", fps, gflop)
+        repository = write_repository(onnx, Path(scratch) / "repository", RepositorySettings(target="cpu"))
+        pcm = _speech(None, args.seconds)
+        with EmbeddedTriton().start(repository.path, auto_complete_config=False) as triton:
+            settings = Settings(  # type: ignore[call-arg]
+                triton_url=triton.grpc_url, demo=True, max_sessions=16, max_sessions_per_client=16
+            )
+            with running_gateway(settings) as url:
+                for pace, counts in (("burst", [int(n) for n in args.sessions.split(",")]), ("realtime", [1])):
+                    for count in counts:
+                        results, wall = asyncio.run(served(url, count, pcm, pace))
+                        failed = [r.error for r in results if r.error]
+                        if failed:
+                            LOG.error("%d sessions, %s: %s", count, pace, failed[0])
+                            continue
+                        frames = [25 * r.video_seconds for r in results]
+                        per_session = statistics.median(f / r.wall_s for f, r in zip(frames, results, strict=True))
+                        total = sum(frames) / wall
+                        first = statistics.median(r.first_fragment_s or 0.0 for r in results)
+                        rows.append(
+                            f"| served ({pace}) | {count} | {per_session:.1f} | {total:.1f} | {first:.2f} | "
+                            f"{gflop * total:.0f} |"
+                        )
+                        LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
+    cores = os.cpu_count()
+    print(f"Wav2Lip full size ({gflop:.2f} GFLOP/frame), {cores} CPU cores, {args.seconds:g} s of audio per session\n")
+    print("| path | sessions | frames/s per session | frames/s total | first fragment (s) | GFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.access import OriginCheck
 from gateway.avatar_store import AvatarStore
 from gateway.avatars import AvatarLimits
+from gateway.clock import Clock, LoopClock
 from gateway.context import Context, SessionSlots, context_of
 from gateway.engines import engines
 from gateway.errors import BadMessage, LipsyncError
@@ -37,7 +38,8 @@ The WebSocket protocols (streaming and the compatible request/response one) are 
 Every refusal has the body `{"error": {"code", "message"}}`."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    """The app for ``settings``; ``clock`` (tests) replaces the event loop's for conversation sessions."""
     if settings.triton_url is None:
         raise ValueError("create_app needs settings.triton_url (python -m gateway up starts an embedded Triton)")
     triton_url = settings.triton_url
@@ -53,7 +55,9 @@ def create_app(settings: Settings) -> FastAPI:
             max_output_side=settings.max_output_side,
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
-        app.state.ctx = Context(settings, metrics, triton, store, slots, engines(settings.motion_block_frames))
+        app.state.ctx = Context(
+            settings, metrics, triton, store, slots, engines(settings.motion_block_frames), clock or LoopClock()
+        )
         if settings.demo:
             log.warning("DEMO: the models do not run the official weights; the video is not a result of the models")
         yield

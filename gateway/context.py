@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,9 +13,10 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from gateway.avatar_store import AvatarState, AvatarStore
+from gateway.clock import Clock, LoopClock
 from gateway.engines import Engine
 from gateway.errors import Busy, EngineUnavailable, SessionLimit
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, RenderRates
 from gateway.options import SessionOptions
 from gateway.session import StreamSession
 from gateway.settings import Settings
@@ -67,6 +69,8 @@ class Context:
     avatars: AvatarStore
     slots: SessionSlots
     engines: dict[str, Engine]
+    clock: Clock = field(default_factory=LoopClock)  # conversation sessions run on it
+    rates: RenderRates = field(default_factory=RenderRates)
 
     @property
     def active_sessions(self) -> int:
@@ -92,6 +96,8 @@ class Context:
         engine = self.engines[options.engine]
         await self.served(engine, options)
         await self.prepare(avatar, engine)
+        if options.first_chunk_frames is None:
+            options = dataclasses.replace(options, first_chunk_frames=self.settings.first_chunk_frames)
         return StreamSession(
             avatar,
             options,
@@ -100,6 +106,10 @@ class Context:
             self.metrics,
             max_inflight=self.settings.max_inflight_renders,
             demo=self.settings.demo,
+            clock=self.clock,
+            max_ahead_ms=self.settings.max_ahead_ms,
+            audio_margin_ms=self.settings.audio_margin_ms,
+            rates=self.rates,
         )
 
 

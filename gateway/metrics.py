@@ -39,3 +39,24 @@ class Metrics:
             "lipsync_triton_call_seconds", "Triton call latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.errors = Counter("lipsync_errors", "errors reported to clients, by code", ["code"], registry=r)
+
+
+@dataclass
+class RenderRates:
+    """Frames per second each engine renders here, from the render calls of past sessions (a moving average).
+
+    A conversation session is told at `ready` when its engine is slower than real time on this server.
+    """
+
+    weight: float = 0.2
+    _rates: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, engine: str, frames: int, seconds: float) -> None:
+        if seconds <= 0 or frames <= 0:
+            return
+        rate = frames / seconds
+        previous = self._rates.get(engine)
+        self._rates[engine] = rate if previous is None else (1 - self.weight) * previous + self.weight * rate
+
+    def estimate(self, engine: str) -> float | None:
+        return self._rates.get(engine)

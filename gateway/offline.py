@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,12 @@ def decode_upload_audio(data: bytes, settings: Settings) -> np.ndarray:
 
 
 async def render_offline(ctx: Context, avatar: AvatarState, wav: np.ndarray, options: SessionOptions) -> bytes:
-    """Whole audio in, one MP4 out (fragmented, with its duration in the init segment)."""
+    """Whole audio in, one MP4 out (fragmented, with its duration in the init segment).
+
+    Every fragment has ``chunk_frames`` frames (a small first fragment only helps a stream's first frame).
+    """
+    if options.first_chunk_frames is None:
+        options = dataclasses.replace(options, first_chunk_frames=options.chunk_frames)
     session = await ctx.new_session(avatar, options)
     fragments: list[bytes] = []
 

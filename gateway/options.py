@@ -12,9 +12,11 @@ DEFAULT_PADS = (0, 10, 0, 0)  # Wav2Lip's face box padding [top, bottom, left, r
 @dataclass(frozen=True)
 class SessionOptions:
     engine: EngineName = "sadtalker"
+    mode: Literal["clip", "conversation"] = "clip"
     enhance: bool = False  # GFPGAN on the rendered face
     seed: int | None = None
     chunk_frames: int = 8  # frames per fragment (and per render call)
+    first_chunk_frames: int | None = None  # the first fragment's frames (fewer: a faster first frame)
     framing: Literal["portrait", "face"] = "portrait"
     # SadTalker
     pose: Literal["still", "audio"] = "still"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from gateway.errors import BadMessage
 from gateway.options import DEFAULT_PADS, EngineName, SessionOptions
@@ -63,12 +64,43 @@ class Start(_Strict):
     type: Literal["start"]
     version: Literal[1] = 1
     avatar_id: str = Field(min_length=1, max_length=128)
+    # clip: one audio stream, rendered as it arrives; conversation: on the wall clock, idle between utterances.
+    mode: Literal["clip", "conversation"] = "clip"
     audio: AudioFormat = AudioFormat()
     options: Options = Options()
+
+    @model_validator(mode="after")
+    def _conversation_fits(self) -> Start:
+        if self.mode == "conversation":
+            if self.audio.format != "pcm_s16le":
+                raise ValueError("conversation mode takes live PCM audio (audio.format `pcm_s16le`), not a file")
+            if self.options.pose != "still":
+                raise ValueError("conversation mode keeps the head still (options.pose `still`)")
+        return self
+
+    def session_options(self) -> SessionOptions:
+        return dataclasses.replace(self.options.session_options(), mode=self.mode)
 
 
 class End(_Strict):
     type: Literal["end"]
+
+
+class Interrupt(_Strict):
+    """Conversation mode: stop the current utterance; what was queued is dropped."""
+
+    type: Literal["interrupt"]
+
+
+class Utterance(_Strict):
+    """Conversation mode, optional: the audio that follows is the utterance ``id`` (stats report its latency)."""
+
+    type: Literal["utterance"]
+    id: str = Field(min_length=1, max_length=128)
+
+
+Control = Annotated[End | Interrupt | Utterance, Field(discriminator="type")]
+_CONTROL: TypeAdapter[End | Interrupt | Utterance] = TypeAdapter(Control)
 
 
 class LipsyncRequest(BaseModel):
@@ -129,11 +161,14 @@ def parse_options(**fields: object) -> Options:
         raise BadMessage(f"Invalid options ({_describe(err)}).") from err
 
 
-def parse_control(text: str) -> End:
+def parse_control(text: str) -> End | Interrupt | Utterance:
     try:
-        return End.model_validate_json(text)
+        return _CONTROL.validate_json(text)
     except ValidationError as err:
-        raise BadMessage(f"After `start` only audio and an `end` message are expected ({_describe(err)}).") from err
+        raise BadMessage(
+            f"After `start` only audio and the messages `end`, `interrupt` and `utterance` are expected "
+            f"({_describe(err)})."
+        ) from err
 
 
 def parse_lipsync(text: str) -> LipsyncRequest:

@@ -20,9 +20,11 @@ import numpy as np
 
 from gateway.audio_input import to_int16
 from gateway.avatar_store import AvatarState
+from gateway.clock import Clock, LoopClock
+from gateway.conversation import FRAME_S, Conversation
 from gateway.engines import Engine
-from gateway.errors import first_error
-from gateway.metrics import Metrics
+from gateway.errors import BadMessage, first_error
+from gateway.metrics import Metrics, RenderRates
 from gateway.muxer import FragmentedMp4Writer
 from gateway.options import SessionOptions
 from gateway.timeline import RenderRequest
@@ -73,9 +75,15 @@ class StreamSession:
         max_inflight: int = 3,
         demo: bool = False,
         observe: Callable[[RenderRequest, np.ndarray], None] | None = None,
+        clock: Clock | None = None,
+        max_ahead_ms: float = 500.0,
+        audio_margin_ms: float = 120.0,
+        rates: RenderRates | None = None,
     ) -> None:
         """The avatar's part for ``engine`` must be prepared (``Engine.prepare``). ``observe`` sees each chunk's
-        rendered faces before paste-back and encoding (tests, debugging)."""
+        rendered faces before paste-back and encoding (tests, debugging). Conversation mode runs on ``clock``
+        (the event loop's by default), sends at most ``max_ahead_ms`` of video ahead of it, and plays silence
+        for audio ``audio_margin_ms`` past its due time (see ``gateway.conversation``)."""
         self.avatar = avatar
         self.observe = observe
         self.options = options
@@ -93,17 +101,56 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._started = time.perf_counter()
         self._first_fragment_ms: float | None = None
+        self._first_parts: dict[str, float] = {}  # perf_counter times of the first fragment's steps
         self.frames_sent = 0
+        self.finished = asyncio.Event()  # set when run() has sent everything
+        self.rates = rates or RenderRates()
+        self.clock = clock or LoopClock()
+        self.conversation = (
+            Conversation(
+                self.timeline,
+                lookahead_ms=self.engine_run.lookahead_ms + (self.engine_run.audio_block - 1) * 1000 / FPS,
+                max_ahead_ms=max_ahead_ms,
+                margin_ms=audio_margin_ms,
+            )
+            if options.mode == "conversation"
+            else None
+        )
 
     # ------------------------------------------------------------------------------------------- input
 
     def feed(self, samples: np.ndarray) -> None:
-        self.timeline.add_audio(samples)
+        if self.conversation is None:
+            self.timeline.add_audio(samples)
+        else:
+            self.conversation.feed(samples, self.clock.now())
         self._wake.set()
 
     def end(self) -> None:
-        self.timeline.finish()
+        if self.conversation is None:
+            self.timeline.finish()
+        else:
+            self.conversation.end(self.clock.now())
         self._wake.set()
+
+    def utterance(self, utterance_id: str) -> None:
+        """Conversation mode: the audio that follows is the utterance ``utterance_id``."""
+        self._conversation("utterance").utterance(utterance_id)
+
+    def interrupt(self) -> dict[str, Any]:
+        """Conversation mode: drop the audio not yet played; the `interrupted` message (its first idle frame)."""
+        first_idle = self._conversation("interrupt").interrupt(self.clock.now())
+        self._wake.set()
+        return {"type": "interrupted", "frame": first_idle, "next_frame": self.frames_sent}
+
+    def _conversation(self, what: str) -> Conversation:
+        if self.conversation is None:
+            raise BadMessage(f"`{what}` is a conversation-mode message; this session is a clip (mode `clip`).")
+        return self.conversation
+
+    def played_segments(self) -> list[dict[str, Any]]:
+        """Conversation mode: the audio the session played, as speech and silence segments (16 kHz samples)."""
+        return [] if self.conversation is None else [s.describe() for s in self.conversation.segments]
 
     def ready_message(self) -> dict[str, Any]:
         width, height = self.muxer.width, self.muxer.height
@@ -116,11 +163,25 @@ class StreamSession:
             "width": width,
             "height": height,
             "fps": FPS,
+            "mode": self.options.mode,
+            **self._speed_note(),
             # The models' own look-ahead, and the worst case: plus the rest of an audio block and of a chunk.
             "model_lookahead_ms": run.lookahead_ms,
             "lookahead_ms": run.lookahead_ms + (run.audio_block - 1 + self.options.chunk_frames - 1) * 1000 / FPS,
             "demo": self.demo,
         }
+
+    def _speed_note(self) -> dict[str, Any]:
+        """What this server has measured of the engine's speed, and in conversation mode what that means."""
+        rate = self.rates.estimate(self.engine.name)
+        note: dict[str, Any] = {"render_fps_estimate": None if rate is None else round(rate, 1)}
+        if self.conversation is not None and rate is not None and rate < FPS:
+            note["warning"] = (
+                f"This server renders the {self.engine.name} engine at about {rate:.1f} frames/s, slower than real "
+                "time (25): the video will fall behind the conversation (see `behind_ms` in the stats); no audio "
+                "is dropped."
+            )
+        return note
 
     # ------------------------------------------------------------------------------------------- the run
 
@@ -128,8 +189,26 @@ class StreamSession:
         """Render until the end of the audio; returns the number of frames sent."""
         if init:
             await send(self.muxer.init_segment())
-        await run_together(self._schedule(), self._write(send))
+        if self.conversation is None:
+            await run_together(self._schedule(), self._write(send))
+        else:
+            self.conversation.start_time = self.clock.now()
+            await run_together(self._schedule(), self._write(send), self._pace())
+        self.finished.set()
         return self.frames_sent
+
+    async def _pace(self) -> None:
+        """Conversation mode: at every frame of the wall clock, admit queued audio and play silence for overdue
+        frames (the clock decides, not the arrival of audio)."""
+        conversation = self.conversation
+        assert conversation is not None
+        tick = 1  # frame boundaries of the wall clock, counted (not recomputed from a float time)
+        while not self.timeline.finished:
+            await self.clock.sleep_until(conversation.start_time + tick * FRAME_S)
+            now = self.clock.now()
+            tick = max(tick + 1, int((now - conversation.start_time) / FRAME_S) + 1)  # late: skip to the next
+            conversation.advance(now)
+            self._wake.set()
 
     async def _schedule(self) -> None:
         # Calls run as tasks of this scheduler; a failed one ends the session through _check.
@@ -142,7 +221,7 @@ class StreamSession:
                 for call in self.engine_run.calls():
                     pending.add(asyncio.create_task(self._then_wake(call)))
                 for render in self.engine_run.render_requests():
-                    task = asyncio.create_task(self.engine_run.render(render))
+                    task = asyncio.create_task(self._render(render))
                     await self._renders.put((render, task))
                 if self.timeline.done:
                     await self._renders.put(None)
@@ -157,6 +236,15 @@ class StreamSession:
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 raise error
+
+    async def _render(self, request: RenderRequest) -> np.ndarray:
+        issued = time.perf_counter()
+        faces = await self.engine_run.render(request)
+        rendered = time.perf_counter()
+        self.rates.observe(self.engine.name, len(request.frames), rendered - issued)
+        if request.chunk == 0:
+            self._first_parts |= {"issued": issued, "rendered": rendered}
+        return faces
 
     async def _then_wake(self, call: Coroutine[Any, Any, None]) -> None:
         try:
@@ -181,7 +269,11 @@ class StreamSession:
             if self.observe is not None:
                 self.observe(request, faces)
             fragment = await asyncio.to_thread(self._encode, request, faces)
-            await self._deliver(send, fragment, len(request.frames))
+            if request.chunk == 0:
+                self._first_parts["encoded"] = time.perf_counter()
+            if self.conversation is not None:  # never more than max_ahead_ms of video ahead of the wall clock
+                await self.clock.sleep_until(self.conversation.send_time(request.frames.start))
+            await self._deliver(send, fragment, request.frames)
             self.metrics.chunk_latency.observe(time.perf_counter() - issued)
         tail = await asyncio.to_thread(self.muxer.finish, to_int16(self.timeline.audio_tail()))
         if tail:
@@ -194,24 +286,50 @@ class StreamSession:
         frames = [self.engine_run.paste(face) for face in faces]
         return self.muxer.write_chunk(frames, to_int16(request.audio))
 
-    async def _deliver(self, send: Send, fragment: bytes, frames: int) -> None:
+    async def _deliver(self, send: Send, fragment: bytes, frames: range) -> None:
+        first = self._first_fragment_ms is None
+        await send(fragment)
         now = time.perf_counter()
-        if self._first_fragment_ms is None:
+        if first:
             self._first_fragment_ms = 1e3 * (now - self._started)
             self.metrics.first_fragment.observe(now - self._started)
-        await send(fragment)
-        self.frames_sent += frames
-        self.metrics.frames_rendered.inc(frames)
+        self.frames_sent += len(frames)
+        self.metrics.frames_rendered.inc(len(frames))
         heard = self.timeline.samples_heard / SAMPLE_RATE
         rendered = self.frames_sent / FPS
-        await send(
-            {
-                "type": "stats",
-                "frames": self.frames_sent,
-                "audio_seconds": round(heard, 3),
-                "rendered_seconds": round(rendered, 3),
-                "render_fps": round(self.frames_sent / max(now - self._started, 1e-6), 2),
-                "delay_ms": round(1e3 * max(heard - rendered, 0.0), 1),
-                "first_fragment_ms": round(self._first_fragment_ms, 1),
-            }
-        )
+        stats: dict[str, Any] = {
+            "type": "stats",
+            "frames": self.frames_sent,
+            "audio_seconds": round(heard, 3),
+            "rendered_seconds": round(rendered, 3),
+            "render_fps": round(self.frames_sent / max(now - self._started, 1e-6), 2),
+            "delay_ms": round(1e3 * max(heard - rendered, 0.0), 1),
+            "first_fragment_ms": round(self._first_fragment_ms or 0.0, 1),
+        }
+        if first:
+            stats["first_fragment_parts"] = self._first_fragment_parts(now)
+        if self.conversation is not None:
+            clock_now = self.clock.now()
+            # How far the video sent trails the wall clock (grows when the engine is slower than real time).
+            shown = (clock_now - self.conversation.start_time) * FPS
+            stats["behind_ms"] = round(1e3 * max(shown - self.frames_sent, 0.0) / FPS, 1)
+            stats["queued_audio_seconds"] = round(self.conversation.queued_samples / SAMPLE_RATE, 3)
+            utterances = self.conversation.first_frames_in(frames, clock_now)
+            if utterances:
+                stats["utterances"] = utterances
+        await send(stats)
+
+    def _first_fragment_parts(self, sent: float) -> dict[str, float]:
+        """Where the time to the first fragment went: waiting for audio (the first chunk's frames and the models'
+        look-ahead, and the audio models), Triton's render call, paste-back + encoding, sending."""
+        parts = self._first_parts
+        issued, rendered, encoded = parts.get("issued", sent), parts.get("rendered", sent), parts.get("encoded", sent)
+        run = self.engine_run
+        first_chunk = self.options.first_chunk_frames or self.options.chunk_frames
+        return {
+            "audio_lookahead_ms": round((first_chunk + run.audio_block - 1) * 1000 / FPS + run.lookahead_ms, 1),
+            "waiting_for_audio_ms": round(1e3 * (issued - self._started), 1),
+            "triton_ms": round(1e3 * (rendered - issued), 1),
+            "encode_ms": round(1e3 * (encoded - rendered), 1),
+            "send_ms": round(1e3 * (sent - encoded), 1),
+        }

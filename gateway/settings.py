@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # Smaller blocks mean less latency (a frame waits for its whole block's audio), more (cheap) calls.
     motion_block_frames: int = Field(4, ge=1, le=32, description="expression frames per motion call")
     max_inflight_renders: int = Field(3, ge=1, le=16, description="render calls in flight per session")
+    first_chunk_frames: int = Field(2, ge=1, le=25, description="frames of a session's first fragment")
+    # Conversation mode (docs/protocol.md): video runs at most this far ahead of the wall clock, and a frame's
+    # audio is replaced by silence this long after its due time (its frame time plus the engine's look-ahead).
+    max_ahead_ms: float = Field(500.0, ge=40, le=10_000, description="conversation: video sent ahead of real time")
+    audio_margin_ms: float = Field(120.0, ge=0, le=10_000, description="conversation: grace for late audio")
 
     # Limits: a request over a limit gets a clear refusal, never a hang.
     max_sessions: int = Field(8, ge=1, description="concurrent streaming sessions")

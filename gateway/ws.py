@@ -44,6 +44,7 @@ class Channel:
     def __init__(self, websocket: WebSocket, ctx: Context) -> None:
         self.websocket = websocket
         self.ctx = ctx
+        self._sending = asyncio.Lock()  # the session's writer and its receiver both send
 
     async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
         """The next text or binary message; raises ``on_timeout`` if none arrives within ``timeout`` seconds."""
@@ -67,10 +68,11 @@ class Channel:
         return await self.receive(seconds, StartTimeout(seconds))
 
     async def send(self, item: bytes | dict[str, Any]) -> None:
-        if isinstance(item, bytes):
-            await self.websocket.send_bytes(item)
-        else:
-            await self.websocket.send_json(item)
+        async with self._sending:
+            if isinstance(item, bytes):
+                await self.websocket.send_bytes(item)
+            else:
+                await self.websocket.send_json(item)
 
 
 Handler = Callable[[Channel], Awaitable[None]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -133,3 +134,33 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
         if text in cmdline and state != "Z":
             found.append((int(entry.name), cmdline))
     return found
+
+
+class ManualClock:
+    """A clock the test moves (``advance``); sessions sleeping on it wake when their time has come.
+
+    Use it from the event loop the session runs in.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, when: float) -> None:
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((when, future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        due = [(when, future) for when, future in self._sleepers if when <= self._now]
+        self._sleepers = [(when, future) for when, future in self._sleepers if when > self._now]
+        for _, future in due:
+            if not future.done():
+                future.set_result(None)

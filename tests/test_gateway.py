@@ -92,7 +92,9 @@ def test_stream_gives_a_valid_fragmented_mp4(client: TestClient, avatar_id: str,
     assert len(frames) == expected_frames
     assert abs(audio_seconds - speech.size / 16000) <= 1024 / 16000
     assert all(b > a for a, b in itertools.pairwise(pts))
-    assert all(keyframes[i] for i in range(0, expected_frames, 8))  # every fragment opens with a keyframe
+    # Every fragment opens with a keyframe: a small first one (2 frames, a faster first frame), then chunks of 8.
+    assert all(keyframes[i] for i in [0, *range(2, expected_frames, 8)])
+    assert result.stats[0]["frames"] == 2 and result.stats[1]["frames"] == 10
     assert frames[0].shape[:2] == (result.ready["height"], result.ready["width"])
     assert result.stats and result.stats[-1]["frames"] == expected_frames
     assert result.stats[0]["first_fragment_ms"] > 0
@@ -282,7 +284,7 @@ def test_stream_with_the_wav2lip_engine(client: TestClient, avatar_id: str, spee
     assert wav2lip.ready["lookahead_ms"] < sadtalker.ready["lookahead_ms"] - 300
     assert wav2lip.end is not None and wav2lip.end["frames"] == speech.size // 640
     frames, keyframes, _, _ = decode_video(wav2lip.mp4)
-    assert len(frames) == speech.size // 640 and all(keyframes[i] for i in range(0, len(frames), 4))
+    assert len(frames) == speech.size // 640 and all(keyframes[i] for i in [0, *range(2, len(frames), 4)])
     message = _expect_error(
         client,
         [json.dumps({"type": "start", "avatar_id": avatar_id, "options": {"engine": "wav2lip", "pose": "audio"}})],

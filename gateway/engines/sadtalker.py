@@ -93,6 +93,7 @@ class SadTalkerRun:
             seed,
             chunk_frames=options.chunk_frames,
             motion_block=motion_block,
+            first_chunk_frames=options.first_chunk_frames,
         )
         framing = avatar.framings[options.framing]
         self.paste = PasteBack(framing.image, framing.box(avatar.box))

@@ -151,7 +151,9 @@ class Wav2LipRun:
         self.face = face
         self.model = "wav2lip_render_enhanced" if options.enhance else "wav2lip_render"
         self.triton = triton
-        self.timeline = Wav2LipTimeline(chunk_frames=options.chunk_frames, mel_block=mel_block)
+        self.timeline = Wav2LipTimeline(
+            chunk_frames=options.chunk_frames, mel_block=mel_block, first_chunk_frames=options.first_chunk_frames
+        )
         self.paste = MaskedPasteBack(avatar.framings[options.framing].image, face.box, face.weights)
         self.lookahead_ms = LOOKAHEAD_MS
         self.audio_block = mel_block

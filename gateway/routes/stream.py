@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
@@ -12,7 +13,7 @@ from gateway.audio_input import PcmDecoder
 from gateway.context import client_key
 from gateway.errors import BadMessage, IdleTimeout, TooLarge, UnknownAvatar
 from gateway.offline import decode_upload_audio
-from gateway.protocol import parse_control, parse_start
+from gateway.protocol import Interrupt, Utterance, parse_control, parse_start
 from gateway.session import StreamSession, run_together
 from gateway.ws import Channel, serve, stream_error
 from lipsync.audio import SAMPLE_RATE
@@ -36,20 +37,24 @@ async def _stream(channel: Channel) -> None:
     if state is None:
         raise UnknownAvatar(start.avatar_id)
     with ctx.slots.hold(client_key(channel.websocket)):
-        session = await ctx.new_session(state, start.options.session_options())
+        session = await ctx.new_session(state, start.session_options())
         session_id = uuid.uuid4().hex
         limits = {
             "max_message_bytes": settings.max_message_bytes,
             "max_session_seconds": settings.max_session_seconds,
-            "idle_timeout_s": settings.idle_timeout_s,
+            "idle_timeout_s": settings.idle_timeout_s if start.mode == "clip" else None,
+            "max_ahead_ms": settings.max_ahead_ms if start.mode == "conversation" else None,
         }
         await channel.send({**session.ready_message(), "session_id": session_id, "limits": limits})
-        log.info("session %s: avatar %s, %s", session_id, state.id[:12], start.options)
+        log.info("session %s: avatar %s, %s %s", session_id, state.id[:12], start.mode, start.options)
         _, frames = await run_together(
             _receive_audio(channel, session, start.audio.format, start.audio.sample_rate),
             session.run(channel.send),
         )
-        await channel.send({"type": "end", "frames": frames, "duration": frames / 25})
+        end: dict[str, Any] = {"type": "end", "frames": frames, "duration": frames / 25}
+        if start.mode == "conversation":
+            end["timeline"] = session.played_segments()
+        await channel.send(end)
         await channel.websocket.close(code=1000)
 
 
@@ -58,9 +63,15 @@ async def _receive_audio(channel: Channel, session: StreamSession, audio_format:
     decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
     file_bytes = bytearray()
     limit_samples = settings.max_session_seconds * SAMPLE_RATE
-    idle = IdleTimeout(settings.idle_timeout_s)
+    over = TooLarge(f"The session is over the limit of {settings.max_session_seconds:g} s of audio.")
+    # A clip ends when its audio stops; a conversation idles by design, but not beyond the session limit.
+    conversation = session.conversation is not None
+    deadline = session.clock.now() + settings.max_session_seconds
     while True:
-        message = await channel.receive(settings.idle_timeout_s, idle)
+        if conversation:
+            message = await channel.receive(max(deadline - session.clock.now(), 0.0), over)
+        else:
+            message = await channel.receive(settings.idle_timeout_s, IdleTimeout(settings.idle_timeout_s))
         if message.get("bytes") is not None:
             if decoder is None:
                 file_bytes += message["bytes"]
@@ -69,12 +80,39 @@ async def _receive_audio(channel: Channel, session: StreamSession, audio_format:
                 continue
             session.feed(decoder.decode(message["bytes"]))
             if session.timeline.samples_heard > limit_samples:
-                raise TooLarge(f"The session is over the limit of {settings.max_session_seconds:g} s of audio.")
+                raise over
             continue
-        parse_control(message.get("text") or "")
+        control = parse_control(message.get("text") or "")
+        if isinstance(control, Interrupt):
+            await channel.send(session.interrupt())
+            continue
+        if isinstance(control, Utterance):
+            try:
+                session.utterance(control.id)
+            except ValueError as err:
+                raise BadMessage(str(err)) from err
+            continue
         if decoder is not None:
             session.feed(decoder.flush())
         else:
             session.feed(await asyncio.to_thread(decode_upload_audio, bytes(file_bytes), settings))
         session.end()
+        await _nothing_after_end(channel, session)
         return
+
+
+async def _nothing_after_end(channel: Channel, session: StreamSession) -> None:
+    """While the session renders what it has, any message from the client is a mistake worth saying."""
+    receiving = asyncio.ensure_future(channel.receive())
+    finishing = asyncio.ensure_future(session.finished.wait())
+    try:
+        await asyncio.wait({receiving, finishing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in (receiving, finishing):
+            waiting.cancel()
+    if receiving.done() and not receiving.cancelled() and receiving.exception() is None:
+        message = receiving.result()
+        kind = "audio" if message.get("bytes") is not None else "a message"
+        raise BadMessage(f"The client sent {kind} after `end`; a session takes nothing after its `end`.")
+    if receiving.done() and not receiving.cancelled() and (error := receiving.exception()) is not None:
+        raise error

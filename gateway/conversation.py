@@ -1,0 +1,201 @@
+"""Conversation mode: the avatar is on screen the whole time, rendered on the wall clock, idle between
+utterances, and an utterance can be interrupted.
+
+The session's timeline (``gateway.timeline``) only ever sees *played* audio; this module decides what is
+played and when:
+
+- Received audio waits in a queue and is **admitted** to the timeline in order, no further ahead than the
+  frames the session may send (``max_ahead_ms`` beyond the wall clock) need: a TTS burst is spoken in order,
+  never sped up or dropped, and an interrupt has little admitted audio left to play.
+- Frame ``n``'s audio is due at ``ready + n·40 ms + look-ahead + margin``. When it has not arrived by then,
+  **silence** is played for it: the avatar idles (closed mouth, blinks) instead of freezing.
+- An **interrupt** drops the queue. Audio already admitted is played (the frames sent so far read it as their
+  look-ahead; playing it keeps every frame exact), so the first idle frame is the first after it.
+
+The played timeline is recorded as segments — speech (which received samples) and silence — so a session's
+frames can be checked against an offline render of exactly that audio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.timeline import AudioTimeline
+from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+
+FRAME_S = SAMPLES_PER_VIDEO_FRAME / SAMPLE_RATE  # 0.04
+
+
+@dataclass
+class Segment:
+    """A stretch of the played audio, in samples of the timeline: speech (from the received audio) or silence."""
+
+    kind: str  # "speech" | "silence"
+    start: int
+    end: int
+    received: int | None = None  # speech: where it starts in the received audio (all audio, in arrival order)
+    utterance: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"kind": self.kind, "start": self.start, "end": self.end}
+        if self.kind == "speech":
+            entry |= {"received": self.received, "utterance": self.utterance}
+        return entry
+
+
+@dataclass
+class _Piece:
+    samples: np.ndarray
+    received: int  # offset of its first sample in the received audio
+    utterance: str | None
+
+
+@dataclass
+class Utterance:
+    id: str
+    first_byte: float  # clock time its first audio arrived
+    first_frame: int | None = None  # the frame its first sample is played in, once admitted
+    reported: bool = False
+
+
+@dataclass
+class Conversation:
+    timeline: AudioTimeline
+    lookahead_ms: float  # the audio a frame's models read after its start, and the rest of an audio block
+    max_ahead_ms: float = 500.0
+    margin_ms: float = 120.0
+    start_time: float = 0.0  # the clock time of `ready`: frame n is shown at start_time + n·40 ms
+    segments: list[Segment] = field(default_factory=list)
+    utterances: dict[str, Utterance] = field(default_factory=dict)
+    _queue: deque[_Piece] = field(default_factory=deque)
+    _received: int = 0
+    _utterance: str | None = None
+    _ending: bool = False
+
+    # ------------------------------------------------------------------------------------------- input
+
+    def utterance(self, utterance_id: str) -> None:
+        """The audio that follows belongs to this utterance (for its latency figures)."""
+        if utterance_id in self.utterances:
+            raise ValueError(f"utterance id {utterance_id!r} was used before in this session")
+        self._utterance = utterance_id
+        self.utterances[utterance_id] = Utterance(utterance_id, first_byte=math.inf)
+
+    def feed(self, samples: np.ndarray, now: float) -> None:
+        if samples.size == 0:
+            return
+        current = self.utterances.get(self._utterance or "")
+        if current is not None and current.first_byte == math.inf:
+            current.first_byte = now
+        self._queue.append(_Piece(samples, self._received, self._utterance))
+        self._received += samples.size
+        self.advance(now)
+
+    def interrupt(self, now: float) -> int:
+        """Drop the audio not yet admitted; the first frame that will be idle."""
+        self._queue.clear()
+        self._utterance = None
+        first_idle = math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
+        self.advance(now)
+        return first_idle
+
+    def end(self, now: float) -> None:
+        """No more audio: what is queued is still played, then the timeline ends."""
+        self._ending = True
+        self.advance(now)
+
+    @property
+    def queued_samples(self) -> int:
+        return sum(piece.samples.size for piece in self._queue)
+
+    # ------------------------------------------------------------------------------------------- time
+
+    def frames_shown_by(self, now: float) -> float:
+        return (now - self.start_time) / FRAME_S
+
+    def send_time(self, frame: int) -> float:
+        """When the fragment that starts at ``frame`` may be sent: at most ``max_ahead_ms`` before it is shown."""
+        return self.start_time + frame * FRAME_S - self.max_ahead_ms / 1000
+
+    def advance(self, now: float) -> None:
+        """Admit queued audio up to the horizon, then play silence for frames whose audio is overdue."""
+        if self.timeline.finished:
+            return
+        horizon_frames = math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S)
+        lookahead_frames = math.ceil(self.lookahead_ms / 1000 / FRAME_S)
+        self._admit(limit=(horizon_frames + 1 + lookahead_frames) * SAMPLES_PER_VIDEO_FRAME)
+        overdue = math.floor(self.frames_shown_by(now) - (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S)
+        if not self._queue and not self._ending and overdue >= 0:
+            self._silence(until=(overdue + 1) * SAMPLES_PER_VIDEO_FRAME)
+        if self._ending and not self._queue:
+            self.timeline.finish()
+
+    def _admit(self, limit: int) -> None:
+        while self._queue and self.timeline.samples_heard < limit:
+            piece = self._queue[0]
+            take = min(piece.samples.size, limit - self.timeline.samples_heard)
+            start = self.timeline.samples_heard
+            self.timeline.add_audio(piece.samples[:take])
+            self._record("speech", start, start + take, piece.received, piece.utterance)
+            if piece.utterance is not None:
+                utterance = self.utterances[piece.utterance]
+                if utterance.first_frame is None:
+                    utterance.first_frame = start // SAMPLES_PER_VIDEO_FRAME
+            if take == piece.samples.size:
+                self._queue.popleft()
+            else:
+                self._queue[0] = _Piece(piece.samples[take:], piece.received + take, piece.utterance)
+
+    def _silence(self, until: int) -> None:
+        start = self.timeline.samples_heard
+        if until > start:
+            self.timeline.add_audio(np.zeros(until - start, np.float32))
+            self._record("silence", start, until)
+
+    def _record(
+        self, kind: str, start: int, end: int, received: int | None = None, utterance: str | None = None
+    ) -> None:
+        last = self.segments[-1] if self.segments else None
+        contiguous = (
+            last is not None
+            and last.kind == kind
+            and last.end == start
+            and last.utterance == utterance
+            and (
+                kind == "silence" or (last.received is not None and last.received + (last.end - last.start) == received)
+            )
+        )
+        if contiguous and last is not None:
+            last.end = end
+        else:
+            self.segments.append(Segment(kind, start, end, received, utterance))
+
+    # ------------------------------------------------------------------------------------------- figures
+
+    def first_frames_in(self, frames: range, sent_at: float) -> list[dict[str, Any]]:
+        """Utterances whose first frame is in this fragment: their first-audio-to-first-frame latency."""
+        figures = []
+        for utterance in self.utterances.values():
+            if not utterance.reported and utterance.first_frame is not None and utterance.first_frame in frames:
+                utterance.reported = True
+                figures.append(
+                    {
+                        "utterance_id": utterance.id,
+                        "first_frame": utterance.first_frame,
+                        "first_frame_ms": round(1e3 * (sent_at - utterance.first_byte), 1),
+                    }
+                )
+        return figures
+
+
+def _continues(last: Segment, new: Segment) -> bool:
+    if (last.kind, last.utterance, last.end) != (new.kind, new.utterance, new.start):
+        return False
+    if new.kind == "silence":
+        return True
+    return last.received is not None and last.received + (last.end - last.start) == new.received

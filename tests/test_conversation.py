@@ -1,0 +1,265 @@
+"""Conversation mode: idle on the wall clock, bursts spoken in order, interrupts; every frame equals the offline
+render of the audio the session played (its recorded timeline). Wav2Lip engine (reduced models) on the real
+embedded Triton; the session runs on a clock the test moves, so nothing waits on real time but Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gateway_helpers import ManualClock, read_wav_int16
+from starlette.testclient import TestClient
+
+from export.reference import Wav2LipReference
+from export.stages import StageFactory
+from gateway.app import create_app
+from gateway.avatar_store import AvatarState, AvatarStore
+from gateway.avatars import AvatarLimits
+from gateway.engines import engines
+from gateway.engines.wav2lip import Wav2LipAvatar
+from gateway.metrics import Metrics
+from gateway.options import SessionOptions
+from gateway.session import StreamSession
+from gateway.settings import Settings
+from gateway.timeline import RenderRequest
+from gateway.triton import TritonClient
+from gateway.triton_server import EmbeddedTriton
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+FRAME = 0.04
+OPTIONS = SessionOptions(engine="wav2lip", mode="conversation", chunk_frames=8, first_chunk_frames=2)
+
+
+@pytest.fixture(scope="module")
+def speech(spoken_wav: Path) -> np.ndarray:
+    return read_wav_int16(spoken_wav).astype(np.float32) / 32768.0
+
+
+@dataclass
+class Conversing:
+    """One conversation session on a manual clock, and everything it sent."""
+
+    session: StreamSession
+    clock: ManualClock
+    faces: dict[int, np.ndarray] = field(default_factory=dict)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    fragments: int = 0
+    sent: list[np.ndarray] = field(default_factory=list)  # the audio given to the session, in order
+
+    async def until(self, frames: int, timeout_s: float = 120.0) -> None:
+        """Wait (real time: Triton renders) until at least ``frames`` frames were sent."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.session.frames_sent < frames:
+            assert asyncio.get_running_loop().time() < deadline, f"only {self.session.frames_sent} of {frames} frames"
+            await asyncio.sleep(0.02)  # polling what the session sent, against a deadline
+
+    async def walk(self, seconds: float) -> None:
+        """Move the clock frame by frame, letting the session act at each step."""
+        for _ in range(round(seconds / FRAME)):
+            self.clock.advance(FRAME)
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    def feed(self, audio: np.ndarray) -> None:
+        self.sent.append(audio)
+        self.session.feed(audio)
+
+    def played(self, segments: list[dict[str, Any]]) -> np.ndarray:
+        """The audio the session says it played, rebuilt from its segments and the audio given to it."""
+        received = np.concatenate(self.sent) if self.sent else np.zeros(0, np.float32)
+        parts = []
+        for segment in segments:
+            length = segment["end"] - segment["start"]
+            if segment["kind"] == "silence":
+                parts.append(np.zeros(length, np.float32))
+            else:
+                parts.append(received[segment["received"] : segment["received"] + length])
+        return np.concatenate(parts)
+
+
+async def _avatar(triton: TritonClient, portrait: bytes) -> AvatarState:
+    avatar = await AvatarStore(AvatarLimits(), capacity_bytes=2**30).add(portrait)
+    await engines()["wav2lip"].prepare(avatar, triton)
+    return avatar
+
+
+async def _converse(url: str, portrait: bytes, script: Callable[[Conversing], Awaitable[None]]) -> Conversing:
+    triton = TritonClient(url, timeout_s=120, metrics=Metrics())
+    clock = ManualClock()
+    try:
+        avatar = await _avatar(triton, portrait)
+        holder: list[Conversing] = []
+
+        def observe(request: RenderRequest, chunk: np.ndarray) -> None:
+            for frame, face in zip(request.frames, chunk, strict=True):
+                holder[0].faces[frame] = face
+
+        async def collect(item: bytes | dict[str, Any]) -> None:
+            if isinstance(item, bytes):
+                holder[0].fragments += 1
+            else:
+                holder[0].stats.append(item)
+
+        session = StreamSession(avatar, OPTIONS, engines()["wav2lip"], triton, Metrics(), observe=observe, clock=clock)
+        conversing = Conversing(session, clock)
+        holder.append(conversing)
+        running = asyncio.create_task(session.run(collect))
+        await asyncio.sleep(0)
+        await script(conversing)
+        conversing.session.end()
+        while not running.done():  # what is queued is played on the clock: move it until the session ends
+            await conversing.walk(0.2)
+            await asyncio.wait({running}, timeout=0.05)
+        await running
+        return conversing
+    finally:
+        await triton.close()
+
+
+def _check_exact(conversing: Conversing, factory: StageFactory) -> np.ndarray:
+    """The session's frames equal the offline render of the audio it played; returns that audio."""
+    session = conversing.session
+    segments = session.played_segments()
+    played = conversing.played(segments)
+    frames = played.size // 640
+    assert sorted(conversing.faces) == list(range(frames)) == list(range(session.frames_sent))
+    avatar = session.avatar
+    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, OPTIONS)
+    reference = Wav2LipReference(factory).render(face.face_input, played)
+    served = np.stack([conversing.faces[i] for i in range(frames)])
+    difference = np.abs(served.astype(np.int16) - reference.astype(np.int16))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.98
+    return played
+
+
+def test_idle_then_a_burst_in_order_then_exact(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    burst = speech[: 16000 * 3 // 2]
+
+    async def script(c: Conversing) -> None:
+        await c.walk(2.0)
+        # Nobody spoke for 2 s: idle frames were played and sent all the same.
+        await c.until(26)
+        segments = c.session.played_segments()
+        assert [s["kind"] for s in segments] == ["silence"] and segments[0]["end"] >= 38 * 640
+        # A TTS burst, faster than real time: queued behind what is scheduled, spoken in order.
+        c.session.utterance("u1")
+        c.feed(burst)
+        assert c.session.conversation is not None and c.session.conversation.queued_samples > 0  # not all at once
+        await c.walk(3.0)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script))
+    segments = c.session.played_segments()
+    kinds = [s["kind"] for s in segments]
+    assert kinds[:2] == ["silence", "speech"] and set(kinds[2:]) <= {"silence"}
+    speech_segment = segments[1]
+    assert speech_segment["utterance"] == "u1" and speech_segment["received"] == 0
+    assert speech_segment["end"] - speech_segment["start"] == burst.size  # nothing dropped, nothing sped up
+    first = next(u for s in c.stats for u in s.get("utterances", []))
+    assert first["utterance_id"] == "u1" and first["first_frame"] == speech_segment["start"] // 640
+    # The first fragment is small; the later ones are chunk-sized.
+    assert [s["frames"] for s in c.stats[:3]] == [2, 10, 18]
+    assert "first_fragment_parts" in c.stats[0] and "behind_ms" in c.stats[-1]
+    _check_exact(c, reduced_factory)
+
+
+def test_an_interrupt_drops_the_rest_and_the_next_utterance_is_spoken(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    long_answer, reply = speech[: 16000 * 3], speech[16000 : 16000 + 8000]
+    interrupted: dict[str, Any] = {}
+
+    async def script(c: Conversing) -> None:
+        await c.walk(0.6)
+        c.session.utterance("answer")
+        c.feed(long_answer)
+        await c.walk(1.0)
+        interrupted.update(c.session.interrupt())
+        assert c.session.conversation is not None and c.session.conversation.queued_samples == 0
+        await c.walk(1.5)
+        c.session.utterance("reply")
+        c.feed(reply)
+        await c.walk(1.5)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script))
+    segments = c.session.played_segments()
+    answer = [s for s in segments if s.get("utterance") == "answer"]
+    played_answer = sum(s["end"] - s["start"] for s in answer)
+    assert 0 < played_answer < long_answer.size  # cut short
+    # The first idle frame is the first after the answer's played audio; idle follows it.
+    assert interrupted["type"] == "interrupted" and interrupted["frame"] == -(-answer[-1]["end"] // 640)
+    after = [s for s in segments if s["start"] >= answer[-1]["end"]]
+    assert after[0]["kind"] == "silence"
+    replies = [s for s in segments if s.get("utterance") == "reply"]
+    assert sum(s["end"] - s["start"] for s in replies) == reply.size  # spoken whole, after the idle
+    assert replies[0]["received"] == long_answer.size  # the dropped rest of the answer is skipped
+    played = _check_exact(c, reduced_factory)
+    assert np.abs(played[interrupted["frame"] * 640 : replies[0]["start"]]).max() == 0  # idle is silence
+
+
+def test_conversation_over_the_socket_with_the_wall_clock(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """The protocol end to end on the real clock: idle fragments, an utterance, an interrupt, `end` with the
+    played timeline; and the mistakes a client can make are answered in words."""
+    settings = Settings(triton_url=triton_server.grpc_url, demo=True)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        avatar_id = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()[
+            "avatar_id"
+        ]
+        start = {"type": "start", "mode": "conversation", "avatar_id": avatar_id, "options": {"engine": "wav2lip"}}
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps(start))
+            ready = ws.receive_json()
+            assert ready["mode"] == "conversation" and ready["limits"]["max_ahead_ms"] == 500
+            assert ready["limits"]["idle_timeout_s"] is None  # conversations idle by design
+            ws.receive_bytes()  # init segment
+            ws.receive_bytes()  # an idle fragment arrives with no audio sent at all
+            ws.send_text(json.dumps({"type": "utterance", "id": "hello"}))
+            ws.send_bytes((speech[:16000] * 32768).astype("<i2").tobytes())
+            ws.send_text(json.dumps({"type": "interrupt"}))
+            messages = []
+            while not any(m.get("type") == "interrupted" for m in messages):
+                message = ws.receive()
+                if message.get("text"):
+                    messages.append(json.loads(message["text"]))
+            ws.send_text(json.dumps({"type": "end"}))
+            while (message := ws.receive()).get("text") is None or json.loads(message["text"])["type"] != "end":
+                pass
+            end = json.loads(message["text"])
+        assert end["frames"] > 0 and {s["kind"] for s in end["timeline"]} <= {"speech", "silence"}
+        assert end["timeline"][0]["kind"] == "silence"
+
+        def refused(messages: list[dict[str, Any] | bytes], mode: str = "clip") -> dict[str, Any]:
+            with client.websocket_connect("/ws/stream") as ws:
+                ws.send_text(json.dumps({**start, "mode": mode}))
+                assert ws.receive_json()["type"] == "ready"
+                for message in messages:
+                    if isinstance(message, bytes):
+                        ws.send_bytes(message)
+                    else:
+                        ws.send_text(json.dumps(message))
+                while True:
+                    payload = ws.receive()
+                    if payload.get("text") and json.loads(payload["text"])["type"] == "error":
+                        return dict(json.loads(payload["text"]))
+
+        assert "conversation-mode" in refused([{"type": "interrupt"}])["message"]
+        # Five seconds queued take five seconds to play: the session is still there to answer what follows `end`.
+        queued = (speech[: 16000 * 5] * 32768).astype("<i2").tobytes()
+        late = refused([queued, {"type": "end"}, {"type": "utterance", "id": "x"}], "conversation")
+        assert "after `end`" in late["message"]
+        twice = refused([{"type": "utterance", "id": "a"}, {"type": "utterance", "id": "a"}], "conversation")
+        assert "used before" in twice["message"]
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps({**start, "audio": {"format": "file"}}))
+            assert "live PCM" in ws.receive_json()["message"]

@@ -254,7 +254,7 @@ def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.value") == "mic"  # the checked radio of the group
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "opt-engine"
+    assert page.evaluate("document.activeElement.id") == "opt-mode"
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
     assert web.unexpected_console_errors() == []
 
@@ -358,6 +358,37 @@ def test_a_file_streams_with_the_wav2lip_engine(
     check_played_stream(web, "file", decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME)
     screenshot(page, "wav2lip")
     assert web.unexpected_console_errors() == []
+
+
+@pytest.mark.slow
+def test_conversation_idles_speaks_a_file_burst_and_takes_an_interrupt(
+    web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path
+) -> None:
+    page = web.page
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    page.get_by_role("combobox", name="Session").select_option("conversation")
+    page.get_by_role("combobox", name="Engine").select_option("wav2lip")
+    page.get_by_role("radio", name="Audio file").check()
+    page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "streaming", "error") == "streaming", hook(page)["errors"]
+    # The avatar appears and idles before anyone speaks.
+    page.wait_for_function("window.lipsync.stats.timeToFirstFrameMs !== null", timeout=STREAM_TIMEOUT_MS)
+    assert hook(page)["ready"]["mode"] == "conversation"
+    page.get_by_role("button", name="Speak file").click()
+    page.wait_for_function("window.lipsync.utterances.length > 0", timeout=STREAM_TIMEOUT_MS)
+    assert hook(page)["utterances"][0]["utterance_id"] == "file-1"
+    page.get_by_role("button", name="Interrupt").click()
+    page.wait_for_function("window.lipsync.interrupted.length > 0", timeout=STREAM_TIMEOUT_MS)
+    page.get_by_role("button", name="Stop").click()
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+    state = hook(page)
+    kinds = [segment["kind"] for segment in state["end"]["timeline"]]
+    assert kinds[0] == "silence" and "speech" in kinds  # idle first, then the burst
+    speech = sum(s["end"] - s["start"] for s in state["end"]["timeline"] if s["kind"] == "speech")
+    assert speech < decode_audio(spoken_wav.read_bytes()).size  # the interrupt cut it short
+    screenshot(page, "conversation")
+    assert state["errors"] == [] and web.unexpected_console_errors() == []
 
 
 def test_undecodable_audio_file_shows_the_server_message(

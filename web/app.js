@@ -6,6 +6,7 @@
 //   "finishing" (end sent, server rendering the rest), "done", "cancelled", "error".
 
 import { MicCapture, PCM_RATE } from "./mic.js";
+import { fileToPcm16k } from "./pcm.js";
 import { MsePlayer } from "./player.js";
 import { StreamSession, uploadAvatar } from "./stream.js";
 import { $, MessageLog, drawPortrait, formatBytes, renderStats } from "./ui.js";
@@ -47,6 +48,8 @@ const hook = {
   options: null, // the options of the last `start` message
   ready: null, // the server's `ready` message
   end: null, // the server's `end` message
+  interrupted: [], // conversation mode: the server's `interrupted` messages
+  utterances: [], // conversation mode: per-utterance figures from the stats (utterance_id, first_frame_ms)
 };
 window.lipsync = hook;
 
@@ -88,13 +91,21 @@ function setState(state, status) {
 function updateControls() {
   const active = ACTIVE.has(hook.state);
   const haveAvatar = hook.avatar !== null && hook.state !== "uploading";
-  const haveAudio = page.mode === "mic" || page.audioFile !== null;
+  // A conversation starts idle: a file is spoken later (Speak file), so none is needed to start.
+  const haveAudio = page.mode === "mic" || page.audioFile !== null || $("opt-mode").value === "conversation";
   $("start").disabled = active || !haveAvatar || !haveAudio;
-  $("stop").disabled = !(page.mode === "mic" && (hook.state === "connecting" || hook.state === "streaming"));
+  const stoppable = page.mode === "mic" || $("opt-mode").value === "conversation";
+  $("stop").disabled = !(stoppable && (hook.state === "connecting" || hook.state === "streaming"));
   $("cancel").disabled = !active;
   $("download").disabled = active || player.segments === 0;
+  const conversation = $("opt-mode").value === "conversation";
+  const talking = conversation && hook.state === "streaming";
+  $("speak").hidden = !conversation;
+  $("interrupt").hidden = !conversation;
+  $("speak").disabled = !talking || page.audioFile === null;
+  $("interrupt").disabled = !talking;
   for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
-    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend"]) {
+    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend", "opt-mode"]) {
     $(id).disabled = active;
   }
   for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
@@ -246,14 +257,17 @@ async function start() {
   hook.stats = emptyStats();
   hook.ready = null;
   hook.end = null;
+  hook.interrupted = [];
+  hook.utterances = [];
   player.reset();
   showPlaceholder("Waiting for the first frames…");
   page.pendingPcm = [];
   page.micFlushed = false;
   page.startedAt = performance.now();
   const mic = page.mode === "mic";
+  const mode = $("opt-mode").value;
   video.muted = mic; // your own voice a second late, and echo into the microphone: start muted
-  const audio = mic
+  const audio = mic || mode === "conversation"
     ? { format: "pcm_s16le", sample_rate: PCM_RATE, channels: 1 }
     : { format: "file" };
   setState("connecting", mic ? "Connecting… (allow the microphone if asked)" : "Connecting…");
@@ -262,11 +276,13 @@ async function start() {
     avatarId: hook.avatar.avatar_id,
     audio,
     options,
+    mode,
     handlers: {
       onReady: (msg) => onReady(session, msg),
       onInit: (data) => onMedia(session, data),
       onSegment: (data) => onMedia(session, data),
       onStats: (msg) => onStats(session, msg),
+      onInterrupted: (msg) => onInterrupted(session, msg),
       onEnd: (msg) => onEnd(session, msg),
       onError: (err) => onSessionError(session, err),
       onClose: () => onClose(session),
@@ -319,7 +335,8 @@ function onReady(session, msg) {
   showDemo();
   if (msg.width > 0 && msg.height > 0) $("video-wrap").style.aspectRatio = `${msg.width} / ${msg.height}`;
   const mic = page.mode === "mic";
-  player.open(msg.mime_type, { live: mic }).catch((err) => {
+  const conversation = msg.mode === "conversation";
+  player.open(msg.mime_type, { live: mic || conversation }).catch((err) => {
     reportError("player", "unsupported_media", err.message);
     session.cancel();
     stopMic(false);
@@ -327,11 +344,18 @@ function onReady(session, msg) {
   });
   const lookahead = msg.lookahead_ms ? ` Lookahead ${Math.round(msg.lookahead_ms)} ms.` : "";
   log.add("info", `Session ${msg.session_id}: ${msg.width}×${msg.height} at ${msg.fps} fps, seed ${msg.seed}.${lookahead}`);
+  if (msg.warning) log.add("warn", msg.warning);
+  if (conversation && !mic) {
+    setState("streaming", "Conversation: the avatar waits. Speak file pushes the audio file; Stop ends.");
+    return;
+  }
   if (mic) {
     for (const pcm of page.pendingPcm) session.sendAudio(pcm);
     page.pendingPcm = [];
     if (page.micFlushed) session.end(); // Stop was pressed (and the microphone flushed) before the server answered
-    if (hook.state === "connecting") setState("streaming", "Streaming: speak now, then press Stop.");
+    if (hook.state === "connecting") {
+      setState("streaming", conversation ? "Conversation: speak any time; Stop ends." : "Streaming: speak now, then press Stop.");
+    }
   } else {
     setState("streaming", `Sending “${page.audioFile.name}”…`);
     session
@@ -356,8 +380,39 @@ function onMedia(session, data) {
   hook.stats.bytes = player.bytes;
 }
 
+function onInterrupted(session, msg) {
+  if (page.session !== session) return;
+  hook.interrupted.push(msg);
+  player.cutAhead(msg.next_frame / (hook.ready?.fps || 25));
+  log.add("info", `Interrupted: idle from frame ${msg.frame}.`);
+}
+
+// Conversation: the chosen audio file as one utterance, pushed at once (as a TTS engine would).
+async function speakFile() {
+  const session = page.session;
+  if (!session || hook.state !== "streaming" || !page.audioFile) return;
+  let pcm;
+  try {
+    pcm = await fileToPcm16k(page.audioFile);
+  } catch (err) {
+    reportError("client", "file_read", `The audio file could not be decoded here: ${err.message}`);
+    return;
+  }
+  page.utteranceCount = (page.utteranceCount || 0) + 1;
+  const id = `file-${page.utteranceCount}`;
+  if (session.sendUtterance(id, pcm)) log.add("info", `Speaking “${page.audioFile.name}” (${id}).`);
+}
+
+function interrupt() {
+  if (page.session && hook.state === "streaming") page.session.interrupt();
+}
+
 function onStats(session, msg) {
   if (page.session !== session) return;
+  for (const figure of msg.utterances || []) {
+    hook.utterances.push(figure);
+    log.add("info", `Utterance ${figure.utterance_id}: first frame ${Math.round(figure.first_frame_ms)} ms after its audio.`);
+  }
   const s = hook.stats;
   s.statsMessages += 1;
   s.serverFrames = msg.frames ?? s.serverFrames;
@@ -412,7 +467,7 @@ function onClose(session) {
 async function stop() {
   const session = page.session;
   if (!session || !(hook.state === "connecting" || hook.state === "streaming")) return;
-  setState("finishing", "Stopped listening: rendering the rest…");
+  setState("finishing", "Stopped: rendering the rest…");
   await stopMic(true);
   page.micFlushed = true;
   // Stopped before the server answered: onReady sends what was captured, then `end`.
@@ -501,6 +556,9 @@ $("opt-expression").addEventListener("input", (e) => {
 });
 $("opt-engine").addEventListener("change", showEngineOptions);
 $("start").addEventListener("click", start);
+$("speak").addEventListener("click", speakFile);
+$("interrupt").addEventListener("click", interrupt);
+$("opt-mode").addEventListener("change", updateControls);
 $("stop").addEventListener("click", stop);
 $("cancel").addEventListener("click", cancel);
 $("download").addEventListener("click", download);

@@ -81,6 +81,14 @@ export class MsePlayer {
     this.pump();
   }
 
+  // An interrupt: once what came before is appended, drop the video buffered after the playhead and play the
+  // next fragment (the one starting at `nextStartS`, stream time) from the playhead on.
+  cutAhead(nextStartS) {
+    if (this.failed || this.finishing) return;
+    this.queue.push({ cut: nextStartS, removed: false });
+    this.pump();
+  }
+
   // The server sent `end`: close the stream once everything queued is appended.
   finish() {
     this.finishing = true;
@@ -100,6 +108,10 @@ export class MsePlayer {
       return;
     }
     const next = this.queue[0];
+    if (!(next instanceof Uint8Array)) {
+      this.applyCut(next);
+      return;
+    }
     try {
       sb.appendBuffer(next);
       this.queue.shift();
@@ -110,6 +122,21 @@ export class MsePlayer {
       }
       this.fail(`The video could not take more data: ${err.message}`);
     }
+  }
+
+  applyCut(cut) {
+    const sb = this.sourceBuffer;
+    const now = this.video.currentTime;
+    if (!cut.removed) {
+      cut.removed = true;
+      if (this.bufferedEnd > now + 0.01) {
+        sb.remove(now, Infinity); // updateend calls pump again, which finishes the cut
+        return;
+      }
+    }
+    sb.timestampOffset = now - cut.cut;
+    this.queue.shift();
+    this.pump();
   }
 
   // Removes media well behind the playhead; true when a remove() was started.

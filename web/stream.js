@@ -79,9 +79,9 @@ export function streamUrl(loc = window.location) {
 //   onError(LipsyncError) — once at most, for an `error` message or an unexpected close,
 //   onClose({code, reason}) — always, last.
 export class StreamSession {
-  constructor({ url = streamUrl(), avatarId, audio, options, handlers }) {
+  constructor({ url = streamUrl(), avatarId, audio, options, mode = "clip", handlers }) {
     this.url = url;
-    this.start = { type: "start", version: PROTOCOL_VERSION, avatar_id: avatarId, audio, options };
+    this.start = { type: "start", version: PROTOCOL_VERSION, avatar_id: avatarId, mode, audio, options };
     this.handlers = handlers;
     this.socket = null;
     this.ready = null;
@@ -145,6 +145,23 @@ export class StreamSession {
     this.end();
   }
 
+  // Conversation mode: one utterance (int16 PCM at the session's rate) as a burst, after its `utterance` message.
+  sendUtterance(id, pcm) {
+    if (!this.isOpen || this.endSent) return false;
+    this.socket.send(JSON.stringify({ type: "utterance", id }));
+    const piece = 16000; // samples per binary message
+    for (let offset = 0; offset < pcm.length; offset += piece) {
+      if (!this.sendAudio(pcm.slice(offset, offset + piece).buffer)) return false;
+    }
+    return true;
+  }
+
+  // Conversation mode: stop the current utterance; the server answers `interrupted`.
+  interrupt() {
+    if (!this.isOpen || this.endSent) return;
+    this.socket.send(JSON.stringify({ type: "interrupt" }));
+  }
+
   // No more audio: the server renders the rest, sends `end` and closes.
   end() {
     if (!this.isOpen || this.endSent) return;
@@ -183,6 +200,9 @@ export class StreamSession {
         break;
       case "stats":
         h.onStats?.(msg);
+        break;
+      case "interrupted":
+        h.onInterrupted?.(msg);
         break;
       case "end":
         this.ended = true;

@@ -1,5 +1,8 @@
 """``python -m gateway up [--demo]``: bring up the whole system — weights, ONNX graphs, model repository,
 embedded Triton, gateway and page — step by step, saying what is missing.
+``python -m gateway serve``: the gateway alone, for Triton servers elsewhere (LIPSYNC_TRITON_URL).
+``python -m gateway fleet --tritons N --gateways M [--demo]``: several Tritons and gateways and a Redis on
+this machine.
 
 Settings come from LIPSYNC_* environment variables or a .env file (``python -m gateway up --help`` lists them).
 """
@@ -12,8 +15,10 @@ import sys
 
 from pydantic import ValidationError
 
+from gateway.fleet import Fleet
 from gateway.settings import Settings
-from gateway.up import bring_up
+from gateway.triton_server import exit_on_signals
+from gateway.up import bring_up, prepare_repository, serve_gateway
 
 
 def settings_help() -> str:
@@ -47,15 +52,54 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     up.add_argument("--demo", action="store_true", help="random weights of the reduced architecture (not a result)")
+    sub.add_parser(
+        "serve",
+        help="the gateway alone, for Triton servers elsewhere",
+        description="The gateway and page for the Triton servers of LIPSYNC_TRITON_URL (nothing is exported).",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fleet = sub.add_parser(
+        "fleet",
+        help="several Tritons and gateways and a Redis, on this machine",
+        description="Export what is missing, then start N embedded Tritons, M gateways (each balancing over "
+        "every Triton) and a Redis for shared avatars, on loopback; Ctrl-C stops them all.",
+    )
+    fleet.add_argument("--tritons", type=int, default=2)
+    fleet.add_argument("--gateways", type=int, default=2)
+    fleet.add_argument("--demo", action="store_true", help="random weights of the reduced architecture (not a result)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings(demo=args.demo) if args.demo else Settings()
+        settings = Settings(demo=True) if getattr(args, "demo", False) else Settings()
     except ValidationError as error:
         logging.getLogger("lipsync.up").error("%s", describe_invalid(error))
         return 2
+    if args.command == "serve":
+        return serve_gateway(settings)
+    if args.command == "fleet":
+        return run_fleet(settings, args.tritons, args.gateways)
     return bring_up(settings)
+
+
+def run_fleet(settings: Settings, tritons: int, gateways: int) -> int:
+    if not (1 <= tritons <= 8 and 1 <= gateways <= 8):
+        logging.getLogger("lipsync.fleet").error("--tritons and --gateways must be 1..8")
+        return 2
+    prepared = prepare_repository(settings)
+    if prepared is None:
+        return 1
+    env = {"LIPSYNC_DEMO": "1" if prepared.demo else "0"}
+    exit_on_signals()
+    try:
+        with Fleet(prepared.model_repository, tritons, gateways, env).start() as fleet:
+            for url in fleet.gateway_urls:
+                logging.getLogger("lipsync.fleet").info("gateway: %s/", url)
+            fleet.gateway_processes[0].wait()  # until Ctrl-C (or the first gateway ends)
+    except KeyboardInterrupt:
+        logging.getLogger("lipsync.fleet").info("stopping the fleet")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__
+from gateway import __version__, avatar_codec
 from gateway.access import OriginCheck
 from gateway.avatar_store import AvatarStore
 from gateway.avatars import AvatarLimits
@@ -28,6 +28,7 @@ from gateway.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.metrics import Metrics
 from gateway.routes import avatars, compat, oneshot, operations, stream
 from gateway.settings import Settings
+from gateway.shared_avatars import SharedAvatars
 from gateway.triton import TritonClient
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,38 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        triton = TritonClient(triton_url, timeout_s=settings.triton_timeout_s, metrics=metrics)
+        triton = TritonClient(
+            triton_url,
+            timeout_s=settings.triton_timeout_s,
+            metrics=metrics,
+            health_interval_s=settings.triton_health_interval_s,
+            dns_refresh_s=settings.triton_dns_refresh_s,
+        )
+        await triton.start()
+        served = engines(settings.motion_block_frames)
+        shared = None
+        if settings.redis_url is not None:
+            shared = SharedAvatars(
+                settings.redis_url,
+                ttl_s=settings.redis_ttl_s,
+                encode=avatar_codec.encode,
+                decode=lambda data: avatar_codec.decode(data, served),
+            )
         limits = AvatarLimits(settings.max_portrait_bytes, settings.max_portrait_pixels, settings.min_face_pixels)
         store = AvatarStore(
             limits,
             capacity_bytes=int(settings.avatar_cache_mb * 2**20),
             max_output_side=settings.max_output_side,
+            shared=shared,
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
-        app.state.ctx = Context(
-            settings, metrics, triton, store, slots, engines(settings.motion_block_frames), clock or LoopClock()
-        )
+        app.state.ctx = Context(settings, metrics, triton, store, slots, served, clock or LoopClock())
         if settings.demo:
             log.warning("DEMO: the models do not run the official weights; the video is not a result of the models")
         yield
         await triton.close()
+        if shared is not None:
+            await shared.close()
 
     app = FastAPI(
         title="lipsync-triton",

@@ -9,14 +9,19 @@ small output framings, the face crops, the landmarks, the engines' parts — and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from gateway.avatars import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
+from gateway.errors import UnknownAvatar
 from gateway.framing import Framing, make_framings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -70,10 +75,27 @@ class AvatarState:
         }
 
 
-class AvatarStore:
-    """The most recently used avatars, in memory, within ``capacity_bytes``."""
+class Shared(Protocol):
+    """Where records are shared between gateways (``gateway.shared_avatars``); ``load``/``save`` raise on outage."""
 
-    def __init__(self, limits: AvatarLimits, *, capacity_bytes: int, max_output_side: int = 1280) -> None:
+    async def load(self, avatar_id: str) -> AvatarState | None: ...
+
+    async def save(self, state: AvatarState) -> None: ...
+
+
+class AvatarStore:
+    """The most recently used avatars, in memory, within ``capacity_bytes``; with ``shared`` (Redis), also
+    every avatar any gateway of the fleet prepared."""
+
+    def __init__(
+        self,
+        limits: AvatarLimits,
+        *,
+        capacity_bytes: int,
+        max_output_side: int = 1280,
+        shared: Shared | None = None,
+    ) -> None:
+        self.shared = shared
         self.limits = limits
         self.capacity_bytes = capacity_bytes
         self.max_output_side = max_output_side
@@ -88,16 +110,37 @@ class AvatarStore:
     def __len__(self) -> int:
         return len(self._avatars)
 
-    def get(self, avatar_id: str) -> AvatarState | None:
+    def peek(self, avatar_id: str) -> AvatarState | None:
+        """The avatar if this gateway holds it (no shared lookup)."""
         state = self._avatars.get(avatar_id)
         if state is not None:
             self._avatars.move_to_end(avatar_id)
         return state
 
+    async def get(self, avatar_id: str) -> AvatarState | None:
+        """The avatar from memory, else from the shared store; UnknownAvatar (in words) when that is down."""
+        if (state := self.peek(avatar_id)) is not None or self.shared is None:
+            return state
+        try:
+            state = await self.shared.load(avatar_id)
+        except Exception as err:  # the shared store's outage, whatever it raised
+            log.warning("shared avatar store unavailable: %s", err)
+            raise UnknownAvatar(
+                avatar_id, "the shared avatar store is unreachable and this server does not hold it"
+            ) from err
+        if state is not None:
+            self._put(state)
+        return state
+
     async def add(self, data: bytes) -> AvatarState:
         """Prepare (or find) the avatar of these portrait bytes; raises gateway.errors on bad input."""
-        if (known := self.get(avatar_key(data))) is not None:
+        key = avatar_key(data)
+        if (known := self.peek(key)) is not None:
             return known
+        if self.shared is not None:
+            with contextlib.suppress(UnknownAvatar):  # an outage: make it again from the upload
+                if (shared := await self.get(key)) is not None:
+                    return shared
         avatar, framings = await asyncio.to_thread(self._prepare, data)
         height, width = avatar.image.shape[:2]
         state = AvatarState(
@@ -112,14 +155,24 @@ class AvatarStore:
             aligned=avatar.aligned.copy(),
         )
         self._put(state)
+        await self._share(state)
         return state
 
-    def resize(self, state: AvatarState) -> None:
-        """Account for a record that grew (an engine added its part), evicting others if needed."""
+    async def updated(self, state: AvatarState) -> None:
+        """A record grew (an engine added its part): account for it, and share it again."""
         if self._avatars.get(state.id) is state:
             self._bytes += state.nbytes - self._sizes[state.id]
             self._sizes[state.id] = state.nbytes
             self._evict()
+        await self._share(state)
+
+    async def _share(self, state: AvatarState) -> None:
+        if self.shared is None:
+            return
+        try:
+            await self.shared.save(state)
+        except Exception as err:  # an outage costs sharing, not the upload: this gateway keeps the avatar
+            log.warning("could not share avatar %s (shared store unavailable: %s)", state.id[:12], err)
 
     def _prepare(self, data: bytes) -> tuple[Avatar, dict[str, Framing]]:
         avatar = prepare_avatar(data, limits=self.limits)

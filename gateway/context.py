@@ -90,7 +90,7 @@ class Context:
         """The avatar's part for ``engine``, computed once (and counted in the cache's budget)."""
         if engine.name not in avatar.parts:
             await engine.prepare(avatar, self.triton)
-            self.avatars.resize(avatar)
+            await self.avatars.updated(avatar)
 
     async def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
         engine = self.engines[options.engine]

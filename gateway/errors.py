@@ -76,8 +76,9 @@ class BadMessage(LipsyncError):
 class UnknownAvatar(LipsyncError):
     code = "unknown_avatar"
 
-    def __init__(self, avatar_id: str) -> None:
-        super().__init__(f"Unknown avatar {avatar_id!r}: upload the portrait first (POST /v1/avatars).")
+    def __init__(self, avatar_id: str, why: str = "") -> None:
+        because = f" ({why})" if why else ""
+        super().__init__(f"Unknown avatar {avatar_id!r}{because}: upload the portrait first (POST /v1/avatars).")
 
 
 class UnsupportedAudio(LipsyncError):

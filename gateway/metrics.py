@@ -39,6 +39,32 @@ class Metrics:
             "lipsync_triton_call_seconds", "Triton call latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.errors = Counter("lipsync_errors", "errors reported to clients, by code", ["code"], registry=r)
+        # Per Triton endpoint (LIPSYNC_TRITON_URL may name several).
+        self.triton_endpoint_calls = Counter(
+            "lipsync_triton_endpoint_calls",
+            "Triton calls by endpoint and outcome (ok, error, gone)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.triton_endpoint_latency = Histogram(
+            "lipsync_triton_endpoint_seconds",
+            "Triton call latency by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.triton_endpoint_in_flight = Gauge(
+            "lipsync_triton_endpoint_in_flight", "Triton calls in flight by endpoint", ["endpoint"], registry=r
+        )
+        self.triton_endpoint_healthy = Gauge(
+            "lipsync_triton_endpoint_healthy",
+            "1 when the endpoint passed its last readiness check",
+            ["endpoint"],
+            registry=r,
+        )
+        self.triton_retries = Counter(
+            "lipsync_triton_retries", "calls that succeeded on a second endpoint after the first went away", registry=r
+        )
 
 
 @dataclass

@@ -26,7 +26,17 @@ class Settings(BaseSettings):
     weights_mirror: str | None = Field(None, description="serves the official files by name instead of upstream")
 
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
-    triton_url: str | None = Field(None, description="host:port of an external Triton (gRPC); unset: embedded")
+    triton_url: str | None = Field(
+        None,
+        description="Triton gRPC endpoints: host:port, a comma-separated list, or dns://name:port (every address "
+        "the name resolves to); unset: the embedded server",
+    )
+    triton_health_interval_s: float = Field(2.0, gt=0, description="seconds between Triton readiness checks")
+    triton_dns_refresh_s: float = Field(10.0, gt=0, description="seconds between resolutions of a dns:// name")
+
+    # Shared avatars: set, every gateway of a fleet serves avatars uploaded through any other.
+    redis_url: str | None = Field(None, description="redis://host:port/db for shared avatar records; unset: none")
+    redis_ttl_s: float = Field(24 * 3600.0, gt=0, description="how long an unused shared avatar record lives")
 
     # Per Triton call, queueing included. Generous: on a CPU the full-size renderer takes seconds per frame and
     # a session keeps several chunk calls in flight; a dead server fails fast anyway (connection refused).

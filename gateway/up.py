@@ -97,12 +97,47 @@ def bring_up(settings: Settings) -> int:
         return _bring_up(settings, sock)
 
 
-def _bring_up(settings: Settings, sock: socket.socket) -> int:
+def prepare_repository(settings: Settings) -> Settings | None:
+    """Weights, ONNX graphs and the model repository, each made when missing; None (said why) if a step failed.
+
+    The settings come back labelled DEMO when the graphs were not exported from the official weights.
+    """
     if not (_check_weights(settings) and _export(settings) and _repository(settings)):
-        return 1
+        return None
     if not settings.demo and not _exported_from_official_weights(settings):
         log.warning("the exported models were not made from the official weights: serving them labelled DEMO")
         settings = settings.model_copy(update={"demo": True})
+    return settings
+
+
+def serve_gateway(settings: Settings) -> int:
+    """The gateway alone, for Triton servers elsewhere (``LIPSYNC_TRITON_URL``): ``python -m gateway serve``."""
+    if settings.triton_url is None:
+        log.error(
+            "LIPSYNC_TRITON_URL is not set: `serve` runs the gateway for Triton servers elsewhere "
+            "(`up` starts an embedded one)"
+        )
+        return 2
+    try:
+        sock = bind(settings.host, settings.port)
+    except PortInUse as err:
+        log.error("%s", err)
+        return 2
+    exit_on_signals()
+    with sock:
+        try:
+            log.info("gateway on http://%s:%d/ for Triton %s", settings.host, settings.port, settings.triton_url)
+            serve(create_app(settings), settings, sock)
+        except KeyboardInterrupt:
+            log.info("stopping")
+    return 0
+
+
+def _bring_up(settings: Settings, sock: socket.socket) -> int:
+    prepared = prepare_repository(settings)
+    if prepared is None:
+        return 1
+    settings = prepared
     exit_on_signals()
     triton: EmbeddedTriton | None = None
     try:

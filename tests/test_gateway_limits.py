@@ -292,7 +292,7 @@ def test_a_large_portrait_is_framed_small_and_costs_little_memory(client: TestCl
     avatar = created.json()
     assert (avatar["width"], avatar["height"]) == (2600, 2600)
     assert avatar["framings"] == {"portrait": {"width": 1280, "height": 1280}, "face": {"width": 512, "height": 512}}
-    state = client.app.state.ctx.avatars.get(avatar["avatar_id"])  # type: ignore[attr-defined]
+    state = client.app.state.ctx.avatars.peek(avatar["avatar_id"])  # type: ignore[attr-defined]
     assert state.nbytes < 8 * 2**20  # the 20 MB photo itself is not kept
     for framing, size in (("face", 512), ("portrait", 1280)):
         with client.websocket_connect("/ws/stream") as ws:
@@ -332,7 +332,7 @@ def test_the_avatar_cache_keeps_within_its_byte_budget(triton_server: EmbeddedTr
         store = small.app.state.ctx.avatars  # type: ignore[attr-defined]
         assert store.bytes_used <= store.capacity_bytes
         assert 1 <= len(store) < len(portraits)
-        assert store.get(ids[-1]) is not None and store.get(ids[0]) is None  # the oldest went first
+        assert store.peek(ids[-1]) is not None and store.peek(ids[0]) is None  # the oldest went first
         with small.websocket_connect("/ws/stream") as ws:  # an evicted avatar is reported, not crashed on
             ws.send_text(json.dumps({"type": "start", "avatar_id": ids[0]}))
             assert ws.receive_json()["code"] == "unknown_avatar"

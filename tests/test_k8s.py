@@ -350,7 +350,7 @@ def test_gateway_runs_the_images_command_with_its_settings(render: Render) -> No
     gateway = container(render.get("Deployment", "gateway"), "gateway")
     assert "command" not in gateway and "args" not in gateway  # the Dockerfile's CMD, as in docker-compose
     stage = dockerfile_stages()["gateway"]
-    assert "gateway.app:app_from_env" in stage and '"--port", "8000"' in stage
+    assert 'CMD ["python", "-m", "gateway", "serve"]' in stage and "LIPSYNC_PORT=8000" in stage
     assert port_number(gateway, "http") == 8000
     env = env_of(gateway, render)
     assert env["LIPSYNC_HOST"] == "0.0.0.0" and env["LIPSYNC_PORT"] == "8000"

@@ -68,6 +68,10 @@ class Engine(Protocol):
         """A run for one session (the avatar's part is prepared)."""
         ...
 
+    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> Any:
+        """This engine's avatar part back from its ``to_arrays()`` (records shared between gateways)."""
+        ...
+
 
 def engines(audio_block: int = 4) -> dict[str, Engine]:
     """Every engine this gateway can drive, by name; ``audio_block``: frames per audio-model call (expression

@@ -46,6 +46,13 @@ class SadTalkerAvatar:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.source, self.kp_canonical, self.kp_source))
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"source": self.source, "kp_canonical": self.kp_canonical, "kp_source": self.kp_source}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SadTalkerAvatar:
+        return cls(arrays["source"].copy(), arrays["kp_canonical"].copy(), arrays["kp_source"].copy())
+
 
 def _chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
@@ -72,6 +79,9 @@ class SadTalker:
             "mapping", {"window": source_window(source), "kp_canonical": out["kp_canonical"]}, ["kp_driving"]
         )
         avatar.add_part(NAME, SadTalkerAvatar(source, out["kp_canonical"], kp["kp_driving"]))
+
+    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> SadTalkerAvatar:
+        return SadTalkerAvatar.from_arrays(arrays)
 
     def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> SadTalkerRun:
         return SadTalkerRun(avatar, options, triton, seed, self.motion_block)

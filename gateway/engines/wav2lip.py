@@ -18,6 +18,7 @@ network's face back into the box as is. Here:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -116,6 +117,26 @@ class Wav2LipAvatar:
     def nbytes(self) -> int:
         return sum(face.nbytes for face in self.faces.values())
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for number, ((framing, pads, blend), face) in enumerate(self.faces.items()):
+            arrays[f"{number}.key"] = np.array(json.dumps([framing, list(pads), blend]))
+            arrays[f"{number}.face_input"] = face.face_input
+            arrays[f"{number}.box"] = np.array(face.box, dtype=np.int64)
+            arrays[f"{number}.weights"] = face.weights
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Wav2LipAvatar:
+        faces = {}
+        for number in sorted({name.split(".")[0] for name in arrays}, key=int):
+            framing, pads, blend = json.loads(str(arrays[f"{number}.key"]))
+            box = Box(*(int(v) for v in arrays[f"{number}.box"]))
+            faces[(framing, tuple(pads), blend)] = Wav2LipFace(
+                arrays[f"{number}.face_input"].copy(), box, arrays[f"{number}.weights"].copy()
+            )
+        return cls(faces)
+
     def face(self, avatar: AvatarState, options: SessionOptions) -> Wav2LipFace:
         key = (options.framing, options.pads, options.blend)
         if key not in self.faces:
@@ -138,6 +159,9 @@ class Wav2Lip:
             part = Wav2LipAvatar({})
             part.face(avatar, SessionOptions(engine="wav2lip"))  # the default framing, pads and blend
             avatar.add_part(NAME, part)
+
+    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> Wav2LipAvatar:
+        return Wav2LipAvatar.from_arrays(arrays)
 
     def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> Wav2LipRun:
         face = avatar.part(NAME, Wav2LipAvatar).face(avatar, options)

@@ -12,12 +12,10 @@ from gateway.context import Ctx
 from gateway.errors import InferenceUnavailable
 from gateway.framing import FRAMINGS
 from gateway.http_errors import error_responses
+from gateway.options import SessionOptions
 from gateway.routes.http_common import Authorised
 
 router = APIRouter()
-
-# What /readyz requires: every model and ensemble a session calls.
-SERVED_MODELS = ("avatar", "mapping", "motion", "mel", "audio2pose", "render")
 
 
 class Health(BaseModel):
@@ -61,10 +59,15 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "the inference server or a model is not ready"}},
 )
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Readiness: Triton is reachable and every model a session calls is loaded."""
-    ok, reason = await ctx.triton.ready(SERVED_MODELS)
-    body = Readiness(status="ready" if ok else "unavailable", reason=reason)
-    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+    """Readiness: an inference server has every model a session of some engine calls (and of which)."""
+    ready: list[str] = []
+    not_ready: list[str] = []
+    for name, engine in ctx.engines.items():
+        ok, reason = await ctx.triton.ready(engine.models(SessionOptions(engine=name)))  # type: ignore[arg-type]
+        (ready if ok else not_ready).append(f"{name}: {reason}")
+    reason = "; ".join(ready) if ready else "; ".join(not_ready)
+    body = Readiness(status="ready" if ready else "unavailable", reason=reason)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get(

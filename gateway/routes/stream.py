@@ -33,7 +33,7 @@ async def _stream(channel: Channel) -> None:
     if first.get("text") is None:
         raise BadMessage("The first message must be a JSON `start` message, not binary data.")
     start = parse_start(first["text"])
-    state = ctx.avatars.get(start.avatar_id)
+    state = await ctx.avatars.get(start.avatar_id)
     if state is None:
         raise UnknownAvatar(start.avatar_id)
     with ctx.slots.hold(client_key(channel.websocket)):

@@ -1,0 +1,92 @@
+"""An avatar record as bytes and back: what gateways share through Redis.
+
+One compressed ``.npz`` (numpy arrays and strings only: loading needs no pickle), with a format version; the
+engines' parts are stored under ``part.<engine>.<name>`` by their own ``to_arrays()`` and read back by the
+engine (``Engine.part_from_arrays``). A record written by another version of this format is refused, and
+then simply made again from the upload.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gateway.avatar_store import AvatarState
+from gateway.avatars import Box
+from gateway.engines import Engine
+from gateway.framing import Framing
+
+FORMAT = "lipsync-avatar-record/1"
+
+
+class RecordError(ValueError):
+    """The bytes are not an avatar record of this format."""
+
+
+def encode(state: AvatarState) -> bytes:
+    arrays: dict[str, Any] = {
+        "format": np.array(FORMAT),
+        "meta": np.array(
+            json.dumps(
+                {
+                    "id": state.id,
+                    "width": state.width,
+                    "height": state.height,
+                    "box": list(state.box),
+                    "faces_seen": state.faces_seen,
+                    "framings": {name: [f.origin, f.scale] for name, f in state.framings.items()},
+                }
+            )
+        ),
+        "landmarks": state.landmarks,
+        "crop": state.crop,
+        "aligned": state.aligned,
+    }
+    for name, framing in state.framings.items():
+        arrays[f"framing.{name}"] = framing.image
+    for engine, part in state.parts.items():
+        for name, array in part.to_arrays().items():
+            arrays[f"part.{engine}.{name}"] = array
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, engines: Mapping[str, Engine]) -> AvatarState:
+    """Raises RecordError on anything but a record of this format."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as err:  # numpy raises many kinds on foreign bytes
+        raise RecordError("not an avatar record") from err
+    if str(arrays.get("format", "")) != FORMAT:
+        raise RecordError(f"not an avatar record of format {FORMAT!r}")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+        framings = {
+            name: Framing(arrays[f"framing.{name}"], (origin[0], origin[1]), (scale[0], scale[1]))
+            for name, (origin, scale) in meta["framings"].items()
+        }
+        state = AvatarState(
+            id=meta["id"],
+            width=int(meta["width"]),
+            height=int(meta["height"]),
+            box=Box(*(int(v) for v in meta["box"])),
+            landmarks=arrays["landmarks"],
+            faces_seen=int(meta["faces_seen"]),
+            framings=framings,
+            crop=arrays["crop"],
+            aligned=arrays["aligned"],
+        )
+        for engine_name, engine in engines.items():
+            prefix = f"part.{engine_name}."
+            part = {name.removeprefix(prefix): a for name, a in arrays.items() if name.startswith(prefix)}
+            if part:
+                state.add_part(engine_name, engine.part_from_arrays(part))
+    except (KeyError, TypeError, ValueError) as err:
+        raise RecordError(f"a damaged avatar record ({err})") from err
+    return state

@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import _portrait, _speech
+from load import add_client_arguments, parse_client_arguments, prepare
 
 
 @dataclass
@@ -119,13 +118,7 @@ def _median(values: list[float]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=300) as client:
-        response = await client.post("/v1/avatars", files={"image": ("p.jpg", _portrait(args.portrait), "image/jpeg")})
-        response.raise_for_status()
-        avatar_id = response.json()["avatar_id"]
-    pcm = _speech(args.audio, args.seconds)
-    url = args.url.replace("http", "ws", 1) + "/ws/stream" + (f"?token={args.token}" if args.token else "")
+    avatar_id, pcm, url = await prepare(args)
     results = await asyncio.gather(
         *(_session(url, avatar_id, pcm, args, args.seed * 1000 + i) for i in range(args.sessions))
     )
@@ -155,19 +148,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--sessions", type=int, default=2)
-    parser.add_argument("--engine", choices=("sadtalker", "wav2lip"), default="wav2lip")
+    add_client_arguments(parser, engine="wav2lip")
     parser.add_argument("--utterances", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0, help="speech per utterance")
     parser.add_argument("--interrupt-every", type=int, default=2, help="interrupt every Nth utterance (0: never)")
-    parser.add_argument("--audio", type=Path, default=None)
-    parser.add_argument("--portrait", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--token", default=None)
-    args = parser.parse_args()
-    if not 1 <= args.sessions <= 64:
-        raise SystemExit("--sessions must be 1..64")
+    args = parse_client_arguments(parser)
     raise SystemExit(asyncio.run(main_async(args)))
 
 

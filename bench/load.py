@@ -105,14 +105,36 @@ async def _session(ws_url: str, avatar_id: str, pcm: np.ndarray, args: argparse.
     return result
 
 
-async def main_async(args: argparse.Namespace) -> int:
+def add_client_arguments(parser: argparse.ArgumentParser, engine: str) -> None:
+    """The options every bench client shares: where the server is, how many sessions, what they send."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--sessions", type=int, default=2, help="concurrent sessions, 1..64")
+    parser.add_argument("--engine", choices=("sadtalker", "wav2lip"), default=engine)
+    parser.add_argument("--audio", type=Path, default=None, help="speech to send (default: a synthetic voice)")
+    parser.add_argument("--portrait", type=Path, default=None, help="default: skimage's astronaut")
+    parser.add_argument("--token", default=None)
+
+
+def parse_client_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if not 1 <= args.sessions <= 64:
+        parser.error("--sessions must be 1..64")
+    return args
+
+
+async def prepare(args: argparse.Namespace) -> tuple[str, np.ndarray, str]:
+    """Upload the portrait; return its avatar id, the speech as 16 kHz PCM and the streaming socket's URL."""
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=300) as client:
         response = await client.post("/v1/avatars", files={"image": ("p.jpg", _portrait(args.portrait), "image/jpeg")})
         response.raise_for_status()
         avatar_id = response.json()["avatar_id"]
-    pcm = _speech(args.audio, args.seconds)
     ws_url = args.url.replace("http", "ws", 1) + "/ws/stream" + (f"?token={args.token}" if args.token else "")
+    return avatar_id, _speech(args.audio, args.seconds), ws_url
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    avatar_id, pcm, ws_url = await prepare(args)
     started = time.perf_counter()
     results = await asyncio.gather(*(_session(ws_url, avatar_id, pcm, args) for _ in range(args.sessions)))
     total = time.perf_counter() - started
@@ -134,19 +156,12 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--sessions", type=int, default=2)
-    parser.add_argument("--audio", type=Path, default=None)
-    parser.add_argument("--portrait", type=Path, default=None)
+    add_client_arguments(parser, engine="sadtalker")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--pace", choices=("realtime", "burst"), default="realtime")
-    parser.add_argument("--engine", choices=("sadtalker", "wav2lip"), default="sadtalker")
     parser.add_argument("--pose", choices=("still", "audio"), default="still", help="sadtalker only")
     parser.add_argument("--chunk-frames", type=int, default=8)
-    parser.add_argument("--token", default=None)
-    args = parser.parse_args()
-    if not 1 <= args.sessions <= 64:
-        raise SystemExit("--sessions must be 1..64")
+    args = parse_client_arguments(parser)
     raise SystemExit(asyncio.run(main_async(args)))
 
 

@@ -49,16 +49,15 @@ def feather_weights(width: int, height: int, feather: float = FEATHER) -> np.nda
     return np.outer(ramp(height), ramp(width)).astype(np.float32)
 
 
-class PasteBack:
-    """Paste faces into one portrait's box; the feathered band and its original pixels are prepared once.
+class BoxPaste:
+    """What every paste-back shares: one portrait, one face box inside it, and the checks on each call.
 
-    ``__call__(face, out)`` writes only inside the box of ``out``, so a frame buffer that started as a copy of
-    the original (``new_frame()``) can be reused for every frame once the previous one has been handed off
-    (PyAV's ``VideoFrame.from_ndarray`` copies). Resizing is plain ``cv2.resize``: precomputed ``cv2.remap``
-    maps measured slower (1.6 vs 0.4 ms for 256² → 480²).
+    Subclasses blend a face into the box; ``__call__(face, out)`` writes only inside the box of ``out``, so a
+    frame buffer that started as a copy of the original (``new_frame()``) can be reused for every frame once
+    the previous one has been handed off (PyAV's ``VideoFrame.from_ndarray`` copies).
     """
 
-    def __init__(self, original: np.ndarray, box: Box, feather: float = FEATHER) -> None:
+    def __init__(self, original: np.ndarray, box: Box) -> None:
         if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
             raise ValueError(f"original must be (H, W, 3) uint8, got {original.shape} {original.dtype}")
         height, width = original.shape[:2]
@@ -66,6 +65,33 @@ class PasteBack:
             raise ValueError(f"box {tuple(box)} is not inside the {width}×{height} frame")
         self.original = original
         self.box = box
+
+    def new_frame(self) -> np.ndarray:
+        """A writable copy of the original: the buffer to pass as ``out``."""
+        return self.original.copy()
+
+    def _prepare(self, face: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Check a call's arguments; return the frame to write, its box region and the resize interpolation."""
+        if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
+            raise ValueError(f"face must be (S, S, 3) uint8, got {face.shape} {face.dtype}")
+        if out is None:
+            out = self.new_frame()
+        elif out.shape != self.original.shape or out.dtype != np.uint8:
+            raise ValueError(f"out must be {self.original.shape} uint8, got {out.shape} {out.dtype}")
+        b = self.box
+        interpolation = interpolation_for((face.shape[1], face.shape[0]), (b.width, b.height))
+        return out, out[b.y0 : b.y1, b.x0 : b.x1], interpolation
+
+
+class PasteBack(BoxPaste):
+    """A feathered box: the band along the box edges and its original pixels are prepared once.
+
+    Resizing is plain ``cv2.resize``: precomputed ``cv2.remap`` maps measured slower (1.6 vs 0.4 ms for
+    256² → 480²).
+    """
+
+    def __init__(self, original: np.ndarray, box: Box, feather: float = FEATHER) -> None:
+        super().__init__(original, box)
         weights = feather_weights(box.width, box.height, feather)
         # Rows/columns of the band where the weight is below 1; the interior needs no blending.
         band_y = int(np.count_nonzero(weights[: box.height // 2, box.width // 2] < 1.0))
@@ -90,21 +116,10 @@ class PasteBack:
     def for_avatar(cls, avatar: Avatar, feather: float = FEATHER) -> PasteBack:
         return cls(avatar.image, avatar.box, feather)
 
-    def new_frame(self) -> np.ndarray:
-        """A writable copy of the original: the buffer to pass as ``out``."""
-        return self.original.copy()
-
     def __call__(self, face: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Composite an (S, S, 3) uint8 face into the box of ``out`` (a fresh copy of the original if None)."""
-        if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
-            raise ValueError(f"face must be (S, S, 3) uint8, got {face.shape} {face.dtype}")
-        if out is None:
-            out = self.new_frame()
-        elif out.shape != self.original.shape or out.dtype != np.uint8:
-            raise ValueError(f"out must be {self.original.shape} uint8, got {out.shape} {out.dtype}")
+        out, region, interpolation = self._prepare(face, out)
         b = self.box
-        region = out[b.y0 : b.y1, b.x0 : b.x1]
-        interpolation = interpolation_for((face.shape[1], face.shape[0]), (b.width, b.height))
         # dst= is a view of out: OpenCV writes through it, no temporary frame-sized copies.
         resized = cv2.resize(np.ascontiguousarray(face), (b.width, b.height), dst=region, interpolation=interpolation)
         if not np.shares_memory(resized, out):  # OpenCV may allocate when it cannot use the view
@@ -117,39 +132,25 @@ class PasteBack:
         return out
 
 
-class MaskedPasteBack:
-    """Paste faces into one portrait's box through any weight map: ``weights`` (box height, box width) in [0, 1].
+class MaskedPasteBack(BoxPaste):
+    """Any weight map over the box: ``weights`` (box height, box width) in [0, 1].
 
     For masks that are not a feathered box (Wav2Lip's lower face): the whole box is blended, ``face·w +
-    original·(1 − w)``; pixels outside the box are never touched. Same call convention as :class:`PasteBack`.
+    original·(1 − w)``; pixels outside the box are never touched.
     """
 
     def __init__(self, original: np.ndarray, box: Box, weights: np.ndarray) -> None:
-        if original.ndim != 3 or original.shape[2] != 3 or original.dtype != np.uint8:
-            raise ValueError(f"original must be (H, W, 3) uint8, got {original.shape} {original.dtype}")
-        height, width = original.shape[:2]
-        if not (0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height):
-            raise ValueError(f"box {tuple(box)} is not inside the {width}×{height} frame")
+        super().__init__(original, box)
         if weights.shape != (box.height, box.width):
             raise ValueError(f"weights must be the box's size {(box.height, box.width)}, got {weights.shape}")
-        self.original = original
-        self.box = box
         self._face_weight = np.ascontiguousarray(np.clip(weights, 0.0, 1.0), dtype=np.float32)
         self._base_weight = np.float32(1.0) - self._face_weight
         self._base = np.ascontiguousarray(original[box.y0 : box.y1, box.x0 : box.x1])
 
-    def new_frame(self) -> np.ndarray:
-        return self.original.copy()
-
     def __call__(self, face: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
-            raise ValueError(f"face must be (S, S, 3) uint8, got {face.shape} {face.dtype}")
-        if out is None:
-            out = self.new_frame()
+        out, region, interpolation = self._prepare(face, out)
         b = self.box
-        interpolation = interpolation_for((face.shape[1], face.shape[0]), (b.width, b.height))
         resized = cv2.resize(np.ascontiguousarray(face), (b.width, b.height), interpolation=interpolation)
-        region = out[b.y0 : b.y1, b.x0 : b.x1]
         blended = cv2.blendLinear(resized, self._base, self._face_weight, self._base_weight, dst=region)
         if not np.shares_memory(blended, out):
             region[...] = blended

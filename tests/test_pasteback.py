@@ -13,6 +13,7 @@ from PIL import Image
 from gateway.avatars import Avatar, Box, prepare_avatar
 from gateway.pasteback import (
     ENHANCER_SIZE,
+    MaskedPasteBack,
     PasteBack,
     feather_weights,
     from_enhancer,
@@ -133,6 +134,26 @@ def test_bad_arguments(avatar: Avatar) -> None:
         PasteBack.for_avatar(avatar)(np.zeros((256, 256), np.uint8))
     with pytest.raises(ValueError, match="out must be"):
         PasteBack.for_avatar(avatar)(np.zeros((256, 256, 3), np.uint8), out=np.zeros((10, 10, 3), np.uint8))
+
+
+def test_masked_paste_blends_by_its_weights_and_checks_like_the_box_paste(avatar: Avatar) -> None:
+    frame = np.asarray(avatar.image)
+    b = avatar.box
+    weights = np.zeros((b.height, b.width), np.float32)
+    weights[b.height // 2 :] = 1.0  # only the lower half of the box takes the face
+    paste = MaskedPasteBack(frame, b, weights)
+    face = np.full((b.height, b.width, 3), 200, np.uint8)
+    out = paste(face, paste.new_frame())
+    region = out[b.y0 : b.y1, b.x0 : b.x1]
+    np.testing.assert_array_equal(region[b.height // 2 :], 200)
+    np.testing.assert_array_equal(region[: b.height // 2], frame[b.y0 : b.y0 + b.height // 2, b.x0 : b.x1])
+    np.testing.assert_array_equal(outside(out, b), outside(frame, b))
+    with pytest.raises(ValueError, match="weights must be"):
+        MaskedPasteBack(frame, b, weights[1:])
+    with pytest.raises(ValueError, match="not inside"):
+        MaskedPasteBack(frame, Box(400, 400, 600, 600), np.ones((200, 200), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        paste(face, out=np.zeros((10, 10, 3), np.uint8))
 
 
 def test_enhancer_input_and_output() -> None:

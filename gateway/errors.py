@@ -135,6 +135,16 @@ class IdleTimeout(Timeout):
         )
 
 
+class BodyTimeout(Timeout):
+    code = "body_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The request's body did not arrive within {seconds:g} s of its headers; send it faster or smaller "
+            "(LIPSYNC_BODY_TIMEOUT_S sets the limit)."
+        )
+
+
 class OriginNotAllowed(LipsyncError):
     code = "origin_not_allowed"
 
@@ -214,6 +224,7 @@ HTTP_STATUS: dict[str, int] = {
     "unknown_avatar": 404,
     "busy": 503,
     "session_limit": 429,
+    "body_timeout": 408,
     "inference_unavailable": 503,
     "engine_unavailable": 503,
 }

@@ -7,6 +7,9 @@
   headers have not all arrived within ``header_timeout_s``, and every HTTP response says
   ``Connection: close``, so each connection carries one request and the deadline covers all of them
   (a WebSocket is one upgraded request; its own deadlines are the protocol's).
+- A slow *body* is bounded too: :class:`BodyDeadline` answers 408 ``body_timeout`` (and the connection ends)
+  when a request's body has not all arrived within ``body_timeout_s`` of its headers, whatever the handler
+  was doing with it (form parsing included), so a trickled upload cannot hold a connection or a handler.
 - WebSocket messages: the transport's limit is set well above ``max_message_bytes``, so that a message
   over the limit reaches the app, which answers with the documented ``too_large`` error before closing;
   only far larger messages are cut by the transport itself (close code 1009).
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -24,6 +28,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from gateway.errors import BodyTimeout
+from gateway.http_errors import error_response
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,10 +116,57 @@ class OneRequestPerConnection:
         await self.app(scope, receive, send_closing)
 
 
+class BodyDeadline:
+    """ASGI middleware: an HTTP request's body must arrive within ``seconds`` of its headers (else 408)."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        body_arrived = asyncio.Event()
+        if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
+            body_arrived.set()  # nothing to wait for
+        response_started = False
+
+        async def receive_watched() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_arrived.set()
+            return message
+
+        async def send_watched(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, receive_watched, send_watched))
+        arrival = asyncio.ensure_future(body_arrived.wait())
+        try:
+            done, _ = await asyncio.wait({handler, arrival}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # the handler is still waiting for the body: give up on it
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handler
+                log.info("answering 408: a request's body did not arrive within %g s", self.seconds)
+                if not response_started:
+                    await error_response(BodyTimeout(self.seconds))(scope, receive, send)
+                return
+            await handler
+        finally:
+            arrival.cancel()
+            if not handler.done():  # this request itself was cancelled (the server is stopping)
+                handler.cancel()
+
+
 def make_server(app: ASGIApp, settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
     """The configured uvicorn server for ``app`` (run it with ``.run(sockets=[bind(...)])``)."""
     config = uvicorn.Config(
-        OneRequestPerConnection(app),
+        OneRequestPerConnection(BodyDeadline(app, settings.body_timeout_s)),
         http=header_deadline_protocol(settings.header_timeout_s),
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
         ws_max_size=TRANSPORT_MESSAGE_FACTOR * settings.max_message_bytes,

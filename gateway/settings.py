@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(10.0, gt=0, description="a WebSocket must send its first message within this")
     idle_timeout_s: float = Field(30.0, gt=0, description="a clip session ends after this long without audio")
     header_timeout_s: float = Field(10.0, gt=0, description="an HTTP request's headers must arrive within this")
+    body_timeout_s: float = Field(
+        120.0, gt=0, description="an HTTP request's body must arrive within this after its headers"
+    )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive HTTP connection is closed after")
 
     # Access.

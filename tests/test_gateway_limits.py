@@ -13,6 +13,7 @@ import json
 import socket
 import struct
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -181,6 +182,35 @@ def test_a_partial_http_header_does_not_hold_a_connection(triton_server: Embedde
             while chunk := sock.recv(4096):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+
+
+def test_a_trickled_body_gets_408_and_loses_its_connection(triton_server: EmbeddedTriton) -> None:
+    with running_gateway(_settings(triton_server, body_timeout_s=0.5)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        trickles = {  # a raw body, and a form (parsed by the framework before the handler runs)
+            "/v1/avatars": b"Content-Type: image/jpeg",
+            "/v1/lipsync": b"Content-Type: multipart/form-data; boundary=b",
+        }
+        for path, content_type in trickles.items():
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                head = b"POST %s HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: 100000\r\n\r\n" % (
+                    path.encode(),
+                    content_type,
+                )
+                sock.sendall(head + b"--b\r\nContent-Disposition: form-data; name=image\r\n\r\n" + bytes(1000))
+                answer = b""
+                while chunk := sock.recv(4096):  # ends when the server closes the connection
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), (path, answer)
+            error = json.loads(body)["error"]
+            assert error["code"] == "body_timeout" and "0.5 s" in error["message"]
+        # The same server still takes a body that arrives in time.
+        request = urllib.request.Request(url + "/v1/avatars", data=b"not an image", method="POST")
+        request.add_header("Content-Type", "image/jpeg")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 415
 
 
 def test_a_websocket_message_over_the_limit_gets_the_documented_error(

@@ -74,7 +74,7 @@ async def read_portrait(request: Request, limit: int) -> bytes:
     "/v1/avatars",
     dependencies=[Authorised],
     openapi_extra=_OPENAPI_BODY,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 408, 413, 415, 422, 503),
 )
 async def create_avatar(request: Request, ctx: Ctx) -> AvatarInfo:
     """Find the face in a portrait and prepare it once; the answer's ``avatar_id`` starts sessions."""

@@ -24,7 +24,7 @@ router = APIRouter()
     response_class=Response,
     responses={
         200: {"content": {"video/mp4": {}}, "description": "the MP4 (H.264 + AAC)"},
-        **error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+        **error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503),
     },
 )
 async def lipsync(

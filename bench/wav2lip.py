@@ -1,6 +1,6 @@
 """Wav2Lip on this CPU: frames per second through the whole served path against raw ONNX Runtime.
 
-    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0]
+    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8]
 
 The full-size network (official layout, synthetic weights: the values do not change the cost) is exported
 with the mel front-end and its ensemble glue, served by the embedded Triton (cpu repository, as ``make up``
@@ -13,6 +13,9 @@ writes it) behind the real gateway on loopback. Measured:
   chunks of 8 frames), each sending ``--seconds`` of a voiced test signal at once (``burst``): frames per second
   per session and in total (video frames delivered / wall time from ``start`` to ``end``), and the time to the
   first fragment; plus one session paced like a microphone (``realtime``) for the first-fragment latency.
+- ``--int8``: the same with Wav2Lip served from its int8 graph (export/quantize.py, as
+  ``LIPSYNC_WAV2LIP_INT8=true`` serves it); the raw row then shows fp32 and int8, and GFLOP/s counts the fp32
+  network's operations (the work done, whatever the arithmetic).
 
 Prints a Markdown table. Nothing here is a quality claim: the weights are synthetic.
 """
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import Result, _portrait, _session, _speech
 
 from export.onnx import TRACE_SIZES, export_and_check, sample_inputs
+from export.quantize import int8_graph, quantize_stage
 from export.repository import RepositorySettings, write_repository
 from export.specs import STAGES
 from export.stages import BUILDERS, Variant
@@ -105,6 +109,7 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,2,4", help="concurrent sessions to try")
     parser.add_argument("--batch", type=int, default=8, help="frames per ONNX Runtime run (raw)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = one per core")
+    parser.add_argument("--int8", action="store_true", help="serve Wav2Lip from its int8 graph")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from gateway.settings import Settings
@@ -120,7 +125,13 @@ def main() -> int:
         fps = raw_fps(onnx / "wav2lip.onnx", args.batch, args.threads)
         rows.append(f"| raw ONNX Runtime, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | {gflop * fps:.0f} |")
         LOG.info("raw: %.1f frames/s (%.2f GFLOP/frame)", fps, gflop)
-        repository = write_repository(onnx, Path(scratch) / "repository", RepositorySettings(target="cpu"))
+        if args.int8:
+            quantize_stage(onnx, "wav2lip")
+            fps = raw_fps(int8_graph(onnx, "wav2lip"), args.batch, args.threads)
+            rows.append(f"| raw int8, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | {gflop * fps:.0f} |")
+            LOG.info("raw int8: %.1f frames/s", fps)
+        repository_settings = RepositorySettings(target="cpu", int8_models=("wav2lip",) if args.int8 else ())
+        repository = write_repository(onnx, Path(scratch) / "repository", repository_settings)
         pcm = _speech(None, args.seconds)
         with EmbeddedTriton().start(repository.path, auto_complete_config=False) as triton:
             settings = Settings(  # type: ignore[call-arg]
@@ -139,8 +150,8 @@ def main() -> int:
                         total = sum(frames) / wall
                         first = statistics.median(r.first_fragment_s or 0.0 for r in results)
                         rows.append(
-                            f"| served ({pace}) | {count} | {per_session:.1f} | {total:.1f} | {first:.2f} | "
-                            f"{gflop * total:.0f} |"
+                            f"| served{' int8' if args.int8 else ''} ({pace}) | {count} | {per_session:.1f} | "
+                            f"{total:.1f} | {first:.2f} | {gflop * total:.0f} |"
                         )
                         LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
     cores = os.cpu_count()

@@ -139,8 +139,22 @@ def _repository(args: argparse.Namespace) -> int:
             fp16=not args.fp32,
             fp16_generator=args.fp16_generator,
             trt_cache_dir=args.trt_cache,
+            int8_models=tuple(name for name in args.int8.split(",") if name),
         )
         write_repository(args.onnx, args.out, settings)
+    except (ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from export.quantize import load_calibration, quantize_stage
+
+    try:
+        for stage in tqdm(args.stages.split(","), desc="int8", unit="stage"):
+            calibration = load_calibration(args.calibration, stage) if args.calibration else None
+            quantize_stage(args.onnx, stage, calibration)
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 1
@@ -225,7 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         help="gpu: the generator in fp16 too (faster, but its sampling coordinates round to fp16: docs/gpu.md)",
     )
     repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
+    repository.add_argument(
+        "--int8", default="", help="cpu: comma-separated models to serve from their int8 graphs (`quantize`)"
+    )
     repository.set_defaults(run=_repository)
+
+    quantize = sub.add_parser("quantize", help="int8 graphs for CPU serving, checked against fp32 (export/quantize.py)")
+    quantize.add_argument("--onnx", type=Path, required=True, help="directory written by `onnx`")
+    quantize.add_argument("--stages", default="wav2lip", help="comma-separated (default: wav2lip)")
+    quantize.add_argument(
+        "--calibration", type=Path, default=None, help=".npz of the model's inputs from real speech and faces"
+    )
+    quantize.set_defaults(run=_quantize)
 
     synthetic = sub.add_parser("synthetic", help="write synthetic checkpoints in the official layouts")
     synthetic.add_argument("--out", type=Path, required=True)

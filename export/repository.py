@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from export.quantize import QUANTIZABLE, int8_graph
 from export.specs import BATCH, STAGES, StageSpec, TensorIO
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class RepositorySettings:
     trt_cache_dir: str = "/trt_cache"  # gpu: engine cache, a path inside the Triton container
     trt_workspace_bytes: int = 1 << 30
     trt_opt_batch: int = 8  # gpu: the batch TensorRT tunes its kernels for
+    # cpu: models served from their int8 graphs (export/quantize.py; `python -m export quantize` writes them).
+    int8_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -123,6 +126,10 @@ class RepositorySettings:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.cpu_rows_per_run < 0:
             raise ValueError("max_queue_delay_us, intra_op_threads and cpu_rows_per_run must be ≥ 0")
+        if self.int8_models and self.target != "cpu":
+            raise ValueError("int8 graphs are for the cpu target (TensorRT calibrates its own int8)")
+        if unknown := [name for name in self.int8_models if name not in QUANTIZABLE]:
+            raise ValueError(f"no int8 form for {', '.join(unknown)} (these have one: {', '.join(QUANTIZABLE)})")
         too_big = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.frame_batch]
         if too_big:
             raise ValueError(f"preferred batch sizes {too_big} are outside 1..frame_batch={self.frame_batch}")
@@ -512,11 +519,17 @@ def write_repository(onnx_dir: Path, out: Path, settings: RepositorySettings | N
         raise FileNotFoundError(f"no exported graphs: {onnx_dir} is not a directory (run `python -m export onnx`)")
     skipped: dict[str, str] = {}
     sidecars: dict[str, dict[str, Any]] = {}
+    graphs: dict[str, Path] = {}
     for name, spec in STAGES.items():
         graph = onnx_dir / f"{name}.onnx"
         if not graph.is_file():
             skipped[name] = f"{graph} does not exist"
             continue
+        if name in settings.int8_models:
+            graph = int8_graph(onnx_dir, name)
+            if not graph.is_file():
+                raise FileNotFoundError(f"{graph} does not exist: write it with `python -m export quantize`")
+        graphs[name] = graph
         sidecars[name] = _read_sidecar(spec, graph)
     ensembles = []
     for ensemble in ENSEMBLES.values():
@@ -547,7 +560,7 @@ def write_repository(onnx_dir: Path, out: Path, settings: RepositorySettings | N
         version = out / name / "1"
         version.mkdir(parents=True)
         (out / name / "config.pbtxt").write_text(config_text(model_config(spec, settings), settings, spec.doc))
-        _link_or_copy(onnx_dir / f"{name}.onnx", version / "model.onnx")
+        _link_or_copy(graphs[name], version / "model.onnx")
         (version / "model.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         if settings.target == "cpu":
             shutil.copyfile(MODEL_SOURCE, version / "model.py")

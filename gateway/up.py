@@ -78,8 +78,21 @@ def _exported_from_official_weights(settings: Settings) -> bool:
     return weights.startswith("official checkpoints")
 
 
+def _quantize(settings: Settings) -> bool:
+    """Wav2Lip's int8 graph when asked for (LIPSYNC_WAV2LIP_INT8), made once beside the fp32 one."""
+    onnx = _onnx_dir(settings)
+    if not settings.wav2lip_int8 or (onnx / "wav2lip.int8.onnx").is_file():
+        return True
+    if not (onnx / "wav2lip.onnx").is_file():
+        log.error("LIPSYNC_WAV2LIP_INT8 is set, but no Wav2Lip graph was exported (are its weights there?)")
+        return False
+    return _run("int8 Wav2Lip", [sys.executable, "-m", "export", "quantize", "--onnx", str(onnx)])
+
+
 def _repository(settings: Settings) -> bool:
     command = [sys.executable, "-m", "export", "repository", "--target", "cpu"]
+    if settings.wav2lip_int8:
+        command += ["--int8", "wav2lip"]
     return _run(
         "model repository", [*command, "--onnx", str(_onnx_dir(settings)), "--out", str(settings.model_repository)]
     )
@@ -102,7 +115,7 @@ def prepare_repository(settings: Settings) -> Settings | None:
 
     The settings come back labelled DEMO when the graphs were not exported from the official weights.
     """
-    if not (_check_weights(settings) and _export(settings) and _repository(settings)):
+    if not (_check_weights(settings) and _export(settings) and _quantize(settings) and _repository(settings)):
         return None
     if not settings.demo and not _exported_from_official_weights(settings):
         log.warning("the exported models were not made from the official weights: serving them labelled DEMO")

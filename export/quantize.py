@@ -1,0 +1,196 @@
+"""int8 graphs for CPU serving: ONNX Runtime's static quantization, checked against the fp32 graph.
+
+Wav2Lip is the engine meant to run live on a CPU, and at fp32 it does not quite: ≈ 7.9 GFLOP per frame, 25
+frames per second, ≈ 200 GFLOP/s, more than ONNX Runtime's fp32 convolutions reach on two cores
+(docs/measurements.md). Its convolutions in int8 (VNNI's u8×s8 dot products) run ≈ 1.6× faster there.
+
+Static QDQ quantization: weights per output channel in int8, activations in uint8 with ranges measured on
+calibration inputs (min–max). The graph keeps the fp32 graph's inputs and outputs, so the served model, its
+config and its ensembles are unchanged; only ``model.onnx`` differs. Every quantized graph is compared with its
+fp32 graph on held-out inputs and refused when the error passes :data:`INT8_TOLERANCE`; the measured error is
+recorded in its sidecar.
+
+The ranges are only as good as the calibration inputs: by default, mel windows of a synthetic voice through the
+real front-end and smooth random faces; ``--calibration FILE.npz`` takes the model's own inputs (arrays named
+as its inputs) captured from real speech and real faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.specs import STAGES
+
+log = logging.getLogger(__name__)
+
+# Stages with an int8 form, and why they may have one.
+QUANTIZABLE: dict[str, str] = {
+    "wav2lip": "the live CPU engine: its convolutions are all its cost, and int8 makes 25 fps reachable on 2 cores",
+}
+# The int8 output's error against fp32 that an export refuses to pass, relative to how much the fp32 output
+# varies (:func:`variation_error`; measured ≈ 0.04 for full-size Wav2Lip with synthetic weights).
+INT8_TOLERANCE = 0.1
+CALIBRATION_ROWS = 32
+CHECK_ROWS = 16
+SAMPLE_RATE = 16000
+
+
+def int8_graph(onnx_dir: Path, stage: str) -> Path:
+    """Where the int8 form of ``onnx_dir/<stage>.onnx`` lives (its sidecar beside it, ``.int8.json``)."""
+    return Path(onnx_dir) / f"{stage}.int8.onnx"
+
+
+def synthetic_voice(seconds: float, seed: int) -> np.ndarray:
+    """A voiced, vowel-like signal: a glottal pulse train at a wandering pitch through moving formants."""
+    rng = np.random.default_rng(seed)
+    n = int(SAMPLE_RATE * seconds)
+    t = np.arange(n) / SAMPLE_RATE
+    pitch = 110 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6.3))
+    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
+    wav = np.zeros(n)
+    for formant, width in ((700, 0.8), (1200, 0.5), (2600, 0.25)):
+        moving = formant * (1 + 0.25 * np.sin(2 * np.pi * rng.uniform(1, 4) * t))
+        harmonic = np.clip(np.round(moving / pitch), 1, None)
+        wav += width * np.sin(harmonic * phase)
+    syllables = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6.3))  # ≈ 4 syllables a second
+    wav = wav * syllables + 0.01 * rng.standard_normal(n)
+    return (0.3 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+def _smooth_faces(rows: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, 3, 96, 96) in [0, 1]: low-frequency colour fields, closer to a face's statistics than pixel noise."""
+    import torch
+
+    coarse = torch.from_numpy(rng.random((rows, 3, 6, 6), dtype=np.float32))
+    fields = torch.nn.functional.interpolate(coarse, size=(96, 96), mode="bicubic", align_corners=False).numpy()
+    detail = 0.05 * rng.standard_normal((rows, 3, 96, 96)).astype(np.float32)
+    return np.clip(0.2 + 0.6 * fields + detail, 0.0, 1.0)
+
+
+def synthetic_inputs(stage: str, rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Inputs for ``stage`` that look like what it is served: the default calibration and check data."""
+    if stage != "wav2lip":
+        raise ValueError(f"no synthetic calibration inputs for {stage!r}")
+    from export.mel import log_mel
+    from lipsync.wav2lip import face_input, wav2lip_mel_windows
+
+    rng = np.random.default_rng(seed)
+    mel = log_mel(synthetic_voice(rows / 25 + 0.5, seed), crop_to_frames=False)
+    windows = wav2lip_mel_windows(mel, rows)  # (rows, 1, 80, 16)
+    faces_bgr = np.rint(_smooth_faces(rows, rng).transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    return {"mel_window": windows, "face": face_input(faces_bgr)}
+
+
+def load_calibration(path: Path, stage: str) -> dict[str, np.ndarray]:
+    """The model's own inputs from an ``.npz`` (one array per input name, rows on the first axis)."""
+    spec = STAGES[stage]
+    with np.load(path) as data:
+        missing = [t.name for t in spec.inputs if t.name not in data.files]
+        if missing:
+            raise ValueError(f"{path} lacks the input(s) {missing} of {stage} (it has {data.files})")
+        arrays = {t.name: np.ascontiguousarray(data[t.name], dtype=np.float32) for t in spec.inputs}
+    rows = {a.shape[0] for a in arrays.values()}
+    if len(rows) != 1:
+        raise ValueError(f"{path}: the inputs have different numbers of rows {sorted(rows)}")
+    return arrays
+
+
+class _Reader:
+    """ONNX Runtime's calibration protocol: ``get_next`` gives input feeds until None."""
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], batch: int) -> None:
+        rows = next(iter(inputs.values())).shape[0]
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
+            [{name: a[i : i + batch] for name, a in inputs.items()} for i in range(0, rows, batch)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:  # some calibrators ask for it; one pass is all min–max needs
+        pass
+
+
+def variation_error(have: np.ndarray, want: np.ndarray) -> float:
+    """‖have − want‖ / ‖want − mean(want)‖: the error against the output's variation around its mean.
+
+    Plain relative L2 flatters a sigmoid output that sits near 0.5 (a calibration that misses every range
+    still scores ≈ 0.01 on it); against the variation, the same miss scores ≈ 8× a good calibration.
+    """
+    want64 = want.astype(np.float64)
+    spread = float(np.linalg.norm(want64 - want64.mean()))
+    return float(np.linalg.norm(have.astype(np.float64) - want64)) / max(spread, 1e-12)
+
+
+def _run(graph: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, dict(inputs))[0])
+
+
+def quantize_stage(
+    onnx_dir: Path, stage: str, calibration: Mapping[str, np.ndarray] | None = None, *, seed: int = 0
+) -> dict[str, Any]:
+    """Write ``<stage>.int8.onnx`` (+ sidecar) from ``<stage>.onnx``; return the sidecar. ValueError when the
+    int8 graph is further from fp32 than :data:`INT8_TOLERANCE` on held-out inputs (then nothing is written)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if stage not in QUANTIZABLE:
+        raise ValueError(f"{stage} has no int8 form (these do: {', '.join(QUANTIZABLE)})")
+    onnx_dir = Path(onnx_dir)
+    source = onnx_dir / f"{stage}.onnx"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist: export it first (`python -m export onnx`)")
+    described = "the given inputs" if calibration is not None else "synthetic voice and smooth random faces"
+    calibration = calibration if calibration is not None else synthetic_inputs(stage, CALIBRATION_ROWS, seed)
+    held_out = synthetic_inputs(stage, CHECK_ROWS, seed + 1)
+    target = int8_graph(onnx_dir, stage)
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quantized = Path(scratch) / "int8.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Reader(calibration, batch=4),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        want, have = _run(source, held_out), _run(quantized, held_out)
+        error = variation_error(have, want)
+        levels = float(np.abs(have.astype(np.float64) - want).max() * 255)
+        if not error <= INT8_TOLERANCE:
+            raise ValueError(
+                f"{stage} in int8 is off by {error:.3g} of its output's variation from fp32, over the "
+                f"{INT8_TOLERANCE} allowed: "
+                "calibrate with real inputs (--calibration) or serve it in fp32"
+            )
+        quantized.replace(target)
+    sidecar: dict[str, Any] = json.loads(source.with_suffix(".json").read_text())
+    sidecar.update(
+        sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
+        precision="int8: static QDQ, weights int8 per channel, activations uint8 (min–max ranges)",
+        calibration=f"{next(iter(calibration.values())).shape[0]} rows of {described}",
+        int8_error={
+            "relative_to_variation": error,
+            "max_abs_255": levels,
+            "tolerance": INT8_TOLERANCE,
+            "inputs": f"{CHECK_ROWS} held-out synthetic rows",
+        },
+    )
+    sidecar.pop("parity", None)  # parity was the fp32 graph's against PyTorch
+    target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    log.info("%s: int8 graph %s, off by %.3g of the variation (max %.1f/255)", stage, target.name, error, levels)
+    return sidecar

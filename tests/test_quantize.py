@@ -1,0 +1,164 @@
+"""int8 Wav2Lip for CPU serving: the error against fp32 within stated bounds, the refusal past the tolerance, and
+the repository serving the int8 graph only where asked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from golden_data import GOLDEN_DIR
+
+from export.__main__ import main as export_main
+from export.onnx import export_and_check
+from export.quantize import (
+    INT8_TOLERANCE,
+    int8_graph,
+    load_calibration,
+    quantize_stage,
+    synthetic_inputs,
+    variation_error,
+)
+from export.repository import RepositorySettings, write_repository
+from export.stages import StageFactory, Variant
+
+# Bounds on the int8 graph's output against fp32, ≈ 2.5× what was measured at full size with synthetic weights
+# (error ≈ 0.04 of the output's variation, largest pixel error ≈ 6.5/255): they catch a regression.
+FULL_SIZE_VARIATION_ERROR = 0.1
+FULL_SIZE_MAX_LEVELS = 16
+
+
+def _export_wav2lip(factory: StageFactory, out: Path) -> Path:
+    export_and_check("wav2lip", factory.build("wav2lip"), out, grid_sample="5d", provenance={}, check=False)
+    return out
+
+
+def _run(graph: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["prediction"], feed)[0])
+
+
+@pytest.fixture(scope="module")
+def full_size(synthetic_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Full-size Wav2Lip from a synthetic wav2lip_gan.pth (the golden rule), exported and quantized."""
+    factory = StageFactory(Variant(synthetic_checkpoint("wav2lip_gan.pth").parent))
+    onnx_dir = _export_wav2lip(factory, tmp_path_factory.mktemp("wav2lip_int8"))
+    quantize_stage(onnx_dir, "wav2lip")
+    return onnx_dir
+
+
+@pytest.mark.slow
+def test_full_size_int8_stays_within_its_bounds_on_upstreams_inputs_and_fresh_ones(full_size: Path) -> None:
+    with np.load(GOLDEN_DIR / "wav2lip.npz") as golden:  # a real face crop and upstream's mel of real speech
+        feeds = [{"mel_window": golden["mel_windows"], "face": golden["face_input"]}]
+    feeds.append(synthetic_inputs("wav2lip", rows=5, seed=123))  # rows the calibration never saw
+    for feed in feeds:
+        want, have = _run(full_size / "wav2lip.onnx", feed), _run(int8_graph(full_size, "wav2lip"), feed)
+        assert have.shape == want.shape and np.isfinite(have).all()
+        assert variation_error(have, want) <= FULL_SIZE_VARIATION_ERROR
+        assert np.abs(have - want).max() * 255 <= FULL_SIZE_MAX_LEVELS
+    sidecar = json.loads(int8_graph(full_size, "wav2lip").with_suffix(".json").read_text())
+    assert sidecar["int8_error"]["relative_to_variation"] <= FULL_SIZE_VARIATION_ERROR
+    assert sidecar["sha256"] == hashlib.sha256(int8_graph(full_size, "wav2lip").read_bytes()).hexdigest()
+    assert sidecar["precision"].startswith("int8") and "synthetic voice" in sidecar["calibration"]
+
+
+@pytest.mark.slow
+def test_the_int8_graph_is_quantized_and_keeps_the_served_interface(full_size: Path) -> None:
+    fp32, int8 = (onnx.load(str(path)) for path in (full_size / "wav2lip.onnx", int8_graph(full_size, "wav2lip")))
+    ops = {node.op_type for node in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    for kind in ("input", "output"):
+        assert [t.name for t in getattr(int8.graph, kind)] == [t.name for t in getattr(fp32.graph, kind)]
+    assert int8_graph(full_size, "wav2lip").stat().st_size < 0.4 * (full_size / "wav2lip.onnx").stat().st_size
+    for rows in (1, 5):  # any batch, as Triton's dynamic batcher sends
+        assert _run(int8_graph(full_size, "wav2lip"), synthetic_inputs("wav2lip", rows, seed=7)).shape[0] == rows
+
+
+def test_a_calibration_that_misses_the_range_is_refused_and_writes_nothing(
+    reduced_factory: StageFactory, tmp_path: Path
+) -> None:
+    onnx_dir = _export_wav2lip(reduced_factory, tmp_path)
+    silent_and_black = {  # ranges measured on all-zero inputs cannot represent real ones
+        "mel_window": np.full((8, 1, 80, 16), -4.0, np.float32),
+        "face": np.zeros((8, 6, 96, 96), np.float32),
+    }
+    with pytest.raises(ValueError, match=f"over the {INT8_TOLERANCE} allowed"):
+        quantize_stage(onnx_dir, "wav2lip", silent_and_black)
+    assert not int8_graph(onnx_dir, "wav2lip").exists()
+    quantize_stage(onnx_dir, "wav2lip")  # the default calibration passes on the same graph
+    assert int8_graph(onnx_dir, "wav2lip").is_file()
+
+
+def test_only_the_cpu_repository_serves_int8_and_only_where_asked(
+    reduced_factory: StageFactory, tmp_path: Path
+) -> None:
+    onnx_dir = _export_wav2lip(reduced_factory, tmp_path / "onnx")
+    with pytest.raises(FileNotFoundError, match="python -m export quantize"):
+        write_repository(onnx_dir, tmp_path / "repo", RepositorySettings(int8_models=("wav2lip",)))
+    quantize_stage(onnx_dir, "wav2lip")
+
+    plain = write_repository(onnx_dir, tmp_path / "plain")
+    served = plain.path / "wav2lip" / "1" / "model.onnx"
+    assert served.read_bytes() == (onnx_dir / "wav2lip.onnx").read_bytes()
+
+    int8 = write_repository(onnx_dir, tmp_path / "int8", RepositorySettings(int8_models=("wav2lip",)))
+    served = int8.path / "wav2lip" / "1" / "model.onnx"
+    assert served.read_bytes() == int8_graph(onnx_dir, "wav2lip").read_bytes()
+    manifest = json.loads((int8.path / "repository.json").read_text())
+    assert manifest["settings"]["int8_models"] == ["wav2lip"]
+    assert manifest["models"]["wav2lip"]["sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+    assert json.loads((served.parent / "model.json").read_text())["precision"].startswith("int8")
+
+    with pytest.raises(ValueError, match="cpu target"):
+        RepositorySettings(target="gpu", int8_models=("wav2lip",))
+    with pytest.raises(ValueError, match="no int8 form for generator"):
+        RepositorySettings(int8_models=("generator",))
+
+
+def test_calibration_files_and_the_command_line(reduced_factory: StageFactory, tmp_path: Path) -> None:
+    onnx_dir = _export_wav2lip(reduced_factory, tmp_path / "onnx")
+    inputs = synthetic_inputs("wav2lip", rows=12, seed=3)
+    np.savez(tmp_path / "mine.npz", **inputs)
+    loaded = load_calibration(tmp_path / "mine.npz", "wav2lip")
+    assert set(loaded) == {"mel_window", "face"} and loaded["face"].shape == (12, 6, 96, 96)
+    np.savez(tmp_path / "partial.npz", face=inputs["face"])
+    with pytest.raises(ValueError, match=r"lacks the input\(s\) \['mel_window'\]"):
+        load_calibration(tmp_path / "partial.npz", "wav2lip")
+    np.savez(tmp_path / "ragged.npz", mel_window=inputs["mel_window"][:3], face=inputs["face"])
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        load_calibration(tmp_path / "ragged.npz", "wav2lip")
+
+    assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration", str(tmp_path / "mine.npz")]) == 0
+    sidecar = json.loads(int8_graph(onnx_dir, "wav2lip").with_suffix(".json").read_text())
+    assert sidecar["calibration"] == "12 rows of the given inputs"
+    assert export_main(["quantize", "--onnx", str(onnx_dir), "--stages", "generator"]) == 1
+    assert export_main(["quantize", "--onnx", str(tmp_path / "nowhere")]) == 1
+
+
+def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFactory, tmp_path: Path) -> None:
+    from gateway.settings import Settings
+    from gateway.up import EXPORT_COMPLETE, _onnx_dir, prepare_repository
+
+    settings = Settings(  # type: ignore[call-arg]
+        demo=True, artifacts_dir=tmp_path / "artifacts", model_repository=tmp_path / "repo", wav2lip_int8=True
+    )
+    onnx_dir = _onnx_dir(settings)
+    onnx_dir.mkdir(parents=True)
+    (onnx_dir / EXPORT_COMPLETE).touch()  # the export step is done; only its Wav2Lip graph is there
+    assert prepare_repository(settings) is None  # asked for int8 without a Wav2Lip graph: refused, said why
+
+    _export_wav2lip(reduced_factory, onnx_dir)
+    assert prepare_repository(settings) is not None
+    served = settings.model_repository / "wav2lip" / "1" / "model.onnx"
+    assert served.read_bytes() == int8_graph(onnx_dir, "wav2lip").read_bytes()
+    made = int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns
+    assert prepare_repository(settings.model_copy(update={"wav2lip_int8": False})) is not None
+    assert served.read_bytes() == (onnx_dir / "wav2lip.onnx").read_bytes()  # fp32 again when not asked
+    assert prepare_repository(settings) is not None
+    assert int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns == made  # quantized once, reused

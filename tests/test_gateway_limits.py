@@ -210,6 +210,7 @@ def test_a_trickled_body_gets_408_and_loses_its_connection(triton_server: Embedd
         request.add_header("Content-Type", "image/jpeg")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
+        refused.value.close()  # the error holds the response and its socket
         assert refused.value.code == 415
 
 

@@ -213,6 +213,12 @@ def test_taken_port_fails_start_even_if_another_server_answers_there(server: Emb
     assert processes_mentioning(str(repo)) == []
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test run started in the background (`make test &`)
+    inherits SIGINT ignored, and an ignored SIGINT is rightly left ignored by the CLI."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_cli_stops_server_and_stubs_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
@@ -222,6 +228,7 @@ def test_cli_stops_server_and_stubs_on_signal(tmp_path: Path, signum: signal.Sig
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         assert cli.stderr is not None
@@ -237,8 +244,8 @@ def test_cli_stops_server_and_stubs_on_signal(tmp_path: Path, signum: signal.Sig
         assert len(started) >= 3  # the CLI, tritonserver and one stub
 
         cli.send_signal(signum)
-        cli.stderr.read()  # drain until the CLI exits
-        assert cli.wait(timeout=60) == 128 + signum
+        cli.communicate(timeout=60)  # drains stderr until the CLI exits
+        assert cli.returncode == 128 + signum
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -49,7 +49,11 @@ def test_demo_starts_everything_and_ctrl_c_stops_everything(reduced_onnx_dir: Pa
         "LIPSYNC_PORT": str(port),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "up", "--demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "gateway", "up", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C, even when the tests run in `&`
     )
     try:
         deadline = time.monotonic() + 300

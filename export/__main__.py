@@ -149,12 +149,23 @@ def _repository(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from export.quantize import load_calibration, quantize_stage
+    from export.quantize import calibration_from_media, load_calibration, quantize_stage
 
+    if args.calibration and args.calibration_audio:
+        log.error("give --calibration FILE.npz or --calibration-audio with --calibration-portraits, not both")
+        return 2
+    if bool(args.calibration_audio) != bool(args.calibration_portraits):
+        log.error("--calibration-audio and --calibration-portraits go together (speech, and the faces to say it)")
+        return 2
     try:
         for stage in tqdm(args.stages.split(","), desc="int8", unit="stage"):
-            calibration = load_calibration(args.calibration, stage) if args.calibration else None
-            quantize_stage(args.onnx, stage, calibration)
+            calibration, described = None, ""
+            if args.calibration:
+                calibration, described = load_calibration(args.calibration, stage), args.calibration.name
+            elif args.calibration_audio:
+                calibration = calibration_from_media(stage, args.calibration_audio, args.calibration_portraits)
+                described = f"{args.calibration_audio.name} with {len(args.calibration_portraits)} portrait(s)"
+            quantize_stage(args.onnx, stage, calibration, described=described)
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 1
@@ -249,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--stages", default="wav2lip", help="comma-separated (default: wav2lip)")
     quantize.add_argument(
         "--calibration", type=Path, default=None, help=".npz of the model's inputs from real speech and faces"
+    )
+    quantize.add_argument("--calibration-audio", type=Path, default=None, help="real speech (any format FFmpeg reads)")
+    quantize.add_argument(
+        "--calibration-portraits", type=Path, nargs="+", default=None, help="photos of the faces to serve"
     )
     quantize.set_defaults(run=_quantize)
 

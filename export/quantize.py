@@ -11,8 +11,9 @@ fp32 graph on held-out inputs and refused when the error passes :data:`INT8_TOLE
 recorded in its sidecar.
 
 The ranges are only as good as the calibration inputs: by default, mel windows of a synthetic voice through the
-real front-end and smooth random faces; ``--calibration FILE.npz`` takes the model's own inputs (arrays named
-as its inputs) captured from real speech and real faces.
+real front-end and smooth random faces; ``--calibration-audio SPEECH --calibration-portraits PHOTO…`` builds
+them from real speech and real faces as a session does, and ``--calibration FILE.npz`` takes the model's own
+inputs (one array per input name).
 """
 
 from __future__ import annotations
@@ -89,6 +90,42 @@ def synthetic_inputs(stage: str, rows: int, seed: int) -> dict[str, np.ndarray]:
     return {"mel_window": windows, "face": face_input(faces_bgr)}
 
 
+def calibration_from_media(
+    stage: str, audio: Path, portraits: list[Path], rows: int = 4 * CALIBRATION_ROWS
+) -> dict[str, np.ndarray]:
+    """Inputs for ``stage`` from real speech and real portraits, built as a session builds them: the mel windows
+    of ``rows`` frames spread over the recording, each with one of the portraits' faces in turn."""
+    if stage != "wav2lip":
+        raise ValueError(f"no calibration from media for {stage!r}")
+    if not portraits:
+        raise ValueError("give at least one portrait to calibrate with")
+    try:
+        from gateway.engines.wav2lip import portrait_face_input
+    except ImportError as error:  # the face detector comes with the gateway's dependencies
+        raise ValueError(f"calibrating from portraits needs the gateway installed (`.[serve]`): {error}") from error
+    from export.mel import log_mel
+    from lipsync.audio import num_video_frames
+    from lipsync.audio_io import decode_audio
+    from lipsync.wav2lip import wav2lip_mel_windows
+
+    wav = decode_audio(Path(audio))
+    frames = num_video_frames(wav.size)
+    if frames < 1:
+        raise ValueError(f"{audio} is too short to calibrate with")
+    windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), frames)
+    chosen = np.unique(np.linspace(0, frames - 1, min(rows, frames)).round().astype(int))
+    from gateway.errors import LipsyncError
+
+    faces = []
+    for portrait in portraits:
+        try:
+            faces.append(portrait_face_input(Path(portrait).read_bytes()))
+        except LipsyncError as error:  # no face, not an image, …: in the gateway's own words
+            raise ValueError(f"{portrait}: {error.message}") from error
+    face_rows = np.concatenate(faces)[np.arange(chosen.size) % len(faces)]
+    return {"mel_window": windows[chosen], "face": face_rows}
+
+
 def load_calibration(path: Path, stage: str) -> dict[str, np.ndarray]:
     """The model's own inputs from an ``.npz`` (one array per input name, rows on the first axis)."""
     spec = STAGES[stage]
@@ -138,7 +175,12 @@ def _run(graph: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def quantize_stage(
-    onnx_dir: Path, stage: str, calibration: Mapping[str, np.ndarray] | None = None, *, seed: int = 0
+    onnx_dir: Path,
+    stage: str,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    *,
+    described: str = "the given inputs",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``<stage>.int8.onnx`` (+ sidecar) from ``<stage>.onnx``; return the sidecar. ValueError when the
     int8 graph is further from fp32 than :data:`INT8_TOLERANCE` on held-out inputs (then nothing is written)."""
@@ -151,7 +193,8 @@ def quantize_stage(
     source = onnx_dir / f"{stage}.onnx"
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist: export it first (`python -m export onnx`)")
-    described = "the given inputs" if calibration is not None else "synthetic voice and smooth random faces"
+    if calibration is None:
+        described = "synthetic voice and smooth random faces"
     calibration = calibration if calibration is not None else synthetic_inputs(stage, CALIBRATION_ROWS, seed)
     held_out = synthetic_inputs(stage, CHECK_ROWS, seed + 1)
     target = int8_graph(onnx_dir, stage)

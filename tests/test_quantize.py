@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,6 +19,7 @@ from export.__main__ import main as export_main
 from export.onnx import export_and_check
 from export.quantize import (
     INT8_TOLERANCE,
+    calibration_from_media,
     int8_graph,
     load_calibration,
     quantize_stage,
@@ -136,7 +138,7 @@ def test_calibration_files_and_the_command_line(reduced_factory: StageFactory, t
 
     assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration", str(tmp_path / "mine.npz")]) == 0
     sidecar = json.loads(int8_graph(onnx_dir, "wav2lip").with_suffix(".json").read_text())
-    assert sidecar["calibration"] == "12 rows of the given inputs"
+    assert sidecar["calibration"] == "12 rows of mine.npz"
     assert export_main(["quantize", "--onnx", str(onnx_dir), "--stages", "generator"]) == 1
     assert export_main(["quantize", "--onnx", str(tmp_path / "nowhere")]) == 1
 
@@ -162,3 +164,36 @@ def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFact
     assert served.read_bytes() == (onnx_dir / "wav2lip.onnx").read_bytes()  # fp32 again when not asked
     assert prepare_repository(settings) is not None
     assert int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns == made  # quantized once, reused
+
+
+def test_calibration_from_real_speech_and_portraits(
+    reduced_factory: StageFactory, spoken_wav: Path, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    from export.mel import log_mel
+    from gateway.engines.wav2lip import portrait_face_input
+    from lipsync.audio_io import decode_audio
+    from lipsync.wav2lip import wav2lip_mel_windows
+
+    portrait = tmp_path / "astronaut.jpg"
+    portrait.write_bytes(astronaut_jpeg)
+    inputs = calibration_from_media("wav2lip", spoken_wav, [portrait], rows=20)
+    wav = decode_audio(spoken_wav)
+    windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), wav.size // 640)
+    assert inputs["mel_window"].shape == (20, 1, 80, 16) and inputs["face"].shape == (20, 6, 96, 96)
+    np.testing.assert_array_equal(inputs["mel_window"][0], windows[0])  # spread from the first frame…
+    np.testing.assert_array_equal(inputs["mel_window"][-1], windows[-1])  # …to the last
+    np.testing.assert_array_equal(inputs["face"][7], portrait_face_input(astronaut_jpeg)[0])
+
+    onnx_dir = _export_wav2lip(reduced_factory, tmp_path / "onnx")
+    media = ["--calibration-audio", str(spoken_wav), "--calibration-portraits", str(portrait)]
+    assert export_main(["quantize", "--onnx", str(onnx_dir), *media]) == 0
+    sidecar = json.loads(int8_graph(onnx_dir, "wav2lip").with_suffix(".json").read_text())
+    assert sidecar["calibration"].endswith(f"rows of {spoken_wav.name} with 1 portrait(s)")
+    assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration-audio", str(spoken_wav)]) == 2
+    np.savez(tmp_path / "x.npz", **inputs)
+    assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration", str(tmp_path / "x.npz"), *media]) == 2
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match=r"blank\.png: No face was found"):
+        calibration_from_media("wav2lip", spoken_wav, [portrait, blank])

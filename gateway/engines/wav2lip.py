@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 
 from gateway.avatar_store import AvatarState
-from gateway.avatars import Box
+from gateway.avatars import Box, decode_image, detect_face
 from gateway.errors import InferenceUnavailable
-from gateway.framing import Framing
-from gateway.options import SessionOptions
+from gateway.framing import Framing, portrait_framing
+from gateway.options import DEFAULT_PADS, SessionOptions
 from gateway.pasteback import FEATHER, MaskedPasteBack, feather_weights
 from gateway.timeline import MelRequest, RenderRequest, Wav2LipTimeline
 from gateway.triton import TritonClient
@@ -105,6 +105,16 @@ def make_face(framing: Framing, photo_box: Box, landmarks: np.ndarray, blend: st
         points = framing.points(landmarks) - np.array([box.x0, box.y0])
         weights = lower_face_weights(points, box)
     return Wav2LipFace(face_input(crop_bgr[None]), box, weights)
+
+
+def portrait_face_input(image_bytes: bytes, max_side: int = 1280) -> np.ndarray:
+    """(1, 6, 96, 96): the network's face input for a portrait, as a default session builds it (``portrait``
+    framing, upstream's pads). For tools (int8 calibration from real faces, ``python -m export quantize``)."""
+    image = decode_image(image_bytes)
+    detection = detect_face(image)
+    height, width = image.shape[:2]
+    box = face_box(detection.landmarks, width, height, DEFAULT_PADS)
+    return make_face(portrait_framing(image, max_side), box, detection.landmarks, "box").face_input
 
 
 @dataclass(eq=False)

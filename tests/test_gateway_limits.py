@@ -160,8 +160,16 @@ def test_one_client_cannot_take_every_slot(triton_server: EmbeddedTriton, astron
             with pytest.raises(ConnectionClosed) as closed:
                 third.recv(timeout=30)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+            with urllib.request.urlopen(f"{url}/readyz", timeout=30) as response:
+                assert json.loads(response.read())["status"] == "ready"  # one slot is free
             other = _start(stack, url, avatar_id, "127.0.0.2")  # another client still gets the free slot
             assert json.loads(other.recv(timeout=30))["type"] == "ready"
+            # Every slot taken: not ready for new sessions, so a load balancer sends them elsewhere.
+            with pytest.raises(urllib.error.HTTPError) as full:
+                urllib.request.urlopen(f"{url}/readyz", timeout=30)
+            body = json.loads(full.value.read())
+            full.value.close()
+            assert full.value.code == 503 and body == {"status": "full", "reason": "all 3 session slots are taken"}
 
 
 # --------------------------------------------------------------------------------------- the HTTP server

@@ -23,7 +23,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str  # "ready" | "unavailable"
+    status: str  # "ready" | "full" | "unavailable"
     reason: str
 
 
@@ -56,10 +56,15 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     dependencies=[Authorised],
-    responses={503: {"model": Readiness, "description": "the inference server or a model is not ready"}},
+    responses={503: {"model": Readiness, "description": "every session slot is taken, or no engine is served"}},
 )
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Readiness: an inference server has every model a session of some engine calls (and of which)."""
+    """Readiness: a new session would be taken here — a slot is free, and an inference server has every model a
+    session of some engine calls (and of which). A full gateway says ``full`` so that a load balancer that
+    follows readiness (a Kubernetes Service) sends new sessions to another; its sessions carry on."""
+    if ctx.slots.active >= ctx.slots.total:
+        body = Readiness(status="full", reason=f"all {ctx.slots.total} session slots are taken")
+        return JSONResponse(body.model_dump(), status_code=503)
     ready: list[str] = []
     not_ready: list[str] = []
     for name, engine in ctx.engines.items():

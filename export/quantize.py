@@ -198,7 +198,8 @@ def quantize_stage(
     calibration = calibration if calibration is not None else synthetic_inputs(stage, CALIBRATION_ROWS, seed)
     held_out = synthetic_inputs(stage, CHECK_ROWS, seed + 1)
     target = int8_graph(onnx_dir, stage)
-    with tempfile.TemporaryDirectory() as scratch:
+    # Scratch beside the target: the finished graph is renamed into place (atomic on one file system).
+    with tempfile.TemporaryDirectory(dir=onnx_dir, prefix=".quantize-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quantized = Path(scratch) / "int8.onnx"
         quant_pre_process(str(source), str(prepared))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway_helpers import running_gateway, wav_bytes
+from gateway_helpers import ManualClock, running_gateway, wav_bytes
 from PIL import Image
 from skimage import data
 from starlette.testclient import TestClient
@@ -132,6 +132,27 @@ def test_a_session_without_audio_is_closed_and_frees_its_slot(client: TestClient
         error, code = _error_and_close(ws)
     assert error["code"] == "idle_timeout" and code == 4408 and "end" in error["message"]
     assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
+
+
+def test_a_clip_session_trickling_audio_ends_at_the_session_limit(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes
+) -> None:
+    """A few samples just inside the idle limit, for ever, must not hold a slot: the session's length counts
+    wall time too (on a clock the test moves)."""
+    settings = _settings(triton_server, idle_timeout_s=30.0, max_session_seconds=5.0)
+    with TestClient(create_app(settings)) as client:
+        clock = ManualClock()
+        client.app.state.ctx.clock = clock  # type: ignore[attr-defined]
+        response = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")})
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps({"type": "start", "avatar_id": response.json()["avatar_id"]}))
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_bytes(np.zeros(160, "<i2").tobytes())  # 10 ms of audio…
+            clock.advance(5.0)  # …over the session's whole allowance of wall time
+            ws.send_bytes(np.zeros(160, "<i2").tobytes())
+            error, code = _error_and_close(ws)
+        assert error["code"] == "too_large" and "of time since it started" in error["message"] and code == 1009
+        assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
 
 
 def _start(stack: contextlib.ExitStack, url: str, avatar_id: str, source: str) -> Any:

@@ -45,10 +45,11 @@ async def _stream(channel: Channel) -> None:
             "idle_timeout_s": settings.idle_timeout_s if start.mode == "clip" else None,
             "max_ahead_ms": settings.max_ahead_ms if start.mode == "conversation" else None,
         }
+        deadline = session.clock.now() + settings.max_session_seconds  # from `ready` on, in wall time
         await channel.send({**session.ready_message(), "session_id": session_id, "limits": limits})
         log.info("session %s: avatar %s, %s %s", session_id, state.id[:12], start.mode, start.options)
         _, frames = await run_together(
-            _receive_audio(channel, session, start.audio.format, start.audio.sample_rate),
+            _receive_audio(channel, session, start.audio.format, start.audio.sample_rate, deadline),
             session.run(channel.send),
         )
         end: dict[str, Any] = {"type": "end", "frames": frames, "duration": frames / 25}
@@ -58,18 +59,23 @@ async def _stream(channel: Channel) -> None:
         await channel.websocket.close(code=1000)
 
 
-async def _receive_audio(channel: Channel, session: StreamSession, audio_format: str, rate: int) -> None:
+async def _receive_audio(
+    channel: Channel, session: StreamSession, audio_format: str, rate: int, deadline: float
+) -> None:
     settings = channel.ctx.settings
     decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
     file_bytes = bytearray()
     limit_samples = settings.max_session_seconds * SAMPLE_RATE
-    over = TooLarge(f"The session is over the limit of {settings.max_session_seconds:g} s of audio.")
-    # A clip ends when its audio stops; a conversation idles by design, but not beyond the session limit.
+    over = TooLarge(
+        f"The session is over its limit of {settings.max_session_seconds:g} s (of audio, or of time since it started)."
+    )
+    # A clip ends when its audio stops; a conversation idles by design. Neither outlasts the session limit in
+    # wall time, so trickling a few samples just inside the idle limit cannot hold a slot for ever.
     conversation = session.conversation is not None
-    deadline = session.clock.now() + settings.max_session_seconds
     while True:
-        if conversation:
-            message = await channel.receive(max(deadline - session.clock.now(), 0.0), over)
+        left = max(deadline - session.clock.now(), 0.0)
+        if conversation or left <= settings.idle_timeout_s:
+            message = await channel.receive(left, over)
         else:
             message = await channel.receive(settings.idle_timeout_s, IdleTimeout(settings.idle_timeout_s))
         if message.get("bytes") is not None:

@@ -1,9 +1,10 @@
 """Paste a rendered face back into the portrait, and the image side of the GFPGAN enhancer path.
 
 The render models return only the face crop; the gateway puts it back into the portrait's face box with a
-feathered edge (DESIGN.md §2: the encoder needs the whole frame on the host anyway). Only the box is written:
-the face is resized straight into the box, then only the feathered band along the box edges is blended with
-the original; the interior is the face as is and everything outside the box is never touched.
+feathered edge (the H.264 encoder needs the whole frame in host memory anyway, so sending the portrait through
+Triton with every frame would only cost). Only the box is written: the face is resized straight into the box,
+then only the feathered band along the box edges is blended with the original; the interior is the face as is
+and everything outside the box is never touched.
 
 Upstream SadTalker (``src/utils/paste_pic.py``) pastes with OpenCV's Poisson ``seamlessClone`` over the whole
 box, which costs tens of milliseconds per frame; a feathered alpha blend costs about one.

@@ -11,6 +11,8 @@ Commands:
                                                   when DIR holds wav2lip_gan.pth (or --wav2lip names a file)
   repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
                                                   the Triton model repository (configs generated from the specs)
+  quantize   --onnx DIR [--stages wav2lip] [--calibration-audio F --calibration-portraits F... | --calibration F]
+             [--if-stale]                         int8 graphs for the cpu target, checked against fp32
   synthetic  --out DIR [--seed N]                 write checkpoints in the official layouts, filled with
                                                   deterministic synthetic values (for tests and demos; NOT weights)
 """
@@ -149,7 +151,7 @@ def _repository(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from export.quantize import calibration_from_media, load_calibration, quantize_stage
+    from export.quantize import calibration_from_media, int8_is_current, load_calibration, quantize_stage
 
     if args.calibration and args.calibration_audio:
         log.error("give --calibration FILE.npz or --calibration-audio with --calibration-portraits, not both")
@@ -159,6 +161,9 @@ def _quantize(args: argparse.Namespace) -> int:
         return 2
     try:
         for stage in tqdm(args.stages.split(","), desc="int8", unit="stage"):
+            if args.if_stale and int8_is_current(args.onnx, stage):
+                log.info("%s: the int8 graph is current (made from this %s.onnx)", stage, stage)
+                continue
             calibration, described = None, ""
             if args.calibration:
                 calibration, described = load_calibration(args.calibration, stage), args.calibration.name
@@ -264,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--calibration-audio", type=Path, default=None, help="real speech (any format FFmpeg reads)")
     quantize.add_argument(
         "--calibration-portraits", type=Path, nargs="+", default=None, help="photos of the faces to serve"
+    )
+    quantize.add_argument(
+        "--if-stale", action="store_true", help="only where the int8 graph is missing or made from another export"
     )
     quantize.set_defaults(run=_quantize)
 

@@ -49,6 +49,15 @@ def int8_graph(onnx_dir: Path, stage: str) -> Path:
     return Path(onnx_dir) / f"{stage}.int8.onnx"
 
 
+def int8_is_current(onnx_dir: Path, stage: str) -> bool:
+    """Whether ``<stage>.int8.onnx`` exists and was made from the fp32 graph that is there now."""
+    sidecar, source = int8_graph(onnx_dir, stage).with_suffix(".json"), Path(onnx_dir) / f"{stage}.json"
+    if not (int8_graph(onnx_dir, stage).is_file() and sidecar.is_file() and source.is_file()):
+        return False
+    made_from = json.loads(sidecar.read_text()).get("source_sha256")
+    return made_from is not None and made_from == json.loads(source.read_text()).get("sha256")
+
+
 def synthetic_voice(seconds: float, seed: int) -> np.ndarray:
     """A voiced, vowel-like signal: a glottal pulse train at a wandering pitch through moving formants."""
     rng = np.random.default_rng(seed)
@@ -224,6 +233,7 @@ def quantize_stage(
         quantized.replace(target)
     sidecar: dict[str, Any] = json.loads(source.with_suffix(".json").read_text())
     sidecar.update(
+        source_sha256=sidecar.get("sha256"),  # the fp32 graph it was made from (int8_is_current)
         sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
         precision="int8: static QDQ, weights int8 per channel, activations uint8 (min–max ranges)",
         calibration=f"{next(iter(calibration.values())).shape[0]} rows of {described}",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from export.quantize import QUANTIZABLE, int8_graph
+from export.quantize import QUANTIZABLE, int8_graph, int8_is_current
 from export.specs import BATCH, STAGES, StageSpec, TensorIO
 
 log = logging.getLogger(__name__)
@@ -529,6 +529,8 @@ def write_repository(onnx_dir: Path, out: Path, settings: RepositorySettings | N
             graph = int8_graph(onnx_dir, name)
             if not graph.is_file():
                 raise FileNotFoundError(f"{graph} does not exist: write it with `python -m export quantize`")
+            if not int8_is_current(onnx_dir, name):
+                raise ValueError(f"{graph} was made from another {name}.onnx: run `python -m export quantize` again")
         graphs[name] = graph
         sidecars[name] = _read_sidecar(spec, graph)
     ensembles = []

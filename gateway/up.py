@@ -79,14 +79,15 @@ def _exported_from_official_weights(settings: Settings) -> bool:
 
 
 def _quantize(settings: Settings) -> bool:
-    """Wav2Lip's int8 graph when asked for (LIPSYNC_WAV2LIP_INT8), made once beside the fp32 one."""
+    """Wav2Lip's int8 graph when asked for (LIPSYNC_WAV2LIP_INT8): made beside the fp32 one when it is missing
+    or was made from another export of it."""
     onnx = _onnx_dir(settings)
-    if not settings.wav2lip_int8 or (onnx / "wav2lip.int8.onnx").is_file():
+    if not settings.wav2lip_int8:
         return True
     if not (onnx / "wav2lip.onnx").is_file():
         log.error("LIPSYNC_WAV2LIP_INT8 is set, but no Wav2Lip graph was exported (are its weights there?)")
         return False
-    return _run("int8 Wav2Lip", [sys.executable, "-m", "export", "quantize", "--onnx", str(onnx)])
+    return _run("int8 Wav2Lip", [sys.executable, "-m", "export", "quantize", "--onnx", str(onnx), "--if-stale"])
 
 
 def _repository(settings: Settings) -> bool:

@@ -21,6 +21,7 @@ from export.quantize import (
     INT8_TOLERANCE,
     calibration_from_media,
     int8_graph,
+    int8_is_current,
     load_calibration,
     quantize_stage,
     synthetic_inputs,
@@ -164,6 +165,16 @@ def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFact
     assert served.read_bytes() == (onnx_dir / "wav2lip.onnx").read_bytes()  # fp32 again when not asked
     assert prepare_repository(settings) is not None
     assert int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns == made  # quantized once, reused
+
+    # A new export of the fp32 graph (other weights) makes the int8 graph stale: the repository refuses it, and
+    # `up` quantizes again.
+    _export_wav2lip(StageFactory(Variant(checkpoints=None, seed=1)), onnx_dir)
+    assert not int8_is_current(onnx_dir, "wav2lip")
+    with pytest.raises(ValueError, match=r"made from another wav2lip\.onnx"):
+        write_repository(onnx_dir, tmp_path / "stale", RepositorySettings(int8_models=("wav2lip",)))
+    assert prepare_repository(settings) is not None
+    assert int8_is_current(onnx_dir, "wav2lip") and int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns != made
+    assert served.read_bytes() == int8_graph(onnx_dir, "wav2lip").read_bytes()
 
 
 def test_calibration_from_real_speech_and_portraits(

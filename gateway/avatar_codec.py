@@ -104,6 +104,8 @@ def _png(image: np.ndarray) -> np.ndarray:
 
 
 def _from_png(data: np.ndarray) -> np.ndarray:
+    if data.dtype != np.uint8 or data.ndim != 1:  # OpenCV would raise its own error type on these
+        raise ValueError(f"a framing stored as {data.dtype} {data.shape}, not PNG bytes")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError("a framing that is not a 3-channel PNG")

@@ -64,7 +64,8 @@ def test_foreign_damaged_and_other_format_records_are_refused(state: AvatarState
     np.savez_compressed(older, **{**arrays, "format": np.array("lipsync-avatar-record/1")})
     with pytest.raises(RecordError, match=f"format {FORMAT!r}"):
         decode(older.getvalue(), engines())
-    damaged = io.BytesIO()
-    np.savez_compressed(damaged, **{**arrays, "framing.portrait": np.arange(100, dtype=np.uint8)})
-    with pytest.raises(RecordError, match="damaged"):
-        decode(damaged.getvalue(), engines())
+    for framing in (np.arange(100, dtype=np.uint8), np.zeros((8, 8, 3), np.float32)):  # not PNG; not even bytes
+        damaged = io.BytesIO()
+        np.savez_compressed(damaged, **{**arrays, "framing.portrait": framing})
+        with pytest.raises(RecordError, match="damaged"):
+            decode(damaged.getvalue(), engines())

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from docker_helpers import dockerfile_stages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,20 +27,6 @@ def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
         source, target = entry.split(":")[:2]
         mounts[target] = source
     return mounts
-
-
-def dockerfile_stages(path: Path) -> dict[str, str]:
-    """Stage name → its instructions (the text up to the next FROM)."""
-    stages: dict[str, str] = {}
-    current = None
-    for line in path.read_text().splitlines():
-        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, flags=re.IGNORECASE)
-        if match:
-            current = match.group(1)
-            stages[current] = ""
-        elif current is not None:
-            stages[current] += line + "\n"
-    return stages
 
 
 def test_services_and_images(compose: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from docker_helpers import dockerfile_stages
 
 from gateway.metrics import Metrics
 
@@ -155,19 +156,6 @@ def port_number(c: dict[str, Any], port: int | str) -> int:
         return port
     (number,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
     return int(number)
-
-
-def dockerfile_stages() -> dict[str, str]:
-    stages: dict[str, str] = {}
-    current = None
-    for line in (REPO_ROOT / "docker" / "Dockerfile").read_text().splitlines():
-        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, flags=re.IGNORECASE)
-        if match:
-            current = match.group(1)
-            stages[current] = ""
-        elif current is not None:
-            stages[current] += line + "\n"
-    return stages
 
 
 # --------------------------------------------------------------------------------------------- rendering

@@ -1,4 +1,6 @@
-"""docker-compose.yml for a GPU host, checked without Docker: services, wiring, GPU, health, and every path."""
+"""docker-compose.yml for a GPU host, checked without Docker: services, wiring, GPU, health, every path, and what it
+exposes: the required token, ports published on loopback, unprivileged read-only containers with memory limits,
+pinned images, Triton's restricted APIs."""
 
 from __future__ import annotations
 
@@ -9,9 +11,40 @@ from typing import Any
 
 import pytest
 import yaml
-from docker_helpers import dockerfile_stages
+from docker_helpers import (
+    TRITON_PROTOCOLS,
+    dockerfile_stages,
+    gateway_triton_protocols,
+    restricted_protocols,
+    stage_uid,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+class InterpolationError(ValueError):
+    """What `docker compose` stops with: a `${VAR:?message}` whose variable is unset or empty."""
+
+
+def interpolate(text: str, environment: dict[str, str]) -> str:
+    """Compose's variable substitution of a value, for the forms it documents: $VAR, ${VAR}, ${VAR:-default},
+    ${VAR-default}, ${VAR:?error}, ${VAR?error}, and $$ for a literal $."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2), match.group(3)
+        value = environment.get(name)
+        missing = value is None or (value == "" and operator is not None and operator.startswith(":"))
+        if operator is not None and operator.endswith("?") and missing:
+            raise InterpolationError(f"{name}: {argument}")
+        if operator is not None and operator.endswith("-") and missing:
+            return argument
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +62,20 @@ def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
     return mounts
 
 
+def triton_arguments(compose: dict[str, Any]) -> list[str]:
+    """Triton's command line: the words of the shell script that ends in `exec tritonserver …`."""
+    command = compose["services"]["triton"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    script = command[2]
+    assert "exec tritonserver " in script
+    return script.partition("exec tritonserver ")[2].split()
+
+
 def test_services_and_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {"export", "triton", "gateway"}
     assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
-    assert "--model-repository=/models" in services["triton"]["command"]
+    assert "--model-repository=/models" in triton_arguments(compose)
     assert services["export"]["restart"] == "no"  # a one-shot job
 
 
@@ -51,6 +93,105 @@ def test_ports(compose: dict[str, Any]) -> None:
     assert [entry.rsplit(":", 1)[1] for entry in services["gateway"]["ports"]] == ["8000"]
     # The gateway reaches Triton's gRPC port by service name.
     assert services["gateway"]["environment"]["LIPSYNC_TRITON_URL"] == "triton:8001"
+
+
+def test_everything_is_published_on_loopback_unless_asked(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for entry in service.get("ports", []):
+            published = interpolate(entry, {})
+            assert published.startswith("127.0.0.1:"), f"{name} publishes {published}"
+    # LIPSYNC_PUBLISH chooses the gateway's address.
+    (gateway,) = compose["services"]["gateway"]["ports"]
+    assert interpolate(gateway, {"LIPSYNC_PUBLISH": "0.0.0.0"}) == "0.0.0.0:8080:8000"
+
+
+def test_the_gateway_needs_a_token(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["gateway"]["environment"]
+    token = environment["LIPSYNC_AUTH_TOKEN"]
+    # Unset or empty, `docker compose` stops with the message; set, the gateway gets it.
+    for unset in ({}, {"LIPSYNC_AUTH_TOKEN": ""}):
+        with pytest.raises(InterpolationError, match="at least 16 characters"):
+            interpolate(token, unset)
+    assert interpolate(token, {"LIPSYNC_AUTH_TOKEN": "0123456789abcdef"}) == "0123456789abcdef"
+    # The image listens on every interface of the container (the published port reaches nothing else), where the
+    # gateway refuses to run without a token; nothing here lets it serve anonymously.
+    assert "LIPSYNC_HOST=0.0.0.0" in dockerfile_stages()["gateway"]
+    assert "LIPSYNC_ALLOW_ANONYMOUS" not in environment
+    assert "localhost" in interpolate(environment["LIPSYNC_ALLOWED_HOSTS"], {})
+
+
+def memory_limit(service: dict[str, Any]) -> int:
+    """A service's memory limit in bytes (`mem_limit` or `deploy.resources.limits.memory`); 0 when none."""
+    text = service.get("mem_limit") or service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+    if text is None:
+        return 0
+    match = re.fullmatch(r"(\d+)([kmg]?)b?", str(text).lower())
+    assert match is not None, text
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+
+
+def test_every_container_runs_unprivileged(compose: dict[str, Any]) -> None:
+    stages = dockerfile_stages()
+    for name, service in compose["services"].items():
+        user = str(service.get("user", ""))
+        uid = user.partition(":")[0]
+        assert uid.isdigit() and int(uid) > 0, f"{name} runs as {user or 'the image user'}"
+        if "build" in service:  # our images: their own user
+            assert int(uid) == stage_uid(stages[service["build"]["target"]]), name
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("privileged"), name
+        assert service.get("read_only") is True, name
+        writable = set(service.get("tmpfs", [])) | set(volume_mounts(service))
+        assert "/tmp" in writable, name
+        home = service.get("environment", {}).get("HOME")
+        assert home is None or home in writable, f"{name}: HOME={home} is not writable"
+        assert memory_limit(service) >= 2**30, f"{name} has no memory limit"
+
+
+def test_volumes_are_writable_by_the_containers_that_write_them(compose: dict[str, Any]) -> None:
+    # A new volume takes the owner of the directory it is first mounted on. The export starts first (Triton waits
+    # for it) and mounts every volume anyone writes, on directories its image creates for its user.
+    services = compose["services"]
+    assert services["triton"]["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    export_stage = dockerfile_stages()["export"]
+    created = re.search(r"install -d -o (\w+) -g \1 ([^\n]+)", export_stage)
+    assert created is not None, "the export image creates no mount points for its user"
+    owned = set(created.group(2).split())
+    export_mounts = {source: target for target, source in volume_mounts(services["export"]).items()}
+    for name, service in services.items():
+        for entry in service.get("volumes", []):
+            source, _target, *options = entry.split(":")
+            if "ro" in options:
+                continue
+            assert export_mounts.get(source) in owned, f"{name} writes {source}, which starts out owned by root"
+            assert str(service["user"]).partition(":")[0] == str(stage_uid(export_stage)), name
+
+
+def test_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "image" in service:
+            tag = service["image"].rsplit("/", 1)[-1].partition(":")[2]
+            assert re.match(r"\d+\.\d+", tag), f"{name}: {service['image']}"
+    dockerfile = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile, flags=re.MULTILINE)
+    assert base is not None and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1)), "a patch release"
+    stages = set(dockerfile_stages())
+    for image in re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE):
+        assert image == "${PYTHON_IMAGE}" or image in stages, image
+
+
+def test_triton_restricts_what_nobody_here_calls(compose: dict[str, Any]) -> None:
+    arguments = triton_arguments(compose)
+    script = compose["services"]["triton"]["command"][2]
+    # Open: what the gateway calls, health (the healthcheck) and statistics (perf_analyzer, bench/perf.py).
+    open_protocols = gateway_triton_protocols() | {"health", "metadata", "statistics"}
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        restricted = restricted_protocols(arguments, flag)
+        assert set(restricted) == TRITON_PROTOCOLS - open_protocols, flag
+        # The key is drawn from /dev/urandom when the container starts ($$: a literal $ for the shell).
+        assert set(restricted.values()) == {"triton-admin-key=$$key"}, flag
+    assert re.match(r"key=\$\$\(od -An -N(\d+) -tx1 /dev/urandom", script)
 
 
 def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """deploy/k8s, checked without a cluster: each overlay rendered with ``kubectl kustomize``, every object validated
 against the Kubernetes JSON schemas (kubernetes-validate, strict: an unknown field fails), then the wiring the
 deployment relies on (docs/deploy.md): probes, the headless Service the gateways resolve, Redis, autoscalers and
-their custom metrics, disruption budgets, selectors, references, Ingress timeouts, images, resources.
+their custom metrics, disruption budgets, selectors, references, Ingress timeouts, images, resources; and what it
+exposes: who may connect to what (NetworkPolicies), required Secrets, Redis's password, Triton's restricted APIs,
+the gateway's Host allow-list and trusted proxies, unprivileged read-only pods with bounded disk.
 
 The ServiceMonitors (a custom resource no Kubernetes schema covers) and the Prometheus alert rules are checked
 for structure and for naming only metrics that exist.
@@ -22,9 +24,10 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
-from docker_helpers import dockerfile_stages
+from docker_helpers import TRITON_PROTOCOLS, dockerfile_stages, gateway_triton_protocols, restricted_protocols
 
 from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -43,8 +46,27 @@ IMAGE_STAGES = {
     "lipsync-triton-gateway": "gateway",
     "lipsync-triton-cpu": "triton-cpu",
 }
-# Secrets the operator provides (docs/deploy.md names each): referenced, never rendered.
-EXTERNAL_SECRETS = {"lipsync-auth", "lipsync-tls"}
+# Secrets the operator provides (docs/deploy.md says how to create each): referenced, never rendered.
+EXTERNAL_SECRETS = {"lipsync-auth", "lipsync-avatar-signing", "lipsync-redis", "lipsync-triton-admin", "lipsync-tls"}
+# Namespaces allowed in by the NetworkPolicies (matched by kubernetes.io/metadata.name; docs/deploy.md).
+INGRESS_NAMESPACE = "ingress-nginx"
+MONITORING_NAMESPACE = "monitoring"
+# Who may open a connection to each workload's pods, and to which port: ("namespace", name, port) for every pod of a
+# namespace, ("pods", workload, port) for the pods of a workload of the same namespace. Nothing else.
+EXPECTED_PEERS: dict[str, set[tuple[str, str, int]]] = {
+    "gateway": {("namespace", INGRESS_NAMESPACE, 8000), ("namespace", MONITORING_NAMESPACE, 8000)},
+    "triton": {("pods", "gateway", 8001), ("namespace", MONITORING_NAMESPACE, 8002)},
+    "redis": {("pods", "gateway", 6379)},
+    "export-models": set(),
+}
+# What each container writes, besides its logs: each must be a volume, the root filesystem being read-only.
+WRITABLE_PATHS = {
+    ("gateway", "gateway"): {"/tmp"},
+    ("triton", "triton"): {"/tmp", "/dev/shm"},
+    ("export-models", "export"): {"/tmp", "/checkpoints", "/artifacts", "/models"},
+    ("redis", "redis"): {"/data"},
+}
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # Triton 2.51's metric families (read from the embedded server; the nv_gpu_* ones appear with a GPU only).
 TRITON_METRICS = {
     "nv_inference_request_success",
@@ -156,6 +178,66 @@ def port_number(c: dict[str, Any], port: int | str) -> int:
         return port
     (number,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
     return int(number)
+
+
+def env_ref(c: dict[str, Any], name: str) -> dict[str, Any]:
+    """The secretKeyRef (or other valueFrom) of one of a container's env variables."""
+    (var,) = [v for v in c.get("env", []) if v["name"] == name]
+    ref: dict[str, Any] = var["valueFrom"]
+    return ref
+
+
+_QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity (``256Mi``, ``2Gi``, ``1``) in bytes or units."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kMG]|[KMGT]i)?", str(text))
+    assert match is not None, f"not a quantity: {text}"
+    return float(match.group(1)) * _QUANTITY_UNITS[match.group(2) or ""]
+
+
+def allowed_peers(render: Render, workload: dict[str, Any]) -> set[tuple[str, str, int | str]]:
+    """Every (kind, who, port) the NetworkPolicies let connect to a workload's pods (see EXPECTED_PEERS); port "*"
+    for a rule without ports, ("anyone", "", port) for a rule without sources."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    named = {
+        p["name"]: p["containerPort"]
+        for c in workload["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    peers: set[tuple[str, str, int | str]] = set()
+    for policy in render.all("NetworkPolicy"):
+        spec = policy["spec"]
+        assert "matchExpressions" not in spec["podSelector"], policy["metadata"]["name"]
+        if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+            continue
+        if not matches(spec["podSelector"].get("matchLabels", {}), labels):
+            continue
+        for rule in spec.get("ingress", []):
+            ports: list[int | str] = ["*"]
+            if rule.get("ports"):
+                assert all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"])
+                ports = [p["port"] if isinstance(p["port"], int) else named[p["port"]] for p in rule["ports"]]
+            sources: list[tuple[str, str]] = []
+            for peer in rule.get("from") or [{}]:
+                assert "ipBlock" not in peer, f"{policy['metadata']['name']}: an address block"
+                namespaces = peer.get("namespaceSelector")
+                pods = peer.get("podSelector")
+                if namespaces is None and pods is None:
+                    sources.append(("anyone", ""))
+                elif pods is None:
+                    # A whole namespace, named by the label Kubernetes puts on every namespace.
+                    assert set(namespaces) == {"matchLabels"}, policy["metadata"]["name"]
+                    assert set(namespaces["matchLabels"]) == {"kubernetes.io/metadata.name"}, namespaces
+                    sources.append(("namespace", namespaces["matchLabels"]["kubernetes.io/metadata.name"]))
+                else:
+                    assert namespaces is None, f"{policy['metadata']['name']}: pods of other namespaces"
+                    selected = [name for name, pod in render.pod_labels() if matches(pods["matchLabels"], pod)]
+                    assert selected, f"{policy['metadata']['name']}: its podSelector selects no pods"
+                    sources += [("pods", name) for name in selected]
+            peers |= {(kind, who, port) for kind, who in sources for port in ports}
+    return peers
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -328,10 +410,30 @@ def test_gateway_shares_avatars_through_the_redis_service(render: Render) -> Non
     redis = render.get("Deployment", "redis")
     assert matches(service["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
     server = container(redis, "redis")
-    assert server["image"] == "redis:7"
+    assert server["image"].startswith("redis:7.")
     args = server["args"]
     assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
     assert "--maxmemory" in args and args[args.index("--save") + 1] == ""  # a cache: no snapshots
+
+
+def test_redis_asks_for_the_password_the_gateways_send(render: Render) -> None:
+    redis = container(render.get("Deployment", "redis"), "redis")
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    # Redis takes the password from the Secret, by env expansion in its arguments.
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    secret = env_ref(redis, "REDIS_PASSWORD")["secretKeyRef"]
+    assert not secret.get("optional", False)  # missing, $(REDIS_PASSWORD) would be the literal password
+    # The gateways' URL carries the same Secret's value, expanded from a variable defined before it.
+    assert env_ref(gateway, "REDIS_PASSWORD")["secretKeyRef"] == secret
+    names = [var["name"] for var in gateway["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("LIPSYNC_REDIS_URL")
+    url = urlsplit(env_of(gateway, render)["LIPSYNC_REDIS_URL"])
+    assert not url.username and url.password == "$(REDIS_PASSWORD)"
+    # The liveness probe authenticates too (redis-cli reads REDISCLI_AUTH), and fails on a refusal.
+    assert env_ref(redis, "REDISCLI_AUTH")["secretKeyRef"] == secret
+    probe = " ".join(redis["livenessProbe"]["exec"]["command"])
+    assert "redis-cli ping" in probe and "PONG" in probe
 
 
 def test_gateway_runs_the_images_command_with_its_settings(render: Render) -> None:
@@ -448,11 +550,13 @@ def test_every_reference_resolves(render: Render) -> None:
         render.names("Secret"),
         render.names("PersistentVolumeClaim"),
     )
-    optional_secrets: set[str] = set()
+    external_secrets: set[str] = set()
 
     def secret(name: str, optional: bool = False) -> None:
-        if optional or name in EXTERNAL_SECRETS:
-            optional_secrets.add(name)
+        # Nothing optional: a missing Secret stops the pod instead of starting it without its token or key.
+        assert not optional, f"{render.name}: the Secret {name} is optional"
+        if name in EXTERNAL_SECRETS:
+            external_secrets.add(name)
         else:
             assert name in secrets, f"{render.name}: Secret {name} is not rendered"
 
@@ -485,8 +589,9 @@ def test_every_reference_resolves(render: Render) -> None:
             secret(tls["secretName"])
     # What is not rendered, the operator makes: docs/deploy.md must say how.
     docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
-    for name in optional_secrets:
-        assert name in EXTERNAL_SECRETS and f"`{name}`" in docs, name
+    for name in external_secrets:
+        kind = "tls" if name == "lipsync-tls" else "generic"
+        assert f"`{name}`" in docs and f"create secret {kind} {name} " in docs, name
 
 
 def test_every_container_states_its_resources(render: Render) -> None:
@@ -509,6 +614,191 @@ def test_our_images_are_built_by_the_dockerfile(render: Render) -> None:
                 assert ":" in c["image"].rsplit("/", 1)[-1], f"{c['image']}: the overlay sets no tag"
 
 
+# --------------------------------------------------------------------------------------------- exposure
+
+
+def test_network_policies_let_in_only_the_expected_peers(render: Render) -> None:
+    # Deny by default: a policy selecting every pod of the namespace, with no rule.
+    deny = [
+        p
+        for p in render.all("NetworkPolicy")
+        if p["spec"]["podSelector"] == {}
+        and p["spec"].get("policyTypes") == ["Ingress"]
+        and not p["spec"].get("ingress")
+    ]
+    assert deny, f"{render.name}: no default-deny ingress policy"
+    # Every workload is listed (a new one must say who reaches it), and exactly its peers get in.
+    assert {w["metadata"]["name"] for w in render.workloads()} == set(EXPECTED_PEERS)
+    for workload in render.workloads():
+        name = workload["metadata"]["name"]
+        assert allowed_peers(render, workload) == EXPECTED_PEERS[name], f"{render.name}: {name}"
+
+
+def test_network_policy_namespaces_are_documented() -> None:
+    # The namespaces let in are the operator's to change (patching the policies that name them): the docs say which.
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    render = rendered("gpu")
+    for policy in render.all("NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    assert f"`{policy['metadata']['name']}`" in docs, policy["metadata"]["name"]
+                    assert f"kubernetes.io/metadata.name: {namespace}" in docs, namespace
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root(render: Render) -> None:
+    for workload in render.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        pod_context = pod.get("securityContext", {})
+        name = f"{render.name}: {workload['metadata']['name']}"
+        assert pod_context.get("runAsNonRoot") is True, name
+        assert pod_context.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+        assert pod.get("automountServiceAccountToken") is False, name
+        assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), name
+        for c in containers(pod):
+            context = c.get("securityContext", {})
+            label = f"{name}/{c['name']}"
+            assert context.get("allowPrivilegeEscalation") is False, label
+            assert context.get("capabilities") == {"drop": ["ALL"]}, label
+            assert context.get("readOnlyRootFilesystem") is True, label
+            assert not context.get("privileged"), label
+            # By number: the kubelet cannot check runAsNonRoot against an image's user given by name.
+            uid = context.get("runAsUser", pod_context.get("runAsUser"))
+            assert isinstance(uid, int) and uid > 0, label
+
+
+def test_what_a_container_writes_is_a_volume(render: Render) -> None:
+    for (workload_name, container_name), paths in WRITABLE_PATHS.items():
+        workload = next(w for w in render.workloads() if w["metadata"]["name"] == workload_name)
+        c = container(workload, container_name)
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        for path in paths:
+            assert path in mounts and not mounts[path].get("readOnly"), f"{workload_name}/{container_name}: {path}"
+            assert mounts[path]["name"] in volumes
+        # HOME (caches) points at one of them.
+        home = env_of(c, render).get("HOME")
+        assert home is None or home in paths, f"{workload_name}/{container_name}: HOME={home}"
+    for workload_name in ("triton", "export-models"):
+        pod = next(w for w in render.workloads() if w["metadata"]["name"] == workload_name)["spec"]["template"]
+        assert env_of(pod["spec"]["containers"][0], render).get("HOME") == "/tmp", workload_name
+
+
+def test_every_container_bounds_its_disk(render: Render) -> None:
+    for workload in render.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        name = f"{render.name}: {workload['metadata']['name']}"
+        limits = 0.0
+        for c in containers(pod):
+            resources = c.get("resources", {})
+            request = quantity(resources.get("requests", {}).get("ephemeral-storage", "-"))
+            limit = quantity(resources.get("limits", {}).get("ephemeral-storage", "-"))
+            assert 0 < request <= limit, f"{name}/{c['name']}"
+            if c in pod["containers"]:
+                limits += limit
+        # Disk-backed emptyDirs count against the pod's limit: each is bounded, and all of them fit in it, so a
+        # full volume does not get the pod evicted. (Memory-backed ones count as memory.)
+        disk = [
+            v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+        ]
+        assert all("sizeLimit" in v for v in disk), name
+        assert sum(quantity(v["sizeLimit"]) for v in disk) < limits, name
+
+
+def test_every_image_is_pinned(render: Render) -> None:
+    for workload in render.workloads():
+        for c in containers(workload["spec"]["template"]["spec"]):
+            image = c["image"]
+            if "@sha256:" in image:
+                continue
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            # A release (major.minor at least), not a floating name: no `latest`, no bare `7`.
+            assert re.match(r"\d+\.\d+", tag), f"{render.name}: {workload['metadata']['name']}/{c['name']}: {image}"
+
+
+def test_gateway_requires_its_token_and_signing_key(render: Render) -> None:
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    env = env_of(gateway, render)
+    token = env_ref(gateway, "LIPSYNC_AUTH_TOKEN")["secretKeyRef"]
+    assert token["name"] in EXTERNAL_SECRETS and not token.get("optional", False)
+    # Avatars go through Redis, so their records are signed: the key is required with LIPSYNC_REDIS_URL.
+    assert "LIPSYNC_REDIS_URL" in env
+    key = env_ref(gateway, "LIPSYNC_AVATAR_SIGNING_KEY")["secretKeyRef"]
+    assert key["name"] in EXTERNAL_SECRETS and not key.get("optional", False)
+    assert env.get("LIPSYNC_ALLOW_ANONYMOUS", "false").lower() in {"false", "0", ""}
+    # No secret in a ConfigMap.
+    for configmap in render.all("ConfigMap"):
+        assert not {"LIPSYNC_AUTH_TOKEN", "LIPSYNC_AVATAR_SIGNING_KEY"} & set(configmap.get("data", {}))
+
+
+def test_gateway_answers_to_the_ingress_host_behind_a_trusted_proxy(render: Render) -> None:
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    env = env_of(gateway, render)
+    allowed = {host.strip() for host in env["LIPSYNC_ALLOWED_HOSTS"].split(",")}
+    ingress = render.get("Ingress", "gateway")
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    hosts |= {host for tls in ingress["spec"].get("tls", []) for host in tls["hosts"]}
+    assert hosts and hosts <= allowed, f"{render.name}: the Ingress serves {hosts - allowed}, which the gateway refuses"
+    # The kubelet's HTTP probes name an allowed host (by default they send the pod's address).
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if "httpGet" in gateway.get(kind, {}):
+            headers = {h["name"].lower(): h["value"] for h in gateway[kind]["httpGet"].get("httpHeaders", [])}
+            assert headers.get("host") in LOOPBACK_HOSTS | allowed, kind
+    # Clients are counted by the address the ingress controller forwards, not the controller's own. Trusting any
+    # peer's X-Forwarded-For is only right while nothing but the controller (and Prometheus) can connect.
+    trusted = {address.strip() for address in env["LIPSYNC_FORWARDED_ALLOW_IPS"].split(",")}
+    if "*" in trusted:
+        peers = allowed_peers(render, render.get("Deployment", "gateway"))
+        assert {(kind, who) for kind, who, _ in peers} == {
+            ("namespace", INGRESS_NAMESPACE),
+            ("namespace", MONITORING_NAMESPACE),
+        }
+
+
+def test_the_manifests_set_only_settings_the_gateway_has(render: Render) -> None:
+    fields = {f"LIPSYNC_{name.upper()}" for name in Settings.model_fields}
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    names = set(env_of(gateway, render)) | {var["name"] for var in gateway["env"]}
+    unknown = {name for name in names if name.startswith("LIPSYNC_")} - fields
+    assert not unknown, f"gateway/settings.py has no {unknown}"
+
+
+def test_triton_restricts_every_api_the_gateway_does_not_call() -> None:
+    # The gpu overlay runs NVIDIA's tritonserver (the cpu-demo's launcher takes no such flags).
+    triton = container(rendered("gpu").get("Deployment", "triton"), "triton")
+    command = triton["command"]
+    used = gateway_triton_protocols()
+    open_protocols = used | {"health", "metadata"}  # health: the probes and the gateway's readiness checks
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        restricted = restricted_protocols(command, flag)
+        assert set(restricted) == TRITON_PROTOCOLS - open_protocols, flag
+        # One key, from a required Secret: unexpanded, `$(TRITON_ADMIN_KEY)` itself would be the key.
+        assert set(restricted.values()) == {"triton-admin-key=$(TRITON_ADMIN_KEY)"}, flag
+    secret = env_ref(triton, "TRITON_ADMIN_KEY")["secretKeyRef"]
+    assert secret["name"] in EXTERNAL_SECRETS and not secret.get("optional", False)
+    # The cpu-demo's Triton does not reference the key it cannot use.
+    demo = container(rendered("cpu-demo").get("Deployment", "triton"), "triton")
+    assert "TRITON_ADMIN_KEY" not in {var["name"] for var in demo.get("env", [])}
+    assert not any("restricted" in argument for argument in demo["command"])
+
+
+def test_docs_say_what_is_exposed_and_what_to_set() -> None:
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    section = docs.partition("## What is exposed, and what an operator must set")[2].partition("\n## ")[0]
+    assert section, "docs/deploy.md has no section on what is exposed"
+    for needle in (
+        "LIPSYNC_AUTH_TOKEN",
+        "LIPSYNC_AVATAR_SIGNING_KEY",
+        "LIPSYNC_ALLOWED_HOSTS",
+        "LIPSYNC_FORWARDED_ALLOW_IPS",
+        "LIPSYNC_PUBLISH",
+        "16 characters",
+        *sorted(EXTERNAL_SECRETS),
+    ):
+        assert needle in section, needle
+
+
 # --------------------------------------------------------------------------------------------- monitoring
 
 
@@ -527,6 +817,12 @@ def test_servicemonitors_select_the_rendered_services() -> None:
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
         assert endpoint["path"] == "/metrics"
+    # The gateway's /metrics asks for the access token: the ServiceMonitor sends the gateways' own.
+    (gateway_monitor,) = [m for m in monitors if m["metadata"]["name"] == "gateway"]
+    authorization = gateway_monitor["spec"]["endpoints"][0]["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer"
+    token = env_ref(container(render.get("Deployment", "gateway"), "gateway"), "LIPSYNC_AUTH_TOKEN")["secretKeyRef"]
+    assert authorization["credentials"] == {"name": token["name"], "key": token["key"]}
 
 
 def test_alert_rules_name_metrics_that_exist() -> None:

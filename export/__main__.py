@@ -142,6 +142,8 @@ def _repository(args: argparse.Namespace) -> int:
             fp16_generator=args.fp16_generator,
             trt_cache_dir=args.trt_cache,
             int8_models=tuple(name for name in args.int8.split(",") if name),
+            max_queue_size=args.max_queue_size,
+            queue_gateways=args.queue_gateways,
         )
         write_repository(args.onnx, args.out, settings)
     except (ValueError, FileNotFoundError) as error:
@@ -243,6 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     repository.add_argument("--max-batch-size", type=int, default=32, help="frames per execution, per-frame models")
     repository.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's wait")
     repository.add_argument("--preferred-batch-sizes", default="", help="comma-separated, e.g. 8,16")
+    repository.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=None,
+        help="requests a batched model may queue before Triton refuses more (default: sized per model)",
+    )
+    repository.add_argument(
+        "--queue-gateways", type=int, default=4, help="gateways whose full load the default queue sizes admit"
+    )
     repository.add_argument("--instances", type=int, default=1, help="instances per model (per GPU)")
     repository.add_argument("--threads", type=int, default=0, help="cpu: ONNX Runtime threads (0 = one per core)")
     repository.add_argument(

@@ -12,8 +12,9 @@ dtypes, dims without the batch axis) and from :data:`ENSEMBLES` below; nothing i
   (:data:`TENSORRT_FP32_MODELS`): its sampling coordinates must stay fp32, and Triton cannot say so per layer.
 
 Both targets: ``max_batch_size`` > 0 for every model with a batch axis, dynamic batching on the per-frame
-models (the batch axis is video frames, so chunks of concurrent sessions merge), and a warmup request in each
-model's config, so Triton reports a model READY only after it has run once (and on GPU, built its engines).
+models (the batch axis is video frames, so chunks of concurrent sessions merge) with a bounded queue (a request
+beyond it is refused at once, and the gateway reports ``busy``), and a warmup request in each model's config, so
+Triton reports a model READY only after it has run once (and on GPU, built its engines).
 
 The repository explains itself: ``MODELS.md`` (every model and ensemble, their tensors) and ``repository.json``
 (target, settings, the graphs' checksums and the weights they carry) beside the model directories; each config
@@ -92,6 +93,15 @@ TENSORRT_OPTIONS = frozenset(
 # Concrete sizes of named dynamic axes (other than the batch) in warmup requests.
 WARMUP_SIZES = {"samples": 800 + 200 * 19, "mel_frames": 20, BATCH: 2, "frames": 2}
 
+# What one gateway at its default limits (gateway/settings.py; tests/test_repository.py keeps them equal) can
+# have waiting on one model at once: each of its max_sessions sessions keeps up to max_inflight_calls motion
+# calls (→ audio2exp) and max_inflight_renders render calls (→ every step of the render ensembles) in flight,
+# and each portrait being prepared makes one `mapping` call.
+GATEWAY_MAX_SESSIONS = 8
+GATEWAY_INFLIGHT_CALLS = 4
+GATEWAY_INFLIGHT_RENDERS = 3
+GATEWAY_PORTRAIT_PREPARATIONS = 2
+
 
 @dataclass(frozen=True)
 class RepositorySettings:
@@ -117,13 +127,21 @@ class RepositorySettings:
     trt_opt_batch: int = 8  # gpu: the batch TensorRT tunes its kernels for
     # cpu: models served from their int8 graphs (export/quantize.py; `python -m export quantize` writes them).
     int8_models: tuple[str, ...] = ()
+    # Requests that may wait in a dynamically batched model's queue; Triton refuses the next one at once (the
+    # gateway reports `busy`) instead of letting the queue, its memory and its latency grow without end.
+    # None: sized per model for `queue_gateways` gateways at their default limits (queue_size()): 4 × 32 = 128
+    # on audio2exp, 4 × 24 = 96 on the render steps (104 on mapping, which also serves portrait preparation).
+    max_queue_size: int | None = None
+    queue_gateways: int = 4  # gateways sharing this Triton whose full load the queues admit
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
-        for name in ("frame_batch", "other_batch", "instances", "trt_opt_batch"):
+        for name in ("frame_batch", "other_batch", "instances", "trt_opt_batch", "queue_gateways"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.max_queue_size is not None and self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be ≥ 1 (a bounded queue), got {self.max_queue_size}")
         if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.cpu_rows_per_run < 0:
             raise ValueError("max_queue_delay_us, intra_op_threads and cpu_rows_per_run must be ≥ 0")
         if self.int8_models and self.target != "cpu":
@@ -392,6 +410,26 @@ def max_batch_size(spec: StageSpec, settings: RepositorySettings) -> int:
     return settings.frame_batch if spec.per_frame else settings.other_batch
 
 
+def dynamically_batched(spec: StageSpec) -> bool:
+    """The per-frame models with a batch axis: Triton merges concurrent requests, and queues them."""
+    return spec.per_frame and _stage_batched(spec)
+
+
+def gateway_queue_demand(model: str) -> int:
+    """Requests one gateway at its default limits can have in flight on ``model`` at once (see GATEWAY_*)."""
+    if any(step.model == model for step in ENSEMBLES["motion"].steps):
+        return GATEWAY_MAX_SESSIONS * GATEWAY_INFLIGHT_CALLS
+    renders = GATEWAY_MAX_SESSIONS * GATEWAY_INFLIGHT_RENDERS
+    return renders + GATEWAY_PORTRAIT_PREPARATIONS if model == "mapping" else renders
+
+
+def queue_size(spec: StageSpec, settings: RepositorySettings) -> int:
+    """The bound on ``spec``'s dynamic batching queue: the setting, or the load of ``queue_gateways`` gateways."""
+    if settings.max_queue_size is not None:
+        return settings.max_queue_size
+    return settings.queue_gateways * gateway_queue_demand(spec.name)
+
+
 def uses_tensorrt(spec: StageSpec) -> bool:
     """The networks (stages with weights) go through TensorRT; the glue graphs and the mel front-end stay fp32."""
     return bool(spec.checkpoint)
@@ -409,10 +447,16 @@ def model_config(spec: StageSpec, settings: RepositorySettings) -> dict[str, Any
     config["max_batch_size"] = max_batch_size(spec, settings)
     config["input"] = [_io(t, batched) for t in spec.inputs]
     config["output"] = [_io(t, batched) for t in spec.outputs]
-    if spec.per_frame and batched:
+    if dynamically_batched(spec):
         batching: dict[str, Any] = {"max_queue_delay_microseconds": settings.max_queue_delay_us}
         if settings.preferred_batch_sizes:
             batching = {"preferred_batch_size": list(settings.preferred_batch_sizes), **batching}
+        # Without a policy Triton's queue is unbounded: a flood of requests would grow it (and its memory) and
+        # every session's latency without limit. REJECT answers a request over the bound at once.
+        batching["default_queue_policy"] = {
+            "max_queue_size": queue_size(spec, settings),
+            "timeout_action": Enum("REJECT"),
+        }
         config["dynamic_batching"] = batching
     kind = "KIND_CPU" if settings.target == "cpu" else "KIND_GPU"
     config["instance_group"] = [{"count": settings.instances, "kind": Enum(kind)}]
@@ -607,6 +651,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _manifest_entry(spec: StageSpec, sidecar: Mapping[str, Any], settings: RepositorySettings) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha256": sidecar.get("sha256"), "doc": spec.doc}
+    if dynamically_batched(spec):
+        entry["max_queue_size"] = queue_size(spec, settings)
+    return entry
+
+
 def _write_manifest(written: WrittenRepository, settings: RepositorySettings, sidecars: Mapping[str, Any]) -> None:
     weights = sorted(
         {str(sidecar.get("weights", "unknown")) for sidecar in sidecars.values() if sidecar.get("checkpoint")}
@@ -616,7 +667,7 @@ def _write_manifest(written: WrittenRepository, settings: RepositorySettings, si
         "target": settings.target,
         "settings": dataclasses.asdict(settings),
         "weights": weights,
-        "models": {name: {"sha256": sidecars[name].get("sha256"), "doc": STAGES[name].doc} for name in written.models},
+        "models": {name: _manifest_entry(STAGES[name], sidecars[name], settings) for name in written.models},
         "ensembles": list(written.ensembles),
         "skipped": written.skipped,
     }
@@ -626,9 +677,20 @@ def _write_manifest(written: WrittenRepository, settings: RepositorySettings, si
         "Written by `python -m export repository` from `export/specs.py`; do not edit: regenerate it.\n"
         f"Weights: {'; '.join(weights) or 'none'}.\n"
         f"Per-frame models batch up to {settings.frame_batch} frames, the others up to {settings.other_batch}; "
-        f"the dynamic batcher waits up to {settings.max_queue_delay_us} µs.\n\n"
+        f"the dynamic batcher waits up to {settings.max_queue_delay_us} µs. {_queue_words(settings)}\n\n"
     )
     (written.path / "MODELS.md").write_text(intro + describe_markdown(written.models, written.ensembles))
+
+
+def _queue_words(settings: RepositorySettings) -> str:
+    if settings.max_queue_size is not None:
+        bound = f"{settings.max_queue_size} requests"
+    else:
+        bound = f"the load of {settings.queue_gateways} gateways at their default limits"
+    return (
+        f"Each batched model's queue holds at most {bound} (repository.json: max_queue_size per model); "
+        "Triton refuses the next request at once and the gateway answers `busy`."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- docs

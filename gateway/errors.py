@@ -61,6 +61,10 @@ class ImageTooLarge(LipsyncError):
         return cls(f"The file is too large: {size:,} bytes; the limit is {limit:,} bytes.")
 
     @classmethod
+    def for_limit(cls, limit: int) -> ImageTooLarge:
+        return cls(f"The file is larger than the limit of {limit:,} bytes.")
+
+    @classmethod
     def for_pixels(cls, width: int, height: int, limit: int) -> ImageTooLarge:
         return cls(
             f"The image is too large: {width}×{height} = {width * height:,} pixels; the limit is {limit:,} pixels."
@@ -98,6 +102,18 @@ class Busy(LipsyncError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"The server is busy: all {limit} session slots are in use. Try again in a moment.")
+
+
+class PreparationBusy(LipsyncError):
+    """Portrait preparation is at its concurrency limit and its queue is full."""
+
+    code = "busy"
+
+    def __init__(self, at_once: int, waiting: int) -> None:
+        super().__init__(
+            f"The server is busy preparing other portraits ({at_once} at a time, {waiting} waiting). "
+            "Try again in a moment."
+        )
 
 
 class SessionLimit(LipsyncError):
@@ -155,6 +171,40 @@ class OriginNotAllowed(LipsyncError):
         )
 
 
+class HostNotAllowed(LipsyncError):
+    code = "host_not_allowed"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"This server does not answer to the name {host!r} (LIPSYNC_ALLOWED_HOSTS lists the names it answers "
+            "to besides its IP addresses and localhost)."
+        )
+
+
+class SocketLimit(LipsyncError):
+    """One client already holds its share of open WebSockets."""
+
+    code = "socket_limit"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This client already has {limit} WebSocket(s) open, the most one client may hold at a time. "
+            "Close one first."
+        )
+
+
+class SessionExpired(LipsyncError):
+    """A session past its absolute wall-clock cap, whatever it was waiting on."""
+
+    code = "session_expired"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The session ran for {seconds:g} s, the most any session may last here (its limit plus time to "
+            "finish); it was closed to free its slot."
+        )
+
+
 class Unauthorized(LipsyncError):
     code = "unauthorized"
 
@@ -178,6 +228,19 @@ class InferenceUnavailable(LipsyncError):
     """Triton is unreachable, not ready, or a model call failed; the gateway itself stays up."""
 
     code = "inference_unavailable"
+
+
+class InferenceBusy(InferenceUnavailable):
+    """Triton refused a call because the model's queue is full: it is alive but at capacity (a later try may
+    succeed). An InferenceUnavailable, so code that handles a failed Triton call handles this one too."""
+
+    code = "busy"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The inference server is at capacity (its queue for {model!r} is full); try again in a moment."
+        )
+        self.model = model
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -208,6 +271,9 @@ CLOSE_CODES: dict[str, int] = {
     "start_timeout": 4408,
     "idle_timeout": 4408,
     "origin_not_allowed": 4403,
+    "host_not_allowed": 4403,
+    "socket_limit": 4429,
+    "session_expired": 4408,
     "inference_unavailable": 1011,
     "engine_unavailable": 4503,
 }
@@ -221,10 +287,13 @@ HTTP_STATUS: dict[str, int] = {
     "too_large": 413,
     "unauthorized": 401,
     "origin_not_allowed": 403,
+    "host_not_allowed": 421,
     "unknown_avatar": 404,
     "busy": 503,
     "session_limit": 429,
+    "socket_limit": 429,
     "body_timeout": 408,
+    "session_expired": 503,
     "inference_unavailable": 503,
     "engine_unavailable": 503,
 }

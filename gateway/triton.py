@@ -9,9 +9,12 @@ Service). Every Triton model is stateless, so any call may go to any server:
 - a call that fails because its endpoint went away (connection refused or lost, server shutting down) is
   **retried once on another endpoint** — the answer is the same function of the same inputs, so a session's
   frames are exactly those a single healthy server would have produced;
+- a call a server refuses because the model's queue is full (its bound is in the repository's configs) is
+  reported as ``InferenceBusy`` (code ``busy``), neither retried nor held against the endpoint: the server is
+  alive, only at capacity, and sending the overflow elsewhere at once would only pass the flood along;
 - any other failure (a model error, a deadline) is reported as it is: retrying would not change it.
 
-Errors reach callers as one exception type, ``InferenceUnavailable``, with a message for people.
+Errors reach callers as ``InferenceUnavailable`` (or its ``InferenceBusy``), with a message for people.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from gateway.errors import InferenceUnavailable
+from gateway.errors import InferenceBusy, InferenceUnavailable
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ DNS_SCHEME = "dns://"
 # What an endpoint that went away says (gRPC status, or words of the message): worth one try elsewhere.
 _GONE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
 _GONE_WORDS = ("connection refused", "connection reset", "socket closed", "shutting down", "server is stopping")
+# What Triton (2.51) answers when a dynamic batcher's queue is at its max_queue_size: gRPC UNAVAILABLE, the same
+# status as a server that went away, with the words "[request id: …] Exceeds maximum queue size" (prefixed by
+# "in ensemble 'NAME', " when an ensemble's step was refused). Checked before the gone rule.
+_QUEUE_FULL_WORDS = "exceeds maximum queue size"
 
 
 class EndpointGone(Exception):
@@ -104,6 +111,8 @@ class Endpoint:
             )
         except InferenceServerException as err:
             text = f"{err.status()} {err.message() or err}".lower()
+            if _QUEUE_FULL_WORDS in text:
+                raise InferenceBusy(model) from err
             if err.status() in _GONE_STATUSES or any(word in text for word in _GONE_WORDS):
                 raise EndpointGone(err.message() or str(err)) from err
             if err.status() == "StatusCode.DEADLINE_EXCEEDED":
@@ -223,7 +232,9 @@ class TritonClient:
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str]
     ) -> dict[str, np.ndarray]:
-        """Run ``model`` on named numpy inputs; return the named outputs. Raises InferenceUnavailable."""
+        """Run ``model`` on named numpy inputs; return the named outputs.
+
+        Raises InferenceBusy when the server's queue for ``model`` is full, else InferenceUnavailable."""
         request = []
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
@@ -251,6 +262,9 @@ class TritonClient:
                 self.metrics.triton_endpoint_calls.labels(endpoint.url, "gone").inc()
                 log.warning("Triton endpoint %s went away during %s (%s): trying another", endpoint.url, model, gone)
                 continue
+            except InferenceBusy:
+                self.metrics.triton_endpoint_calls.labels(endpoint.url, "busy").inc()
+                raise
             except InferenceUnavailable:
                 self.metrics.triton_endpoint_calls.labels(endpoint.url, "error").inc()
                 raise

@@ -20,6 +20,10 @@ from tritonclient.grpc import model_config_pb2
 from export.__main__ import main
 from export.repository import (
     ENSEMBLES,
+    GATEWAY_INFLIGHT_CALLS,
+    GATEWAY_INFLIGHT_RENDERS,
+    GATEWAY_MAX_SESSIONS,
+    GATEWAY_PORTRAIT_PREPARATIONS,
     GENERATED_MARK,
     TENSORRT_FP32_MODELS,
     TENSORRT_OPTIONS,
@@ -140,6 +144,53 @@ def test_batching_and_warmup(written: WrittenRepository) -> None:
             data = warmup.inputs[tensor.name]
             assert -1 not in data.dims
             assert data.zero_data if tensor.data_type == model_config_pb2.TYPE_INT64 else data.random_data
+
+
+def test_every_batcher_queues_a_bounded_number_of_requests_and_refuses_the_rest(written: WrittenRepository) -> None:
+    """Without a policy Triton's queues are unbounded; by default each holds the load of 4 gateways at their
+    default limits: 8 sessions × 4 motion calls on audio2exp, 8 × 3 render calls on the render steps."""
+    manifest = json.loads((written.path / "repository.json").read_text())["models"]
+    bounds = {}
+    for name, config in configs(written).items():
+        if not config.HasField("dynamic_batching"):
+            assert "max_queue_size" not in manifest.get(name, {}), name
+            continue
+        policy = config.dynamic_batching.default_queue_policy
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT, name
+        assert manifest[name]["max_queue_size"] == policy.max_queue_size, name
+        bounds[name] = policy.max_queue_size
+    assert set(bounds) == {name for name, spec in STAGES.items() if spec.per_frame}
+    assert bounds["audio2exp"] == 4 * 8 * 4 == 128
+    assert bounds["mapping"] == 4 * (8 * 3 + 2)  # portrait preparations call it too
+    assert {bounds[name] for name in bounds if name not in ("audio2exp", "mapping")} == {4 * 8 * 3}
+
+
+def test_queue_bounds_are_sized_from_the_gateways_defaults() -> None:
+    """The per-gateway load the bounds are made of is the gateway's own default limits."""
+    from gateway.settings import Settings
+
+    fields = Settings.model_fields
+    assert fields["max_sessions"].default == GATEWAY_MAX_SESSIONS
+    assert fields["max_inflight_calls"].default == GATEWAY_INFLIGHT_CALLS
+    assert fields["max_inflight_renders"].default == GATEWAY_INFLIGHT_RENDERS
+    assert fields["max_portrait_preparations"].default == GATEWAY_PORTRAIT_PREPARATIONS
+
+
+def test_queue_bound_settings(reduced_onnx_dir: Path, tmp_path: Path) -> None:
+    one = write_repository(reduced_onnx_dir, tmp_path / "one", RepositorySettings(queue_gateways=1))
+    sizes = {n: c.dynamic_batching.default_queue_policy.max_queue_size for n, c in configs(one).items()}
+    assert (sizes["audio2exp"], sizes["generator"], sizes["mapping"]) == (32, 24, 26)
+    fixed = write_repository(reduced_onnx_dir, tmp_path / "fixed", RepositorySettings(max_queue_size=5))
+    parsed = configs(fixed)
+    assert {
+        c.dynamic_batching.default_queue_policy.max_queue_size
+        for c in parsed.values()
+        if c.HasField("dynamic_batching")
+    } == {5}
+    assert "queue holds at most 5 requests" in (tmp_path / "fixed" / "MODELS.md").read_text()
+    for wrong in ({"max_queue_size": 0}, {"queue_gateways": 0}):
+        with pytest.raises(ValueError, match="must be ≥ 1"):
+            RepositorySettings(**wrong)  # type: ignore[arg-type]
 
 
 def test_ensembles_have_the_designed_batch_semantics(written: WrittenRepository) -> None:
@@ -269,6 +320,15 @@ def test_cli_writes_the_gpu_repository(reduced_onnx_dir: Path, tmp_path: Path) -
     assert precisions(WrittenRepository(tmp_path / "repo", (), (), {}))["generator"] == "FP16"
     assert main(["repository", "--onnx", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 1
     assert main([*argv, "--max-batch-size", "4", "--preferred-batch-sizes", "8"]) == 1  # 8 > max batch 4
+    assert main([*argv, "--max-queue-size", "7"]) == 0
+    assert (
+        parse(tmp_path / "repo" / "generator" / "config.pbtxt").dynamic_batching.default_queue_policy.max_queue_size
+        == 7
+    )
+    assert main([*argv, "--queue-gateways", "2"]) == 0
+    audio2exp = parse(tmp_path / "repo" / "audio2exp" / "config.pbtxt")
+    assert audio2exp.dynamic_batching.default_queue_policy.max_queue_size == 2 * 32
+    assert main([*argv, "--max-queue-size", "0"]) == 1
 
 
 def test_docs_describe_every_model_and_ensemble() -> None:

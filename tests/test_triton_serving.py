@@ -321,3 +321,109 @@ def test_stopped_launcher_leaves_no_process(repository: WrittenRepository) -> No
     assert len(process_group_members(group)) >= 2  # the server and the model's stub
     server.stop()
     assert process_group_members(group) == []
+
+
+# ------------------------------------------------------------------------------ bounded queues (busy, not gone)
+
+
+def test_triton_loads_each_batched_models_queue_bound(client: grpcclient.InferenceServerClient) -> None:
+    """The default repository's queue policies, as the real Triton parsed them: bounded, refusing at once."""
+    from export.repository import queue_size
+    from export.specs import STAGES
+
+    for name in ("audio2exp", "mapping", "generator", "wav2lip_to_uint8"):
+        batching = client.get_model_config(name, as_json=True)["config"]["dynamic_batching"]
+        policy = batching["default_queue_policy"]
+        assert int(policy["max_queue_size"]) == queue_size(STAGES[name], SETTINGS) >= 96, name
+        assert policy.get("timeout_action", "REJECT") == "REJECT", name  # JSON leaves out the default (0)
+
+
+# The Wav2Lip render path of the reduced models: two small graphs, exported and served in a few seconds.
+QUEUE_STAGES = ("wav2lip", "wav2lip_to_uint8")
+
+
+@pytest.fixture(scope="module")
+def one_place_queues(reduced_factory: StageFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded Triton serving wav2lip_render whose batched models queue at most one request: its gRPC url.
+
+    The batcher holds a request up to 50 ms for company, so concurrent requests find its one place taken."""
+    from export.onnx import export_and_check
+
+    onnx = tmp_path_factory.mktemp("queue_onnx")
+    for stage in QUEUE_STAGES:
+        export_and_check(
+            stage,
+            reduced_factory.build(stage),
+            onnx,
+            grid_sample=reduced_factory.variant.grid_sample,
+            provenance=reduced_factory.variant.describe(),
+            check=False,
+        )
+    settings = RepositorySettings(target="cpu", max_queue_size=1, max_queue_delay_us=50_000, intra_op_threads=1)
+    repository = write_repository(onnx, tmp_path_factory.mktemp("queue_repo"), settings)
+    assert repository.ensembles == ("wav2lip_render",)
+    with EmbeddedTriton().start(repository.path, auto_complete_config=False) as running:
+        yield running.grpc_url
+
+
+def test_a_full_triton_queue_is_answered_busy_and_never_retried_elsewhere(one_place_queues: str) -> None:
+    """Triton refuses what its queue cannot hold (gRPC UNAVAILABLE, like a server that went away); the gateway
+    reports it as `busy`, keeps the endpoint healthy and does not pass the call on to another endpoint."""
+    import asyncio
+
+    from gateway.errors import CLOSE_CODES, HTTP_STATUS, InferenceBusy
+    from gateway.metrics import Metrics
+    from gateway.triton import TritonClient
+
+    host, _, port = one_place_queues.rpartition(":")
+    assert host == "127.0.0.1"
+    # Two endpoints, one server: a refusal taken for a vanished server would be retried on the other.
+    url = f"127.0.0.1:{port},localhost:{port}"
+    rng = np.random.default_rng(8)
+    feed = {
+        "mel_window": rng.normal(size=(2, 1, 80, 16)).astype(np.float32),
+        "face_input": rng.random((2, 6, 96, 96), dtype=np.float32),
+    }
+
+    async def flood(calls: int) -> tuple[list[BaseException | None], TritonClient, Metrics]:
+        metrics = Metrics()
+        triton = TritonClient(url, timeout_s=60, metrics=metrics)  # no health checks running
+
+        async def one() -> BaseException | None:
+            try:
+                answer = await triton.infer("wav2lip_render", feed, ["face"])
+            except Exception as error:  # every outcome is checked below
+                return error
+            assert answer["face"].shape == (2, 96, 96, 3)
+            return None
+
+        try:
+            return list(await asyncio.gather(*(one() for _ in range(calls)))), triton, metrics
+        finally:
+            await triton.close()
+
+    outcomes, triton, metrics = asyncio.run(flood(24))
+    refused = [error for error in outcomes if error is not None]
+    LOG.info("%d of %d calls refused: %s", len(refused), len(outcomes), refused[:1])
+    assert refused and len(refused) < len(outcomes)
+    assert all(isinstance(error, InferenceBusy) for error in refused), refused
+    error = refused[0]
+    assert isinstance(error, InferenceBusy) and error.code == "busy"
+    assert error.message == (
+        "The inference server is at capacity (its queue for 'wav2lip_render' is full); try again in a moment."
+    )
+    assert "Exceeds maximum queue size" in str(error.__cause__)
+    assert (HTTP_STATUS[error.code], CLOSE_CODES[error.code]) == (503, 4503)
+    assert all(endpoint.healthy for endpoint in triton.endpoints)
+    registry = metrics.registry
+    assert registry.get_sample_value("lipsync_triton_retries_total") == 0
+    for endpoint in triton.endpoints:
+        assert registry.get_sample_value(
+            "lipsync_triton_endpoint_calls_total", {"endpoint": endpoint.url, "outcome": "gone"}
+        ) in (None, 0)
+    busy = sum(
+        registry.get_sample_value("lipsync_triton_endpoint_calls_total", {"endpoint": endpoint.url, "outcome": "busy"})
+        or 0
+        for endpoint in triton.endpoints
+    )
+    assert busy == len(refused)

@@ -35,6 +35,9 @@ def describe_invalid(error: ValidationError) -> str:
     """One line per bad setting: the variable, the value given and what is expected."""
     lines = []
     for item in error.errors():
+        if not item["loc"]:  # a rule across settings: its message names them
+            lines.append(f"refusing to start: {item['msg'].removeprefix('Value error, ')}")
+            continue
         name = "LIPSYNC_" + "_".join(str(part) for part in item["loc"]).upper()
         lines.append(f"invalid setting {name}={item.get('input')!r}: {item['msg']}")
     return "\n".join(lines)

@@ -12,24 +12,25 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__, avatar_codec
-from gateway.access import OriginCheck
+from gateway.access import PUBLIC_PATHS, AccessControl
 from gateway.avatar_store import AvatarStore
 from gateway.avatars import AvatarLimits
 from gateway.clock import Clock, LoopClock
 from gateway.context import Context, SessionSlots, context_of
 from gateway.engines import engines
-from gateway.errors import BadMessage, LipsyncError
+from gateway.errors import BadMessage, ImageTooLarge, LipsyncError, TooLarge
 from gateway.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.metrics import Metrics
+from gateway.page import Page
 from gateway.routes import avatars, compat, oneshot, operations, stream
 from gateway.settings import Settings
 from gateway.shared_avatars import SharedAvatars
 from gateway.triton import TritonClient
+from gateway.ws import compat_error, stream_error
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,19 @@ DESCRIPTION = """Portrait + speech → lip-synced talking-head video over NVIDIA
 The WebSocket protocols (streaming and the compatible request/response one) are in docs/protocol.md.
 Every refusal has the body `{"error": {"code", "message"}}`."""
 
+# A multipart form's boundaries and part headers, on top of the files it carries.
+FORM_OVERHEAD = 64 * 1024
+
 
 def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     """The app for ``settings``; ``clock`` (tests) replaces the event loop's for conversation sessions."""
     if settings.triton_url is None:
         raise ValueError("create_app needs settings.triton_url (python -m gateway up starts an embedded Triton)")
     triton_url = settings.triton_url
+    metrics = Metrics()  # before the lifespan: the HTTP server counts the clients it cuts off in it too
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = Metrics()
         triton = TritonClient(
             triton_url,
             timeout_s=settings.triton_timeout_s,
@@ -62,8 +66,11 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             shared = SharedAvatars(
                 settings.redis_url,
                 ttl_s=settings.redis_ttl_s,
-                encode=avatar_codec.encode,
-                decode=lambda data: avatar_codec.decode(data, served),
+                codec=avatar_codec.RecordCodec(
+                    served, avatar_codec.RecordLimits(settings.max_output_side, settings.max_portrait_pixels)
+                ),
+                signing_key=settings.avatar_signing_key or "",  # Settings refuses Redis without one
+                refused=metrics.shared_avatars_refused,
             )
         limits = AvatarLimits(settings.max_portrait_bytes, settings.max_portrait_pixels, settings.min_face_pixels)
         store = AvatarStore(
@@ -71,6 +78,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             capacity_bytes=int(settings.avatar_cache_mb * 2**20),
             max_output_side=settings.max_output_side,
             shared=shared,
+            preparations=settings.max_portrait_preparations,
+            waiting=settings.max_portrait_queue,
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
         app.state.ctx = Context(settings, metrics, triton, store, slots, served, clock or LoopClock())
@@ -90,8 +99,30 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
+    app.state.metrics = metrics
     patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
-    app.add_middleware(OriginCheck, allowed=settings.allowed_origins)
+    page_paths = Page.paths(settings.web_dir)
+    portrait_limit = settings.max_portrait_bytes
+    app.add_middleware(
+        AccessControl,
+        token=settings.auth_token,
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=settings.allowed_hosts,
+        public_paths=PUBLIC_PATHS | page_paths,
+        body_limits={
+            "/v1/avatars": (portrait_limit + FORM_OVERHEAD, lambda: ImageTooLarge.for_limit(portrait_limit)),
+            "/v1/lipsync": (
+                portrait_limit + settings.max_message_bytes + FORM_OVERHEAD,
+                lambda: TooLarge(
+                    f"The request is over the limit of {portrait_limit:,} bytes for the portrait plus "
+                    f"{settings.max_message_bytes:,} bytes for the audio."
+                ),
+            ),
+        },
+        max_sockets_per_client=settings.max_sockets_per_client,
+        websocket_errors={"/ws/stream": stream_error, "/ws/lipsync": compat_error},
+        count=lambda code: metrics.errors.labels(code).inc(),
+    )
 
     @app.exception_handler(LipsyncError)
     async def lipsync_error(request: Request, error: LipsyncError) -> JSONResponse:
@@ -106,14 +137,16 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def framework_refusal(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if isinstance(error.__cause__, LipsyncError):  # e.g. the body went over its limit while a form was parsed
+            return await lipsync_error(request, error.__cause__)
         code = FRAMEWORK_CODES.get(error.status_code, "http_error")
         context_of(request).metrics.errors.labels(code).inc()
         return body_response(code, f"{error.detail}.".replace("..", "."), error.status_code, error.headers)
 
     for router in (operations.router, avatars.router, oneshot.router, stream.router, compat.router):
         app.include_router(router)
-    if settings.web_dir.is_dir():
-        app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
+    if page_paths:
+        app.mount("/", Page(directory=settings.web_dir, html=True), name="web")
     return app
 
 

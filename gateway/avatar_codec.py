@@ -2,35 +2,114 @@
 
 One compressed ``.npz`` (numpy arrays and strings only: loading needs no pickle), with a format version; the
 engines' parts are stored under ``part.<engine>.<name>`` by their own ``to_arrays()`` and read back by the
-engine (``Engine.part_from_arrays``). The framings — most of a record's bytes — are stored as PNG (lossless,
-and ≈ 40 % smaller than the npz's deflate of the raw pixels, in half the time: 2.2 vs 3.5 MB for a 1280²
-portrait). A record written by another version of this format is refused, and then simply made again from
-the upload.
+engine (``Engine.part_from_arrays``, which checks their shapes). The framings — most of a record's bytes — are
+stored as PNG (lossless, and ≈ 40 % smaller than the npz's deflate of the raw pixels, in half the time: 2.2 vs
+3.5 MB for a 1280² portrait). A record written by another version of this format is refused, and then simply
+made again from the upload.
+
+Records come from Redis, which other pods can write: ``decode`` trusts nothing in them. The stored bytes and
+what they inflate to are capped (:class:`RecordLimits`) and read with bounded reads, PNG dimensions are checked
+in the PNG's header before any pixel is decoded, every array's dtype and shape is checked, and the record must
+be the one of the avatar asked for. (Who wrote it is checked before, by ``gateway.shared_avatars``' HMAC.)
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import struct
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from gateway.avatar_store import AvatarState
-from gateway.avatars import Box
+from gateway.avatars import DEFAULT_LIMITS, Box
 from gateway.engines import Engine
-from gateway.framing import Framing
+from gateway.framing import FACE_FRAME_SIZE, FRAMINGS, Framing
 
 FORMAT = "lipsync-avatar-record/2"
 
+MiB = 2**20
+# A record has ≈ 11 members, plus 4 per Wav2Lip face; far more is not a record of ours.
+MAX_MEMBERS = 512
+# Central directory bytes per member (46 fixed, the name, zipfile's zip64 extra): bounds what ZipFile parses.
+MAX_DIRECTORY_ENTRY = 192
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The fixed members and what they must be (the framings and the engines' parts are checked where they are read).
+_FIXED: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
+    "landmarks": ((68, 2), np.dtype(np.float64)),
+    "crop": ((256, 256, 3), np.dtype(np.uint8)),
+    "aligned": ((224, 224, 3), np.dtype(np.uint8)),
+}
+
 
 class RecordError(ValueError):
-    """The bytes are not an avatar record of this format."""
+    """The bytes are not an avatar record of this format (or not one this gateway accepts)."""
 
 
-def encode(state: AvatarState) -> bytes:
+class RecordTooLarge(RecordError):
+    """A record over :class:`RecordLimits`: not written, and refused when read."""
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """What a record may be, from the settings that bound a legitimate one.
+
+    The caps follow ``max_output_side`` (S), which bounds the only large members: the ``portrait`` framing
+    (a PNG: ≤ 3·S² bytes even for incompressible pixels; a photo is ≈ 1.2·S²) and Wav2Lip's paste weights
+    (float32 over the face box, ≤ 4·S² per face, deflating well). Measured records are 1.2 MB at 512² and
+    2.9 MB at 1280² (docs/deploy.md). Stored: 8 MiB + 4·S² (14.3 MiB at S = 1280, 72 MiB at 4096); inflated:
+    16 MiB + 12·S² (the PNG plus two whole-framing faces, and the fixed members: the 512² face framing, the crops,
+    each face's 0.2 MB input): 34.8 MiB at 1280, 208 MiB at 4096.
+    """
+
+    max_output_side: int = 1280
+    max_photo_pixels: int = DEFAULT_LIMITS.max_pixels
+
+    @property
+    def max_record_bytes(self) -> int:
+        return 8 * MiB + 4 * self.max_output_side**2
+
+    @property
+    def max_inflated_bytes(self) -> int:
+        return 16 * MiB + 12 * self.max_output_side**2
+
+
+@dataclass(frozen=True)
+class RecordCodec:
+    """The codec ``gateway.shared_avatars`` uses: ``snapshot`` on the event loop (the avatar's parts may grow
+    there), ``pack`` and ``decode`` in a worker thread."""
+
+    engines: Mapping[str, Engine]
+    limits: RecordLimits = RecordLimits()
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self.limits.max_record_bytes
+
+    def snapshot(self, state: AvatarState) -> dict[str, Any]:
+        return snapshot(state)
+
+    def pack(self, arrays: dict[str, Any]) -> bytes:
+        return pack(arrays, self.limits)
+
+    def decode(self, data: bytes, avatar_id: str) -> AvatarState:
+        return decode(data, self.engines, avatar_id, self.limits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def snapshot(state: AvatarState) -> dict[str, Any]:
+    """The record's members, framings still as pixels. Cheap (references, no copies), and run where the
+    avatar's parts are changed, so that encoding elsewhere never sees a dict change under it."""
     arrays: dict[str, Any] = {
         "format": np.array(FORMAT),
         "meta": np.array(
@@ -50,49 +129,30 @@ def encode(state: AvatarState) -> bytes:
         "aligned": state.aligned,
     }
     for name, framing in state.framings.items():
-        arrays[f"framing.{name}"] = _png(framing.image)
-    for engine, part in state.parts.items():
+        arrays[f"framing.{name}"] = framing.image
+    for engine, part in list(state.parts.items()):
         for name, array in part.to_arrays().items():
             arrays[f"part.{engine}.{name}"] = array
+    return arrays
+
+
+def pack(arrays: dict[str, Any], limits: RecordLimits = RecordLimits()) -> bytes:
+    """A snapshot's bytes: PNG framings, deflated; RecordTooLarge when a reader would refuse them."""
+    members = {name: _png(a) if name.startswith("framing.") else a for name, a in arrays.items()}
+    inflated = sum(int(np.asarray(a).nbytes) for a in members.values())
+    if inflated > limits.max_inflated_bytes:
+        raise RecordTooLarge(
+            f"its arrays take {inflated / MiB:.1f} MiB, over {limits.max_inflated_bytes / MiB:.1f} MiB"
+        )
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **members)
+    if buffer.tell() > limits.max_record_bytes:
+        raise RecordTooLarge(f"{buffer.tell() / MiB:.1f} MiB, over {limits.max_record_bytes / MiB:.1f} MiB")
     return buffer.getvalue()
 
 
-def decode(data: bytes, engines: Mapping[str, Engine]) -> AvatarState:
-    """Raises RecordError on anything but a record of this format."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except Exception as err:  # numpy raises many kinds on foreign bytes
-        raise RecordError("not an avatar record") from err
-    if str(arrays.get("format", "")) != FORMAT:
-        raise RecordError(f"not an avatar record of format {FORMAT!r}")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-        framings = {
-            name: Framing(_from_png(arrays[f"framing.{name}"]), (origin[0], origin[1]), (scale[0], scale[1]))
-            for name, (origin, scale) in meta["framings"].items()
-        }
-        state = AvatarState(
-            id=meta["id"],
-            width=int(meta["width"]),
-            height=int(meta["height"]),
-            box=Box(*(int(v) for v in meta["box"])),
-            landmarks=arrays["landmarks"],
-            faces_seen=int(meta["faces_seen"]),
-            framings=framings,
-            crop=arrays["crop"],
-            aligned=arrays["aligned"],
-        )
-        for engine_name, engine in engines.items():
-            prefix = f"part.{engine_name}."
-            part = {name.removeprefix(prefix): a for name, a in arrays.items() if name.startswith(prefix)}
-            if part:
-                state.add_part(engine_name, engine.part_from_arrays(part))
-    except (KeyError, TypeError, ValueError) as err:
-        raise RecordError(f"a damaged avatar record ({err})") from err
-    return state
+def encode(state: AvatarState, limits: RecordLimits = RecordLimits()) -> bytes:
+    return pack(snapshot(state), limits)
 
 
 def _png(image: np.ndarray) -> np.ndarray:
@@ -103,10 +163,183 @@ def _png(image: np.ndarray) -> np.ndarray:
     return np.asarray(encoded, dtype=np.uint8).reshape(-1)
 
 
-def _from_png(data: np.ndarray) -> np.ndarray:
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def decode(
+    data: bytes, engines: Mapping[str, Engine], avatar_id: str, limits: RecordLimits = RecordLimits()
+) -> AvatarState:
+    """The record of ``avatar_id``; RecordError (in words) on anything else."""
+    arrays = _members(data, limits)
+    if _text(arrays.get("format")) != FORMAT:
+        raise RecordError(f"not an avatar record of format {FORMAT!r}")
+    try:
+        meta = json.loads(_text(arrays["meta"]) or "")
+        if not isinstance(meta, dict):
+            raise ValueError("its description is not an object")
+        if meta.get("id") != avatar_id:  # before any pixel is decoded: someone else's record is not ours to read
+            raise RecordError(f"the record of another avatar ({str(meta.get('id'))[:12]!r}) stored under this one")
+        width, height = _int(meta["width"], "width", 1), _int(meta["height"], "height", 1)
+        if width * height > limits.max_photo_pixels:
+            raise ValueError(f"a {width}×{height} photo, over {limits.max_photo_pixels} pixels")
+        box = Box(*_ints(meta["box"], 4, "box"))
+        if not (0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height):
+            raise ValueError(f"a face box {tuple(box)} outside the {width}×{height} photo")
+        fixed = {name: _checked(arrays[name], name, shape, dtype) for name, (shape, dtype) in _FIXED.items()}
+        if not np.isfinite(fixed["landmarks"]).all():
+            raise ValueError("landmarks that are not finite")
+        if not isinstance(meta["framings"], dict) or set(meta["framings"]) != set(FRAMINGS):
+            raise ValueError(f"framings {sorted(meta['framings'])}, not {sorted(FRAMINGS)}")
+        framings = {}
+        for name, (origin, scale) in meta["framings"].items():
+            origin, scale = _floats(origin, "origin"), _floats(scale, "scale")
+            if min(scale) <= 0:
+                raise ValueError(f"a {name} framing of scale {scale}")
+            framings[name] = Framing(_framing_image(arrays[f"framing.{name}"], name, limits), origin, scale)
+        state = AvatarState(
+            id=avatar_id,
+            width=width,
+            height=height,
+            box=box,
+            landmarks=fixed["landmarks"],
+            faces_seen=_int(meta["faces_seen"], "faces_seen", 0),
+            framings=framings,
+            crop=fixed["crop"],
+            aligned=fixed["aligned"],
+        )
+        for engine_name, engine in engines.items():
+            prefix = f"part.{engine_name}."
+            part = {name.removeprefix(prefix): a for name, a in arrays.items() if name.startswith(prefix)}
+            if part:
+                state.add_part(engine_name, engine.part_from_arrays(part, state))
+    except RecordError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as err:
+        raise RecordError(f"a damaged avatar record ({err})") from err
+    return state
+
+
+def _members(data: bytes, limits: RecordLimits) -> dict[str, np.ndarray]:
+    """The npz's arrays, never inflating more than ``limits.max_inflated_bytes`` whatever its headers claim."""
+    if len(data) > limits.max_record_bytes:
+        raise RecordTooLarge(f"a record of {len(data) / MiB:.1f} MiB, over {limits.max_record_bytes / MiB:.1f} MiB")
+    _check_directory(data)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            claimed = sum(info.file_size for info in members)
+            if claimed > limits.max_inflated_bytes:
+                raise RecordTooLarge(
+                    f"a record inflating to {claimed / MiB:.1f} MiB, over {limits.max_inflated_bytes / MiB:.1f} MiB"
+                )
+            for info in members:
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename or name in arrays:
+                    raise RecordError(f"not an avatar record (member {info.filename[:40]!r})")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 1:
+                    raise RecordError(f"not an avatar record (member {name[:40]!r} compressed another way)")
+                # The header's size may lie: read no more than it claimed (ZipExtFile inflates in small steps up
+                # to what is asked), and let the CRC check refuse a member that does not end there.
+                with archive.open(info) as member:
+                    raw = member.read(info.file_size + 1)
+                if len(raw) != info.file_size:
+                    raise RecordError(f"not an avatar record (member {name[:40]!r} is not the size it claims)")
+                arrays[name] = _npy(raw, name)
+    except RecordError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise RecordError(f"not an avatar record ({err})") from err
+    return arrays
+
+
+def _check_directory(data: bytes) -> None:
+    """Refuse a zip whose central directory lists more members than a record has, before ZipFile parses it."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or len(data) < end + 22:
+        raise RecordError("not an avatar record")
+    _, _, _, count, total, directory_size, _, _ = struct.unpack("<4s4H2LH", data[end : end + 22])
+    if max(count, total) > MAX_MEMBERS or directory_size > MAX_MEMBERS * MAX_DIRECTORY_ENTRY:
+        raise RecordError(f"not an avatar record ({max(count, total)} members, {directory_size} directory bytes)")
+
+
+def _npy(raw: bytes, name: str) -> np.ndarray:
+    """One ``.npy`` member: plain numbers or text only, and exactly as many bytes as its header says."""
+    stream = io.BytesIO(raw)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):  # what numpy writes for arrays of ours
+        raise RecordError(f"not an avatar record (member {name[:40]!r} in .npy format {version})")
+    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = header(stream)
+    if dtype.hasobject or dtype.kind not in "biufU" or dtype.fields is not None or dtype.subdtype is not None:
+        raise RecordError(f"not an avatar record (member {name[:40]!r} of dtype {dtype})")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - stream.tell() != expected:
+        raise RecordError(f"not an avatar record (member {name[:40]!r} holds other than its {shape} {dtype})")
+    flat = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _framing_image(data: np.ndarray, name: str, limits: RecordLimits) -> np.ndarray:
+    """A PNG framing's pixels; its size is checked in the PNG's header first (OpenCV would decode up to 2³⁰
+    pixels of whatever the header says)."""
     if data.dtype != np.uint8 or data.ndim != 1:  # OpenCV would raise its own error type on these
         raise ValueError(f"a framing stored as {data.dtype} {data.shape}, not PNG bytes")
+    width, height = _png_size(data[:26].tobytes())
+    # The portrait's sides are rounded to even numbers: an odd max_output_side can be exceeded by one.
+    largest = FACE_FRAME_SIZE if name == "face" else limits.max_output_side + 1
+    if name == "face" and (width, height) != (FACE_FRAME_SIZE, FACE_FRAME_SIZE):
+        raise ValueError(f"a face framing of {width}×{height}, not {FACE_FRAME_SIZE}×{FACE_FRAME_SIZE}")
+    if not (2 <= width <= largest and 2 <= height <= largest):
+        raise ValueError(
+            f"a {name} framing of {width}×{height}, over this server's {limits.max_output_side} pixels a side "
+            "(LIPSYNC_MAX_OUTPUT_SIDE)"
+        )
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError("a framing that is not a 3-channel PNG")
+    if image is None or image.shape != (height, width, 3) or image.dtype != np.uint8:
+        raise ValueError(f"a {name} framing that is not a {width}×{height} 3-channel PNG")
     return image
+
+
+def _png_size(head: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR, which must be 8-bit RGB (what the framings are written as)."""
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise ValueError("a framing that is not a PNG")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if (depth, colour) != (8, 2):
+        raise ValueError(f"a framing PNG of bit depth {depth} and colour type {colour}, not 8-bit RGB")
+    return width, height
+
+
+def _checked(array: np.ndarray, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(f"{name} of {array.dtype} {array.shape}, not {dtype} {shape}")
+    return array
+
+
+def _text(array: np.ndarray | None) -> str | None:
+    if array is None or array.dtype.kind != "U" or array.shape != ():
+        return None
+    return str(array)
+
+
+def _int(value: Any, name: str, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value < 2**31:
+        raise ValueError(f"{name} {str(value)[:20]!r} is not a whole number ≥ {least}")
+    return value
+
+
+def _ints(values: Any, count: int, name: str) -> list[int]:
+    if not isinstance(values, list) or len(values) != count:
+        raise ValueError(f"{name} is not {count} numbers")
+    return [_int(v, name, 0) for v in values]
+
+
+def _floats(values: Any, name: str) -> tuple[float, float]:
+    if not (isinstance(values, list) and len(values) == 2 and all(isinstance(v, int | float) for v in values)):
+        raise ValueError(f"a framing {name} that is not 2 numbers")
+    x, y = float(values[0]), float(values[1])
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"a framing {name} that is not finite")
+    return x, y

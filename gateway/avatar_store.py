@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.avatars import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
-from gateway.errors import UnknownAvatar
+from gateway.errors import PreparationBusy, UnknownAvatar
 from gateway.framing import Framing, make_framings
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,13 @@ class AvatarStore:
         capacity_bytes: int,
         max_output_side: int = 1280,
         shared: Shared | None = None,
+        preparations: int = 2,
+        waiting: int = 8,
     ) -> None:
+        """At most ``preparations`` portraits are decoded and prepared at once (each can take hundreds of MB
+        and a core); ``waiting`` more wait their turn, and any beyond are refused as busy."""
         self.shared = shared
+        self._preparing = Turns(preparations, waiting)
         self.limits = limits
         self.capacity_bytes = capacity_bytes
         self.max_output_side = max_output_side
@@ -141,7 +146,8 @@ class AvatarStore:
             with contextlib.suppress(UnknownAvatar):  # an outage: make it again from the upload
                 if (shared := await self.get(key)) is not None:
                     return shared
-        avatar, framings = await asyncio.to_thread(self._prepare, data)
+        async with self._preparing:
+            avatar, framings = await asyncio.to_thread(self._prepare, data)
         height, width = avatar.image.shape[:2]
         state = AvatarState(
             id=avatar.key,
@@ -191,3 +197,29 @@ class AvatarStore:
         while self._bytes > self.capacity_bytes and len(self._avatars) > 1:
             evicted, _ = self._avatars.popitem(last=False)
             self._bytes -= self._sizes.pop(evicted)
+
+
+class Turns:
+    """``async with turns:`` runs at most ``at_once`` holders together and lets ``waiting`` more queue (in
+    arrival order); one more is refused at once with PreparationBusy rather than queueing without bound."""
+
+    def __init__(self, at_once: int, waiting: int) -> None:
+        self._semaphore = asyncio.Semaphore(at_once)
+        self.at_once = at_once
+        self.waiting_limit = waiting
+        self.waiting = 0
+
+    async def __aenter__(self) -> None:
+        if self._semaphore.locked():
+            if self.waiting >= self.waiting_limit:
+                raise PreparationBusy(self.at_once, self.waiting)
+            self.waiting += 1
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._semaphore.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._semaphore.release()

@@ -73,7 +73,7 @@ class AvatarLimits:
     """Input limits; the gateway's settings fill these."""
 
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = 25_000_000
     min_face_px: int = 64
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
+from gateway.access import client_of
 from gateway.avatar_store import AvatarState, AvatarStore
 from gateway.clock import Clock, LoopClock
 from gateway.engines import Engine
@@ -57,8 +58,8 @@ class SessionSlots:
 
 
 def client_key(connection: HTTPConnection) -> str:
-    """Who a request comes from, for per-client limits: its address (the proxy's, unless it is trusted)."""
-    return connection.client.host if connection.client is not None else "unknown"
+    """Who a request comes from, for per-client limits (see :func:`gateway.access.client_of`)."""
+    return client_of(connection.scope)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Context:
             self.triton,
             self.metrics,
             max_inflight=self.settings.max_inflight_renders,
+            max_inflight_calls=self.settings.max_inflight_calls,
             demo=self.settings.demo,
             clock=self.clock,
             max_ahead_ms=self.settings.max_ahead_ms,

@@ -13,7 +13,9 @@ played and when:
   look-ahead; playing it keeps every frame exact), so the first idle frame is the first after it.
 
 The played timeline is recorded as segments — speech (which received samples) and silence — so a session's
-frames can be checked against an offline render of exactly that audio.
+frames can be checked against an offline render of exactly that audio. It is compact: contiguous audio is one
+segment, so an idle stretch of any length is one, and a session of hours keeps a few segments per utterance;
+everything else (the timeline's buffers, the queue) holds only what the next frames need.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 FRAME_S = SAMPLES_PER_VIDEO_FRAME / SAMPLE_RATE  # 0.04
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """A stretch of the played audio, in samples of the timeline: speech (from the received audio) or silence."""
 
@@ -55,7 +57,7 @@ class _Piece:
     utterance: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Utterance:
     id: str
     first_byte: float  # clock time its first audio arrived
@@ -71,8 +73,10 @@ class Conversation:
     margin_ms: float = 120.0
     start_time: float = 0.0  # the clock time of `ready`: frame n is shown at start_time + n·40 ms
     segments: list[Segment] = field(default_factory=list)
-    utterances: dict[str, Utterance] = field(default_factory=dict)
+    utterances: dict[str, Utterance] = field(default_factory=dict)  # those whose first frame is not reported yet
+    _used_ids: set[str] = field(default_factory=set)  # every utterance id of the session (ids are not reused)
     _queue: deque[_Piece] = field(default_factory=deque)
+    _queued: int = 0  # samples in the queue
     _received: int = 0
     _utterance: str | None = None
     _ending: bool = False
@@ -81,8 +85,9 @@ class Conversation:
 
     def utterance(self, utterance_id: str) -> None:
         """The audio that follows belongs to this utterance (for its latency figures)."""
-        if utterance_id in self.utterances:
+        if utterance_id in self._used_ids:
             raise ValueError(f"utterance id {utterance_id!r} was used before in this session")
+        self._used_ids.add(utterance_id)
         self._utterance = utterance_id
         self.utterances[utterance_id] = Utterance(utterance_id, first_byte=math.inf)
 
@@ -94,11 +99,13 @@ class Conversation:
             current.first_byte = now
         self._queue.append(_Piece(samples, self._received, self._utterance))
         self._received += samples.size
+        self._queued += samples.size
         self.advance(now)
 
     def interrupt(self, now: float) -> int:
         """Drop the audio not yet admitted; the first frame that will be idle."""
         self._queue.clear()
+        self._queued = 0
         self._utterance = None
         first_idle = math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
         self.advance(now)
@@ -111,7 +118,7 @@ class Conversation:
 
     @property
     def queued_samples(self) -> int:
-        return sum(piece.samples.size for piece in self._queue)
+        return self._queued
 
     # ------------------------------------------------------------------------------------------- time
 
@@ -141,11 +148,11 @@ class Conversation:
             take = min(piece.samples.size, limit - self.timeline.samples_heard)
             start = self.timeline.samples_heard
             self.timeline.add_audio(piece.samples[:take])
+            self._queued -= take
             self._record("speech", start, start + take, piece.received, piece.utterance)
-            if piece.utterance is not None:
-                utterance = self.utterances[piece.utterance]
-                if utterance.first_frame is None:
-                    utterance.first_frame = start // SAMPLES_PER_VIDEO_FRAME
+            utterance = self.utterances.get(piece.utterance or "")
+            if utterance is not None and utterance.first_frame is None:
+                utterance.first_frame = start // SAMPLES_PER_VIDEO_FRAME
             if take == piece.samples.size:
                 self._queue.popleft()
             else:
@@ -160,29 +167,21 @@ class Conversation:
     def _record(
         self, kind: str, start: int, end: int, received: int | None = None, utterance: str | None = None
     ) -> None:
-        last = self.segments[-1] if self.segments else None
-        contiguous = (
-            last is not None
-            and last.kind == kind
-            and last.end == start
-            and last.utterance == utterance
-            and (
-                kind == "silence" or (last.received is not None and last.received + (last.end - last.start) == received)
-            )
-        )
-        if contiguous and last is not None:
-            last.end = end
+        segment = Segment(kind, start, end, received, utterance)
+        if self.segments and _continues(self.segments[-1], segment):
+            self.segments[-1].end = end  # one segment however many pieces or idle frames it took
         else:
-            self.segments.append(Segment(kind, start, end, received, utterance))
+            self.segments.append(segment)
 
     # ------------------------------------------------------------------------------------------- figures
 
     def first_frames_in(self, frames: range, sent_at: float) -> list[dict[str, Any]]:
         """Utterances whose first frame is in this fragment: their first-audio-to-first-frame latency."""
         figures = []
-        for utterance in self.utterances.values():
+        for utterance in list(self.utterances.values()):
             if not utterance.reported and utterance.first_frame is not None and utterance.first_frame in frames:
                 utterance.reported = True
+                del self.utterances[utterance.id]  # reported once: nothing more to keep of it
                 figures.append(
                     {
                         "utterance_id": utterance.id,

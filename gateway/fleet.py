@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,8 @@ class Fleet:
         return [f"http://{LOOPBACK}:{port}" for port in self.gateway_ports]
 
     def start(self) -> Self:
+        # The gateways of this fleet sign the avatar records they share with one key (unless one is given).
+        self.env.setdefault("LIPSYNC_AVATAR_SIGNING_KEY", secrets.token_hex(32))
         try:
             self.redis.start()
             for _ in range(self.tritons):

@@ -44,6 +44,7 @@ _MEANINGS = {
     401: "missing or wrong access token (unauthorized)",
     403: "a web page of another origin (origin_not_allowed)",
     404: "unknown avatar (unknown_avatar)",
+    421: "a Host this server does not answer to (host_not_allowed)",
     408: "the body did not arrive within LIPSYNC_BODY_TIMEOUT_S of the headers (body_timeout)",
     413: "over a size limit (image_too_large, too_large)",
     415: "not an image or audio we read (unsupported_image, unsupported_audio)",

@@ -10,9 +10,16 @@
 - A slow *body* is bounded too: :class:`BodyDeadline` answers 408 ``body_timeout`` (and the connection ends)
   when a request's body has not all arrived within ``body_timeout_s`` of its headers, whatever the handler
   was doing with it (form parsing included), so a trickled upload cannot hold a connection or a handler.
-- WebSocket messages: the transport's limit is set well above ``max_message_bytes``, so that a message
-  over the limit reaches the app, which answers with the documented ``too_large`` error before closing;
-  only far larger messages are cut by the transport itself (close code 1009).
+- A client that stops reading (its TCP window closed) would hold its connection, and a session's slot, for
+  ever: once the server's buffer to it has stayed full for ``send_timeout_s``, :class:`StallWatch` aborts the
+  connection (HTTP or WebSocket), which frees everything the request held; it is logged and counted
+  (``lipsync_clients_cut_off``).
+- WebSocket messages: the transport takes a message a little over ``max_message_bytes`` so that one just
+  over the limit reaches the app, which answers with the documented ``too_large`` error before closing; larger
+  ones are cut by the transport itself (close code 1009). It holds one message at a time for the app and
+  does not inflate compressed messages (per-message deflate off): a few bytes on the wire cannot become
+  megabytes in memory.
+- ``?token=`` never reaches the logs (:class:`gateway.access.RedactTokens`).
 """
 
 from __future__ import annotations
@@ -22,20 +29,27 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
+from collections.abc import Callable
+from typing import cast
 
 import uvicorn
+from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from gateway.access import RedactTokens
 from gateway.errors import BodyTimeout
 from gateway.http_errors import error_response
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The transport cuts WebSocket messages above this many times the app's own limit.
-TRANSPORT_MESSAGE_FACTOR = 4
+# The transport takes WebSocket messages this much over the app's limit (the app refuses them in words).
+TRANSPORT_MESSAGE_MARGIN = 64 * 1024
 HEADER_END = b"\r\n\r\n"
 
 
@@ -60,8 +74,46 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, closing connections whose request headers do not arrive within ``seconds``."""
+class StallWatch:
+    """Aborts a connection whose transport stays paused for writing — its client reading nothing — for
+    ``seconds``. asyncio pauses a protocol when the transport's buffer is over its high-water mark (after the
+    kernel's buffers filled) and resumes it when the buffer drains, so a slow client that reads at all keeps
+    its connection; one that stopped reading loses it."""
+
+    def __init__(self, seconds: float, kind: str, on_cut_off: Callable[[str], None]) -> None:
+        self.seconds = seconds
+        self.kind = kind
+        self.on_cut_off = on_cut_off
+        self._timer: asyncio.TimerHandle | None = None
+
+    def paused(self, transport: asyncio.BaseTransport) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._cut_off, transport)
+
+    def resumed(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _cut_off(self, transport: asyncio.BaseTransport) -> None:
+        self._timer = None
+        peer = transport.get_extra_info("peername")
+        log.warning("cutting off %s client %s: it has read nothing for %g s", self.kind, peer, self.seconds)
+        self.on_cut_off(self.kind)
+        # Reset, not close: close() would wait for the buffer to drain, which it never will, and even an aborted
+        # socket's kernel buffer would linger, unsendable, behind a closed window. A zero linger time makes the
+        # close a reset that drops it. (uvloop's transports are not asyncio's classes: cast, not isinstance.)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cast(asyncio.Transport, transport).abort()
+
+
+def http_protocol(settings: Settings, on_cut_off: Callable[[str], None]) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, closing connections whose request headers do not arrive within
+    ``header_timeout_s`` and aborting those whose client stops reading (:class:`StallWatch`)."""
+    seconds = settings.header_timeout_s
 
     class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -69,7 +121,17 @@ def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
+            self._stall = StallWatch(settings.send_timeout_s, "http", on_cut_off)
+            self._transport = transport
             self._deadline = asyncio.get_running_loop().call_later(seconds, self._expire, transport)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._stall.paused(self._transport)
+
+        def resume_writing(self) -> None:
+            self._stall.resumed()
+            super().resume_writing()
 
         def data_received(self, data: bytes) -> None:
             if self._deadline is not None:
@@ -81,6 +143,7 @@ def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stall.resumed()
             super().connection_lost(exc)
 
         def _disarm(self) -> None:
@@ -95,6 +158,29 @@ def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
             transport.close()
 
     return HeaderDeadline
+
+
+def websocket_protocol(settings: Settings, on_cut_off: Callable[[str], None]) -> type[asyncio.Protocol]:
+    """uvicorn's WebSocket protocol, aborting connections whose client stops reading (:class:`StallWatch`)."""
+
+    class StalledWebSocketsCutOff(WebSocketsSansIOProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._stall = StallWatch(settings.send_timeout_s, "websocket", on_cut_off)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._stall.paused(self.transport)
+
+        def resume_writing(self) -> None:
+            self._stall.resumed()
+            super().resume_writing()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stall.resumed()
+            super().connection_lost(exc)
+
+    return StalledWebSocketsCutOff
 
 
 class OneRequestPerConnection:
@@ -163,20 +249,33 @@ class BodyDeadline:
                 handler.cancel()
 
 
-def make_server(app: ASGIApp, settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
-    """The configured uvicorn server for ``app`` (run it with ``.run(sockets=[bind(...)])``)."""
+def make_server(app: FastAPI, settings: Settings, *, log_level: str = "info") -> uvicorn.Server:
+    """The configured uvicorn server for ``app`` (from :func:`gateway.app.create_app`; run it with
+    ``.run(sockets=[bind(...)])``)."""
+    metrics: Metrics = app.state.metrics
+
+    def cut_off(kind: str) -> None:
+        metrics.clients_cut_off.labels(kind).inc()
+
     config = uvicorn.Config(
         OneRequestPerConnection(BodyDeadline(app, settings.body_timeout_s)),
-        http=header_deadline_protocol(settings.header_timeout_s),
+        http=http_protocol(settings, cut_off),
+        ws=websocket_protocol(settings, cut_off),
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
-        ws_max_size=TRANSPORT_MESSAGE_FACTOR * settings.max_message_bytes,
+        ws_max_size=settings.max_message_bytes + TRANSPORT_MESSAGE_MARGIN,
+        ws_max_queue=1,
+        ws_per_message_deflate=False,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=log_level,
     )
+    for name in ("uvicorn.access", "uvicorn.error"):  # uvicorn logs each request's path with its query
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
     return uvicorn.Server(config)
 
 
-def serve(app: ASGIApp, settings: Settings, sock: socket.socket) -> None:
+def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
     """Serve ``app`` on the bound socket until interrupted."""
     make_server(app, settings).run(sockets=[sock])

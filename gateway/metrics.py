@@ -39,10 +39,22 @@ class Metrics:
             "lipsync_triton_call_seconds", "Triton call latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.errors = Counter("lipsync_errors", "errors reported to clients, by code", ["code"], registry=r)
+        self.shared_avatars_refused = Counter(
+            "lipsync_shared_avatar_records_refused",
+            "avatar records read from Redis and not used, by reason (signature, too_large, damaged)",
+            ["reason"],
+            registry=r,
+        )
+        self.clients_cut_off = Counter(
+            "lipsync_clients_cut_off",
+            "connections aborted because their client read nothing for LIPSYNC_SEND_TIMEOUT_S, by kind",
+            ["kind"],
+            registry=r,
+        )
         # Per Triton endpoint (LIPSYNC_TRITON_URL may name several).
         self.triton_endpoint_calls = Counter(
             "lipsync_triton_endpoint_calls",
-            "Triton calls by endpoint and outcome (ok, error, gone)",
+            "Triton calls by endpoint and outcome (ok, error, gone, busy)",
             ["endpoint", "outcome"],
             registry=r,
         )

@@ -73,6 +73,7 @@ class StreamSession:
         metrics: Metrics,
         *,
         max_inflight: int = 3,
+        max_inflight_calls: int = 4,
         demo: bool = False,
         observe: Callable[[RenderRequest, np.ndarray], None] | None = None,
         clock: Clock | None = None,
@@ -99,6 +100,9 @@ class StreamSession:
             maxsize=max_inflight
         )
         self._wake = asyncio.Event()
+        # The engine may make thousands of motion/mel calls ready at once (a long file): they wait here, so one
+        # session never has more than this many at Triton.
+        self._calls = asyncio.Semaphore(max_inflight_calls)
         self._started = time.perf_counter()
         self._first_fragment_ms: float | None = None
         self._first_parts: dict[str, float] = {}  # perf_counter times of the first fragment's steps
@@ -248,7 +252,8 @@ class StreamSession:
 
     async def _then_wake(self, call: Coroutine[Any, Any, None]) -> None:
         try:
-            await call
+            async with self._calls:
+                await call
         finally:
             self._wake.set()  # a result, or a failure for the scheduler to raise
 

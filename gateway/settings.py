@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,12 @@ class Settings(BaseSettings):
     # Shared avatars: set, every gateway of a fleet serves avatars uploaded through any other.
     redis_url: str | None = Field(None, description="redis://host:port/db for shared avatar records; unset: none")
     redis_ttl_s: float = Field(24 * 3600.0, gt=0, description="how long an unused shared avatar record lives")
+    # Whoever can write to Redis could otherwise hand every gateway a forged avatar: records carry an HMAC.
+    avatar_signing_key: str | None = Field(
+        None,
+        description="HMAC key for avatar records shared through Redis: the same secret on every gateway, at least "
+        f"{MIN_TOKEN_LENGTH} characters (required with LIPSYNC_REDIS_URL)",
+    )
 
     # Per Triton call, queueing included. Generous: on a CPU the full-size renderer takes seconds per frame and
     # a session keeps several chunk calls in flight; a dead server fails fast anyway (connection refused).
@@ -54,6 +62,8 @@ class Settings(BaseSettings):
     # Smaller blocks mean less latency (a frame waits for its whole block's audio), more (cheap) calls.
     motion_block_frames: int = Field(4, ge=1, le=32, description="expression frames per motion call")
     max_inflight_renders: int = Field(3, ge=1, le=16, description="render calls in flight per session")
+    # A long file makes thousands of motion/mel blocks ready at once: only this many go to Triton at a time.
+    max_inflight_calls: int = Field(4, ge=1, le=64, description="motion and mel calls in flight per session")
     first_chunk_frames: int = Field(2, ge=1, le=25, description="frames of a session's first fragment")
     # Conversation mode (docs/protocol.md): video runs at most this far ahead of the wall clock, and a frame's
     # audio is replaced by silence this long after its due time (its frame time plus the engine's look-ahead).
@@ -64,9 +74,19 @@ class Settings(BaseSettings):
     max_sessions: int = Field(8, ge=1, description="concurrent streaming sessions")
     max_sessions_per_client: int = Field(2, ge=1, description="concurrent sessions of one client address")
     max_session_seconds: float = Field(600.0, gt=0, description="audio per session")
+    # A conversation (a voice agent's avatar) idles for hours in flat memory; its audio not yet played is
+    # still bounded by max_session_seconds.
+    max_conversation_seconds: float = Field(
+        4 * 3600.0, gt=0, description="a conversation session's length in wall time (its played audio)"
+    )
     max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="one WebSocket message or upload")
     max_portrait_bytes: int = Field(20 * 1024 * 1024, gt=0, description="one portrait upload, bytes")
-    max_portrait_pixels: int = Field(40_000_000, gt=0, description="one portrait, pixels")
+    # 25 MP holds a 6000×4000 photo; decoding one costs ≈ 75 MB, so a few at once cannot exhaust a gateway.
+    max_portrait_pixels: int = Field(25_000_000, gt=0, description="one portrait, pixels (checked before decoding)")
+    max_portrait_preparations: int = Field(
+        2, ge=1, description="portraits decoded and prepared at once (the rest wait their turn)"
+    )
+    max_portrait_queue: int = Field(8, ge=0, description="portraits waiting their turn; more are refused as busy")
     min_face_pixels: int = Field(64, gt=0, description="face width in pixels")
     avatar_cache_mb: float = Field(256.0, gt=0, description="memory for cached avatars (framings, crops), MiB")
     max_output_side: int = Field(1280, ge=64, le=4096, description="long side of the `portrait` framing, pixels")
@@ -79,9 +99,25 @@ class Settings(BaseSettings):
         120.0, gt=0, description="an HTTP request's body must arrive within this after its headers"
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive HTTP connection is closed after")
+    # A client that stops reading (its TCP window closed) must not hold a connection or a slot: once the server's
+    # buffer to it has been full this long, the connection is aborted.
+    send_timeout_s: float = Field(10.0, gt=0, description="a client that reads nothing for this long is cut off")
+    # The absolute cap on a session, whatever it waits on: its limit (of audio or wall time), then this long to
+    # render and send what it has.
+    drain_timeout_s: float = Field(
+        300.0, gt=0, description="after a session's limit, time to finish rendering and sending"
+    )
 
     # Access.
-    auth_token: str | None = Field(None, description="if set, every endpoint needs `Authorization: Bearer …`")
+    auth_token: str | None = Field(
+        None,
+        min_length=MIN_TOKEN_LENGTH,
+        description=f"if set, every endpoint but the page, /healthz and /v1/info needs `Authorization: Bearer …` "
+        f"(at least {MIN_TOKEN_LENGTH} characters)",
+    )
+    allow_anonymous: bool = Field(
+        False, description="serve a non-loopback address without LIPSYNC_AUTH_TOKEN (anyone who reaches it may use it)"
+    )
     # Browsers send an Origin header: by default only the page's own origin may use the API; requests without
     # one (curl, SDKs, other servers) are not browsers and are allowed. List more origins here to widen it.
     allowed_origins: Annotated[list[str], NoDecode] = Field(
@@ -89,8 +125,14 @@ class Settings(BaseSettings):
     )
     # Behind a reverse proxy: the proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str | None = Field(None, description="trusted proxy addresses, comma-separated, or *")
+    # DNS rebinding: a page whose name is made to resolve to this server is same-origin with it, so the Host a
+    # request names must be ours: an IP address, a loopback name, or one listed here (`*.example.com` allowed).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host names clients may use besides IP addresses and localhost"
+    )
+    max_sockets_per_client: int = Field(4, ge=1, description="open WebSockets of one client address")
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         """``a,b`` in the environment (a JSON list works too); normalised without a trailing slash."""
@@ -99,3 +141,41 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [str(v).strip().rstrip("/") for v in value if str(v).strip()]
         return value
+
+    @model_validator(mode="after")
+    def _not_open_by_accident(self) -> Settings:
+        """A server others can reach needs a token, unless the operator says in so many words that it does not."""
+        if self.auth_token is None and not self.allow_anonymous and not is_loopback(self.host):
+            raise ValueError(
+                f"the gateway would listen on {self.host}, reachable from other machines, with no access token: "
+                f"set LIPSYNC_AUTH_TOKEN to a secret of at least {MIN_TOKEN_LENGTH} characters (e.g. "
+                "`openssl rand -hex 24`), or LIPSYNC_ALLOW_ANONYMOUS=true to serve everyone knowingly"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_avatars_signed(self) -> Settings:
+        """Shared avatar records are signed, so Redis needs the key. Checked here rather than on the field, so
+        that a refused key is never echoed into the log."""
+        key = self.avatar_signing_key
+        if self.redis_url is not None and key is None:
+            raise ValueError(
+                "LIPSYNC_REDIS_URL is set but LIPSYNC_AVATAR_SIGNING_KEY is not: set it to the same secret of at "
+                f"least {MIN_TOKEN_LENGTH} characters on every gateway (e.g. `openssl rand -hex 32`)"
+            )
+        if key is not None and len(key) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"LIPSYNC_AVATAR_SIGNING_KEY has {len(key)} characters: use a secret of at least {MIN_TOKEN_LENGTH} "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable only from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, treat it as reachable
+        return False

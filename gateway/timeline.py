@@ -36,7 +36,7 @@ from lipsync.audio import (
     N_FFT,
     NUM_MELS,
     SAMPLES_PER_VIDEO_FRAME,
-    mel_window_starts,
+    mel_window_starts_of,
     num_mel_frames,
     preemphasis,
     signal_span_for_mel_frames,
@@ -46,8 +46,8 @@ from lipsync.timeline import (
     MAPPING_RADIUS,
     POSE_WINDOW,
     SMOOTH_WINDOW,
+    BlinkSchedule,
     PoseWindow,
-    blink_ratios,
     mapping_windows,
     pose_latent,
     pose_windows,
@@ -94,35 +94,59 @@ class RenderRequest:
 
 class _Samples:
     """An append-only float32 buffer of samples, or of rows of ``width`` values, with amortised growth
-    (a stream appends many small pieces)."""
+    (a stream appends many small pieces).
+
+    Indices are absolute (counted from the first value ever appended); :meth:`discard_before` lets go of the
+    values no request can read any more, so a session of hours keeps only what its next frames need.
+    """
 
     def __init__(self, initial: np.ndarray | None = None, width: int | None = None) -> None:
         self._row = () if width is None else (width,)
-        capacity = max(1 << 16 if width is None else 1 << 10, 0 if initial is None else 2 * len(initial))
+        self._minimum = (1 << 16) // (width or 1)  # 256 KiB: a few seconds of samples, or of rows
+        capacity = max(self._minimum, 0 if initial is None else 2 * len(initial))
         self._data = np.zeros((capacity, *self._row), np.float32)
-        self._size = 0
+        self._base = 0  # absolute index of _data[0]
+        self._start = 0  # absolute index of the first value kept
+        self._size = 0  # absolute index after the last value
         if initial is not None:
             self.extend(initial)
 
     def extend(self, values: np.ndarray) -> None:
         count = len(values)
-        if self._size + count > len(self._data):
-            grown = np.zeros((max(2 * len(self._data), self._size + count), *self._row), np.float32)
-            grown[: self._size] = self._data[: self._size]
-            self._data = grown
-        self._data[self._size : self._size + count] = values
+        if self._size + count - self._base > len(self._data):
+            # Move what is kept to the front of a buffer sized for it (smaller again after a discard).
+            kept = self._size - self._start
+            grown = np.zeros((max(self._minimum, 2 * (kept + count)), *self._row), np.float32)
+            grown[:kept] = self._data[self._start - self._base : self._size - self._base]
+            self._data, self._base = grown, self._start
+        self._data[self._size - self._base : self._size - self._base + count] = values
         self._size += count
 
     def truncate(self, size: int) -> None:
-        self._size = min(self._size, size)
+        self._size = max(self._start, min(self._size, size))
+
+    def discard_before(self, index: int) -> None:
+        """Values before absolute ``index`` will not be read again (their memory is reused at the next growth)."""
+        self._start = max(self._start, min(index, self._size))
 
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def start(self) -> int:
+        """The first absolute index still kept."""
+        return self._start
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
     def view(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """A read-only view (copy it before the next append if it must outlive it)."""
+        """A read-only view of absolute ``start … stop`` (copy it before the next append if it must outlive it)."""
+        if start < self._start:
+            raise IndexError(f"values before {self._start} were discarded; asked for {start}")
         stop = self._size if stop is None else min(stop, self._size)
-        view = self._data[start:stop]
+        view = self._data[start - self._base : max(stop, start) - self._base]
         view.flags.writeable = False
         return view
 
@@ -249,7 +273,32 @@ class AudioTimeline:
                 break
             requests.append(request)
             self._next_chunk += 1
+        self._release()
         return requests
+
+    # ------------------------------------------------------------------------------------------ memory
+
+    @property
+    def next_frame(self) -> int:
+        """The first frame not yet in a render request (at most the clip's length)."""
+        first = self._chunk_frames(self._next_chunk).start
+        return first if self._final_frames is None else min(first, self._final_frames)
+
+    def _first_mel_needed(self) -> int:
+        """The lowest mel frame a span not yet made may read (each engine knows its windows)."""
+        return 0
+
+    def _release(self) -> None:
+        """Let go of what no request still to be made can read: the samples before the next chunk (a chunk's
+        audio, the tail), the padded signal before the lowest mel frame a later span reads. A conversation of
+        hours keeps a few seconds."""
+        self._samples.discard_before(self.next_frame * SAMPLES_PER_VIDEO_FRAME)
+        self._padded.discard_before(self._first_mel_needed() * HOP)
+
+    @property
+    def retained_bytes(self) -> int:
+        """Memory held by the session's buffers (a bound on what a long session keeps; tests, diagnostics)."""
+        return self._samples.nbytes + self._padded.nbytes
 
 
 @dataclass(frozen=True)
@@ -317,6 +366,22 @@ class Wav2LipTimeline(AudioTimeline):
 
         return self._next_requests(make)
 
+    def _first_mel_needed(self) -> int:
+        # Later blocks read from int(80·f/25) of their first frame f on, or (moved back at the end) from
+        # T − 16, where T (the clip's mel frames) is at least what the audio heard so far makes.
+        first = self._next_block * self.mel_block
+        mel_frames = max(num_mel_frames(self._clip_samples()), MEL_STEPS)
+        return max(0, min(MEL_FRAMES_PER_SECOND * first // FPS, mel_frames - MEL_STEPS))
+
+    def _release(self) -> None:
+        super()._release()
+        self._windows.discard_before(self.next_frame)
+
+    @property
+    def retained_bytes(self) -> int:
+        pending = sum(int(windows.nbytes) for windows in self._pending.values())
+        return super().retained_bytes + self._windows.nbytes + pending
+
     def _indices(self, frames: range) -> np.ndarray:
         total = self._final_frames
         if total is None:  # before the end no window is moved back: it lies inside the audio heard
@@ -352,8 +417,10 @@ class SadTalkerTimeline(AudioTimeline):
         self.motion_block = motion_block
         self._exp: dict[int, np.ndarray] = {}
         self._motion: dict[int, tuple[PoseWindow, np.ndarray]] = {}  # number → (32, 6)
-        self._issued_blocks: set[int] = set()
-        self._issued_windows: set[int] = set()
+        # Blocks and pose windows are issued in order, so a counter says which were (no set that grows).
+        self._next_motion_block = 0
+        self._next_pose_request = 0
+        self._blinks = BlinkSchedule(seed)
         # Coefficients are finalised once, in frame order, so a wake-up costs what is new, not the session so far.
         self._exp_count = 0  # frames 0.._exp_count−1 have their expression
         self._raw_poses = _Samples(self.source[None, EXP_DIM : EXP_DIM + 6], width=6)  # frame 0 = the source
@@ -362,7 +429,7 @@ class SadTalkerTimeline(AudioTimeline):
 
     def _window_span(self, frames: np.ndarray) -> MelSpan | None:
         """The mel span of these frames' SadTalker windows (each index clamped to the clip)."""
-        starts = mel_window_starts(int(frames[-1]) + 1)[frames]
+        starts = mel_window_starts_of(frames)
         return self.span(starts[:, None] + np.arange(MEL_STEPS)[None, :])
 
     # ------------------------------------------------------------------------------------------ requests
@@ -371,21 +438,18 @@ class SadTalkerTimeline(AudioTimeline):
         """Expression blocks that can be computed now and have not been asked for yet."""
         total = self._final_frames if self._final_frames is not None else self.frames_heard
         requests = []
-        for block in range(0, -(-total // self.motion_block)):
-            if block in self._issued_blocks:
-                continue
+        while self._next_motion_block * self.motion_block < total:
+            block = self._next_motion_block
             frames = range(block * self.motion_block, min((block + 1) * self.motion_block, total))
             if len(frames) < self.motion_block and self._final_frames is None:
                 break
             span = self._window_span(np.arange(frames.start, frames.stop))
             if span is None:
                 break
-            ratio = (
-                blink_ratios(frames.start, len(frames), self.seed) if self.blink else np.zeros(len(frames), np.float32)
-            )
+            ratio = self._blinks.ratios(frames.start, len(frames)) if self.blink else np.zeros(len(frames), np.float32)
             ref_exp = np.repeat(self.source[None, :EXP_DIM], len(frames), axis=0).astype(np.float32)
             requests.append(MotionRequest(block, frames, span, ref_exp, ratio[:, None]))
-            self._issued_blocks.add(block)
+            self._next_motion_block += 1
         return requests
 
     def set_exp(self, request: MotionRequest, exp: np.ndarray) -> None:
@@ -404,11 +468,8 @@ class SadTalkerTimeline(AudioTimeline):
         total = self._final_frames if self._final_frames is not None else self.frames_heard
         if total < 1:
             return []
-        windows = pose_windows(total)
         requests = []
-        for window in windows:
-            if window.number in self._issued_windows:
-                continue
+        for window in pose_windows(total, first=self._next_pose_request):
             is_full_grid_window = window.start == 1 + window.number * POSE_WINDOW and len(window.keep) == POSE_WINDOW
             if self._final_frames is None and not is_full_grid_window:
                 break
@@ -418,7 +479,7 @@ class SadTalkerTimeline(AudioTimeline):
             if span is None:
                 break
             requests.append(PoseRequest(window, span, pose_latent(self.seed, window.number)[None]))
-            self._issued_windows.add(window.number)
+            self._next_pose_request = window.number + 1
         return requests
 
     def set_pose_motion(self, request: PoseRequest, motion: np.ndarray) -> None:
@@ -474,7 +535,8 @@ class SadTalkerTimeline(AudioTimeline):
     def render_requests(self) -> list[RenderRequest]:
         """Chunks whose every frame has its whole (clamped) mapping window final."""
         final = self._finalise()
-        semantics = self._rows.view(0, final)
+        first_row = self._rows.start
+        semantics = self._rows.view(first_row, final)
         total = self._final_frames
 
         def make(chunk: int, frames: range) -> RenderRequest | None:
@@ -483,7 +545,29 @@ class SadTalkerTimeline(AudioTimeline):
                 return None
             # Before the end no window reaches past `final`, so clamping to it changes nothing.
             clip = final if total is None else total
-            windows = mapping_windows(semantics, np.arange(frames.start, frames.stop), clip)
+            windows = mapping_windows(semantics, np.arange(frames.start, frames.stop), clip, first_row)
             return RenderRequest(chunk, frames, self.audio_of(frames), windows=windows)
 
         return self._next_requests(make)
+
+    def _first_mel_needed(self) -> int:
+        # The next expression block, and in pose mode `audio` the next pose window: a grid window, or the last
+        # one, which starts 32 frames before the end (at least 32 before the frames heard so far).
+        first = self._next_motion_block * self.motion_block
+        if self.pose_mode == "audio":
+            pose_first = 1 + self._next_pose_request * POSE_WINDOW
+            first = min(first, pose_first, max(1, self.frames_heard - POSE_WINDOW))
+        start = int(mel_window_starts_of(np.array([first]))[0])
+        # Indices are clamped to the clip: never above its last mel frame (at least the one heard so far).
+        return max(0, min(start, num_mel_frames(self._clip_samples()) - 1))
+
+    def _release(self) -> None:
+        super()._release()
+        # A frame's mapping window reads 13 frames back; smoothing a pose reads 6 raw poses back, or the
+        # clip's last 13 at its end.
+        self._rows.discard_before(self.next_frame - MAPPING_RADIUS)
+        self._raw_poses.discard_before(min(len(self._rows) - SMOOTH_WINDOW // 2, len(self._raw_poses) - SMOOTH_WINDOW))
+
+    @property
+    def retained_bytes(self) -> int:
+        return super().retained_bytes + self._rows.nbytes + self._raw_poses.nbytes

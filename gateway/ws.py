@@ -1,5 +1,8 @@
-"""What both WebSocket protocols share: accepting, the token, deadlines, the message size limit, and ending a
-connection with an error the client can read — each protocol in its own error format.
+"""What both WebSocket protocols share: accepting, deadlines, the message size limit, and ending a connection
+with an error the client can read — each protocol in its own error format.
+
+(The Host, Origin, token and socket count are checked before this, by :class:`gateway.access.AccessControl`;
+a client that stops reading is cut off by the HTTP server: :mod:`gateway.http_server`.)
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from gateway.access import check_token
 from gateway.context import Context, context_of
-from gateway.errors import CLOSE_CODES, LipsyncError, StartTimeout, TooLarge
+from gateway.errors import CLOSE_CODES, LipsyncError, SessionExpired, StartTimeout, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,42 @@ class InternalError(LipsyncError):
         super().__init__("Internal error; the session stopped. It has been logged.")
 
 
+Handler = Callable[["Channel"], Awaitable[None]]
+
+
 class Channel:
-    """An accepted WebSocket with its limits: every receive is size-checked and may have a deadline."""
+    """An accepted WebSocket with its limits: every receive is size-checked and may have a deadline, and the
+    connection as a whole has a lifetime (:meth:`last_for`)."""
 
     def __init__(self, websocket: WebSocket, ctx: Context) -> None:
         self.websocket = websocket
         self.ctx = ctx
         self._sending = asyncio.Lock()  # the session's writer and its receiver both send
+        self.opened = ctx.clock.now()
+        settings = ctx.settings
+        self.expires = self.opened + settings.start_timeout_s + settings.drain_timeout_s
+
+    def last_for(self, seconds: float) -> None:
+        """End the connection ``seconds`` from now (on the app's clock), whatever it is waiting on then."""
+        self.expires = self.ctx.clock.now() + seconds
+
+    async def run_until_expired(self, handler: Handler) -> None:
+        """Run ``handler``; cancel it and raise SessionExpired if it is still running when the channel expires."""
+        clock = self.ctx.clock
+        work = asyncio.ensure_future(handler(self))
+        try:
+            while not work.done():
+                alarm = asyncio.ensure_future(clock.sleep_until(self.expires))
+                await asyncio.wait({work, alarm}, return_when=asyncio.FIRST_COMPLETED)
+                alarm.cancel()
+                if not work.done() and clock.now() >= self.expires:  # not moved on since the alarm was set
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    raise SessionExpired(round(clock.now() - self.opened))
+            work.result()
+        finally:
+            work.cancel()  # serve() itself was cancelled (the server is stopping)
 
     async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
         """The next text or binary message; raises ``on_timeout`` if none arrives within ``timeout`` seconds."""
@@ -75,20 +106,16 @@ class Channel:
                 await self.websocket.send_json(item)
 
 
-Handler = Callable[[Channel], Awaitable[None]]
-
-
 async def serve(websocket: WebSocket, handler: Handler, error_format: ErrorFormat) -> None:
-    """Accept, check the token, run ``handler``; any error ends the connection in the protocol's own words.
+    """Accept, run ``handler``; any error ends the connection in the protocol's own words.
 
-    (The Origin is checked before this, by :class:`gateway.access.OriginCheck`.)
+    Until the handler sets its own lifetime (:meth:`Channel.last_for`), the connection may last the start
+    deadline plus the time to finish (``drain_timeout_s``).
     """
-    ctx = context_of(websocket)
     await websocket.accept()
-    channel = Channel(websocket, ctx)
+    channel = Channel(websocket, context_of(websocket))
     try:
-        check_token(websocket, ctx.settings.auth_token)
-        await handler(channel)
+        await channel.run_until_expired(handler)
     except WebSocketDisconnect:
         log.info("client left %s", websocket.url.path)
     except LipsyncError as error:
@@ -105,6 +132,9 @@ async def close_with(channel: Channel, error: LipsyncError, error_format: ErrorF
     websocket = channel.websocket
     if websocket.client_state != WebSocketState.CONNECTED:
         return
-    with contextlib.suppress(Exception):  # the client may be gone by now
-        await websocket.send_json(error_format(error))
-        await websocket.close(code=CLOSE_CODES.get(error.code, 4400 if error.code != "internal" else 1011))
+    # The client may be gone by now, or not reading: the HTTP server cuts off a client that reads nothing for
+    # send_timeout_s, and this waits no longer than that either.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(channel.ctx.settings.send_timeout_s):
+            await websocket.send_json(error_format(error))
+            await websocket.close(code=CLOSE_CODES.get(error.code, 4400 if error.code != "internal" else 1011))

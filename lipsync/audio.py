@@ -116,7 +116,12 @@ def mel_window_starts(num_frames: int) -> np.ndarray:
     """
     if num_frames < 0:
         raise ValueError(f"num_frames must be ≥ 0, got {num_frames}")
-    offset = np.arange(num_frames, dtype=np.int64) - 2
+    return mel_window_starts_of(np.arange(num_frames, dtype=np.int64))
+
+
+def mel_window_starts_of(frames: np.ndarray) -> np.ndarray:
+    """:func:`mel_window_starts` of the given frame indices only (a stream's frames are far from 0)."""
+    offset = np.asarray(frames, dtype=np.int64) - 2
     magnitude = (MEL_FRAMES_PER_SECOND * np.abs(offset)) // FPS
     return np.sign(offset) * magnitude
 

@@ -17,6 +17,7 @@ schedule that does not, and say so:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +67,13 @@ def mapping_window_indices(frames: np.ndarray, num_frames: int) -> np.ndarray:
     return np.clip(np.asarray(frames)[:, None] + offsets[None, :], 0, num_frames - 1)
 
 
-def mapping_windows(semantics: np.ndarray, frames: np.ndarray, num_frames: int) -> np.ndarray:
-    """(K, C, 27) windows for ``frames`` from per-frame semantics (≥ num_frames rows known, (T, C))."""
-    return np.ascontiguousarray(semantics[mapping_window_indices(frames, num_frames)].transpose(0, 2, 1))
+def mapping_windows(semantics: np.ndarray, frames: np.ndarray, num_frames: int, first_row: int = 0) -> np.ndarray:
+    """(K, C, 27) windows for ``frames`` from per-frame semantics (T, C) whose row 0 is frame ``first_row``
+    (a stream keeps only the rows its next windows read)."""
+    indices = mapping_window_indices(frames, num_frames) - first_row
+    if indices.size and indices.min() < 0:
+        raise ValueError(f"the windows read frames before {first_row}, the first row given")
+    return np.ascontiguousarray(semantics[indices].transpose(0, 2, 1))
 
 
 def source_window(semantic: np.ndarray) -> np.ndarray:
@@ -78,19 +83,36 @@ def source_window(semantic: np.ndarray) -> np.ndarray:
 
 def blink_ratios(first: int, count: int, seed: int) -> np.ndarray:
     """Eye-blink ratios of frames ``first … first+count−1``: the same values whatever the clip's length."""
-    if first < 0 or count < 0:
-        raise ValueError(f"need first ≥ 0 and count ≥ 0, got first={first}, count={count}")
-    ratios = np.zeros(count, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    frame = 0
-    end = first + count
-    while frame < end:
-        start = frame + int(rng.integers(*BLINK_GAP))
-        for k, value in enumerate(BLINK_SHAPE):
-            if first <= start + k < end:
-                ratios[start + k - first] = value
-        frame = start + len(BLINK_SHAPE)
-    return ratios
+    return BlinkSchedule(seed).ratios(first, count)
+
+
+class BlinkSchedule:
+    """:func:`blink_ratios` for a stream that asks for its frames in order: the generator is kept where it got
+    to, so asking for frame ``n`` costs what is new, not ``n`` draws (a conversation runs for hours)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._frame = 0  # the frame after the last blink drawn: the next gap counts from here
+        self._starts: deque[int] = deque()  # drawn blinks that may still touch a frame asked for
+        self._first = 0  # frames before this were asked for and are let go
+
+    def ratios(self, first: int, count: int) -> np.ndarray:
+        if first < self._first or count < 0:
+            raise ValueError(f"need first ≥ {self._first} (frames are asked for in order) and count ≥ 0")
+        self._first = first
+        end = first + count
+        while self._frame < end:
+            start = self._frame + int(self._rng.integers(*BLINK_GAP))
+            self._starts.append(start)
+            self._frame = start + len(BLINK_SHAPE)
+        while self._starts and self._starts[0] + len(BLINK_SHAPE) <= first:
+            self._starts.popleft()
+        ratios = np.zeros(count, dtype=np.float32)
+        for start in self._starts:
+            for k, value in enumerate(BLINK_SHAPE):
+                if first <= start + k < end:
+                    ratios[start + k - first] = value
+        return ratios
 
 
 @dataclass(frozen=True)
@@ -102,16 +124,18 @@ class PoseWindow:
     keep: range
 
 
-def pose_windows(num_frames: int) -> list[PoseWindow]:
-    """The audio2pose windows of a clip of ``num_frames`` frames (frame 0 is the source pose itself)."""
+def pose_windows(num_frames: int, first: int = 0) -> list[PoseWindow]:
+    """The audio2pose windows of a clip of ``num_frames`` frames (frame 0 is the source pose itself), from
+    window number ``first`` on."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
     moving = num_frames - 1
     full, rest = divmod(moving, POSE_WINDOW)
     windows = [
-        PoseWindow(i, 1 + i * POSE_WINDOW, range(1 + i * POSE_WINDOW, 1 + (i + 1) * POSE_WINDOW)) for i in range(full)
+        PoseWindow(i, 1 + i * POSE_WINDOW, range(1 + i * POSE_WINDOW, 1 + (i + 1) * POSE_WINDOW))
+        for i in range(max(first, 0), full)
     ]
-    if rest:
+    if rest and full >= first:
         windows.append(PoseWindow(full, max(1, num_frames - POSE_WINDOW), range(num_frames - rest, num_frames)))
     return windows
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import threading
 import urllib.request
 import wave
@@ -102,9 +103,14 @@ def decode_video(mp4: bytes) -> tuple[list[np.ndarray], list[bool], list[int], f
 
 
 @contextlib.contextmanager
-def running_gateway(settings: Settings) -> Iterator[str]:
-    """The real gateway (create_app behind the configured uvicorn) on a free loopback port; yields its URL."""
+def running_gateway(settings: Settings, *, send_buffer: int | None = None) -> Iterator[str]:
+    """The real gateway (create_app behind the configured uvicorn) on a free loopback port; yields its URL.
+
+    ``send_buffer``: the kernel's send buffer of each connection, in bytes (instead of Linux's autotuning, which
+    can take megabytes before a client that does not read holds anything up)."""
     listener = bind("127.0.0.1", 0)
+    if send_buffer is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)  # accepted sockets inherit it
     listener.listen(64)  # bound before uvicorn starts: early connections wait in the backlog, no polling
     server = make_server(create_app(settings), settings, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="gateway", daemon=True)

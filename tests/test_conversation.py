@@ -263,3 +263,48 @@ def test_conversation_over_the_socket_with_the_wall_clock(
         with client.websocket_connect("/ws/stream") as ws:
             ws.send_text(json.dumps({**start, "audio": {"format": "file"}}))
             assert "live PCM" in ws.receive_json()["message"]
+
+
+def test_a_conversation_has_its_own_long_cap_and_a_bounded_queue(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """A conversation outlives `max_session_seconds` (it runs in flat memory) and ends at
+    `max_conversation_seconds` of wall time; its queued audio stays within `max_session_seconds` (on a clock
+    the test moves)."""
+    settings = Settings(  # type: ignore[call-arg]
+        triton_url=triton_server.grpc_url, demo=True, max_session_seconds=1.0, max_conversation_seconds=2.0
+    )
+
+    def error_of(ws: Any) -> dict[str, Any]:
+        while True:
+            message = ws.receive()
+            if message.get("text") and (payload := json.loads(message["text"]))["type"] == "error":
+                return dict(payload)
+
+    with TestClient(create_app(settings)) as client:
+        clock = ManualClock()
+        client.app.state.ctx.clock = clock  # type: ignore[attr-defined]
+        avatar_id = client.post("/v1/avatars", files={"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}).json()[
+            "avatar_id"
+        ]
+        start = {"type": "start", "mode": "conversation", "avatar_id": avatar_id, "options": {"engine": "wav2lip"}}
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps(start))
+            ready = ws.receive_json()
+            assert ready["limits"]["max_conversation_seconds"] == 2.0 and ready["limits"]["max_session_seconds"] == 1.0
+            clock.advance(1.5)  # past a clip's limit: a conversation goes on
+            ws.send_bytes(np.zeros(160, "<i2").tobytes())
+            ws.send_text(json.dumps({"type": "interrupt"}))
+            while (message := ws.receive()).get("text") is None or json.loads(message["text"])["type"] != "interrupted":
+                assert message.get("text") is None or json.loads(message["text"])["type"] != "error", message
+            clock.advance(1.0)  # past its own
+            ws.send_bytes(np.zeros(160, "<i2").tobytes())
+            error = error_of(ws)
+            assert error["code"] == "too_large" and "limit of 2 s" in error["message"]
+        with client.websocket_connect("/ws/stream") as ws:
+            ws.send_text(json.dumps(start))
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_bytes((speech[: 16000 * 3] * 32768).astype("<i2").tobytes())  # ≈ 2 s of it queued at once
+            error = error_of(ws)
+            assert error["code"] == "too_large" and "queued" in error["message"]
+        assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]

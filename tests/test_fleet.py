@@ -28,6 +28,7 @@ from gateway.fleet import Fleet
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 WAV2LIP_STAGES = ("mel", "wav2lip", "wav2lip_to_uint8")
+FLEET_KEY = "fleet-test-avatar-signing-key"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,12 @@ def fleet(reduced_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         for suffix in (".onnx", ".json"):
             shutil.copy(reduced_onnx_dir / f"{stage}{suffix}", onnx / f"{stage}{suffix}")
     repository = write_repository(onnx, tmp_path_factory.mktemp("fleet_repo"), RepositorySettings(intra_op_threads=1))
-    env = {"LIPSYNC_DEMO": "1", "LIPSYNC_TRITON_HEALTH_INTERVAL_S": "0.5", "LIPSYNC_MAX_SESSIONS_PER_CLIENT": "8"}
+    env = {
+        "LIPSYNC_DEMO": "1",
+        "LIPSYNC_TRITON_HEALTH_INTERVAL_S": "0.5",
+        "LIPSYNC_MAX_SESSIONS_PER_CLIENT": "8",
+        "LIPSYNC_AVATAR_SIGNING_KEY": FLEET_KEY,
+    }
     with Fleet(repository.path, tritons=2, gateways=2, env=env).start() as running:
         yield running
 
@@ -92,6 +98,37 @@ def test_an_avatar_uploaded_on_one_gateway_streams_on_another(
     assert "end" in result, result
     assert result["end"]["frames"] == 12
     assert httpx.get(f"{b}/readyz", timeout=30).json()["reason"].count("2 of 2") >= 1
+
+
+def test_a_record_forged_without_the_key_is_refused_while_its_owner_keeps_serving_it(
+    fleet: Fleet, speech: np.ndarray
+) -> None:
+    import io
+
+    import redis
+    from PIL import Image
+    from skimage import data
+
+    from gateway.shared_avatars import KEY_PREFIX, MAGIC, TAG_BYTES, sign
+
+    a, b = fleet.gateway_urls
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=80)  # an avatar neither gateway holds
+    avatar_id = upload(a, buffer.getvalue())
+    client = redis.Redis.from_url(fleet.redis.url)
+    try:
+        record = client.get(KEY_PREFIX + avatar_id)
+        assert isinstance(record, bytes) and record.startswith(MAGIC)
+        # Whoever can write Redis, without the fleet's key: the same record, signed with another key.
+        forged = sign(b"not-the-fleet-key-0123456789", avatar_id, record[len(MAGIC) + TAG_BYTES :])
+        client.set(KEY_PREFIX + avatar_id, forged)
+    finally:
+        client.close()
+    refused_before = metric(b, "lipsync_shared_avatar_records_refused_total", reason="signature")
+    refused = session(b, avatar_id, speech[:8000])
+    assert refused["error"]["code"] == "unknown_avatar", refused
+    assert metric(b, "lipsync_shared_avatar_records_refused_total", reason="signature") == refused_before + 1
+    assert "end" in session(a, avatar_id, speech[:8000])  # the owner serves its own copy
 
 
 def test_a_triton_killed_mid_session_changes_nothing_of_its_frames(

@@ -226,12 +226,15 @@ async def _session_tasks() -> list[str]:
     ]
 
 
+TOKEN = "a-test-token-of-24-chars"
+
+
 def test_access_token_and_origin_checks(triton_server: EmbeddedTriton, astronaut_jpeg: bytes) -> None:
-    settings = _settings(triton_server, auth_token="s3cret", allowed_origins=["http://good.example"])
+    settings = _settings(triton_server, auth_token=TOKEN, allowed_origins=["http://good.example"])
     with TestClient(create_app(settings)) as guarded:
         files = {"image": ("a.jpg", astronaut_jpeg, "image/jpeg")}
         assert guarded.post("/v1/avatars", files=files).status_code == 401
-        ok = guarded.post("/v1/avatars", files=files, headers={"Authorization": "Bearer s3cret"})
+        ok = guarded.post("/v1/avatars", files=files, headers={"Authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200
         assert guarded.get("/healthz").status_code == 200  # liveness stays open for probes
         with (

@@ -200,13 +200,13 @@ def test_a_partial_http_header_does_not_hold_a_connection(triton_server: Embedde
     with running_gateway(_settings(triton_server, header_timeout_s=0.5)) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
             started = time.monotonic()
             assert sock.recv(1024) == b"", "the server should close the connection"
             assert time.monotonic() - started < 20
         # A complete request is answered, and says the connection ends with it (one request per connection).
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             answer = b""
             while chunk := sock.recv(4096):
                 answer += chunk
@@ -222,7 +222,7 @@ def test_a_trickled_body_gets_408_and_loses_its_connection(triton_server: Embedd
         }
         for path, content_type in trickles.items():
             with socket.create_connection((host, int(port)), timeout=30) as sock:
-                head = b"POST %s HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: 100000\r\n\r\n" % (
+                head = b"POST %s HTTP/1.1\r\nHost: localhost\r\n%s\r\nContent-Length: 100000\r\n\r\n" % (
                     path.encode(),
                     content_type,
                 )

@@ -4,6 +4,7 @@ Triton: each request is run through the same reduced modules the reference pipel
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -159,3 +160,134 @@ def test_wav2lip_frames_wait_only_for_their_own_window() -> None:
     assert [r.frames for r in requests] == [range(0, 1)]
     timeline.set_mel(requests[0], np.zeros((16, 80), np.float32))
     assert [r.frames for r in timeline.render_requests()] == [range(0, 1)]
+
+
+# --------------------------------------------------------------------------------------- long sessions, memory
+
+
+def _fake_mel(signal: np.ndarray) -> np.ndarray:
+    """A stand-in for the `mel` model with its framing (mel frame t reads padded samples 200·t … 200·t + 799):
+    every tenth sample, so that a span one sample off gives other windows, with no arithmetic to blur it."""
+    frames = (signal.shape[-1] - 800) // 200 + 1
+    return np.lib.stride_tricks.sliding_window_view(signal[0], 800)[::200][:frames, ::10].copy()
+
+
+class _FakeModels:
+    """Deterministic functions of each request's inputs in place of Triton: equal inputs, equal outputs."""
+
+    @staticmethod
+    def pump(timeline: AudioTimeline) -> list[RenderRequest]:
+        from gateway.timeline import Wav2LipTimeline
+
+        if isinstance(timeline, Wav2LipTimeline):
+            for request in timeline.mel_requests():
+                timeline.set_mel(request, _fake_mel(request.span.signal))
+        else:
+            assert isinstance(timeline, Timeline)
+            for motion in timeline.motion_requests():
+                windows = _fake_mel(motion.span.signal)[motion.span.mel_index]  # (K, 16, 80)
+                timeline.set_exp(motion, windows.mean(axis=1)[:, :64] + motion.ratio)
+            for pose in timeline.pose_requests():
+                windows = _fake_mel(pose.span.signal)[pose.span.mel_index]
+                timeline.set_pose_motion(pose, windows.mean(axis=1)[:, :6] + pose.z[:, :6])
+        return timeline.render_requests()
+
+
+def _timeline(engine: str, chunk_frames: int = 8) -> AudioTimeline:
+    from gateway.timeline import Wav2LipTimeline
+
+    if engine == "wav2lip":
+        return Wav2LipTimeline(chunk_frames=chunk_frames, mel_block=4, first_chunk_frames=2)
+    pose = "audio" if engine == "sadtalker-audio" else "still"
+    source = source_semantics(np.random.default_rng(3).standard_normal(257).astype(np.float32))
+    return Timeline(source, pose, 1.1, True, 5, chunk_frames=chunk_frames, motion_block=4, first_chunk_frames=2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["wav2lip", "sadtalker", "sadtalker-audio"])
+def test_a_long_stream_keeps_only_what_its_next_frames_need_and_renders_the_same(engine: str) -> None:
+    """Minutes of audio in uneven pieces: every request equals the one a timeline that keeps everything makes
+    (so the trimming changes no frame), and the trimmed timeline holds a bound that does not grow with the
+    stream (the old one held all of it: ≈ 15 MB a minute with Wav2Lip's mel windows)."""
+    wav = _speechlike(16000 * 150 + 417)
+    trimmed, whole = _timeline(engine), _timeline(engine)
+    whole._release = lambda: None  # type: ignore[method-assign]  # the reference: nothing is let go
+    pieces = np.random.default_rng(4).integers(1, 4000, size=wav.size // 1000)
+    bounds = [int(b) for b in np.cumsum(pieces) if b < wav.size]
+    kept: list[int] = []
+    position, count = 0, 0
+    for bound in [*bounds, wav.size]:
+        for timeline in (trimmed, whole):
+            timeline.add_audio(wav[position:bound])
+            if bound == wav.size:
+                timeline.finish()
+        position = bound
+        for _ in range(3 if bound == wav.size else 1):
+            got, expected = _FakeModels.pump(trimmed), _FakeModels.pump(whole)
+            assert [r.frames for r in got] == [r.frames for r in expected]
+            for a, b in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a.windows, b.windows)
+                np.testing.assert_array_equal(a.audio, b.audio)
+            count += sum(len(r.frames) for r in got)
+        kept.append(trimmed.retained_bytes)
+    assert trimmed.done and whole.done and count == wav.size // 640
+    np.testing.assert_array_equal(trimmed.audio_tail(), whole.audio_tail())
+    assert max(kept) < 3 * 2**20 < whole.retained_bytes  # a few seconds of each buffer, not 150 s
+
+
+def test_a_long_wav2lip_stream_is_the_whole_clips_windows() -> None:
+    """Against the whole clip's windows (same stand-in mel): the trimmed buffers read the right samples."""
+    from lipsync.audio import centre_pad, preemphasis
+    from lipsync.wav2lip import wav2lip_mel_windows
+
+    wav = _speechlike(16000 * 75 + 333)
+    frames = wav.size // 640
+    expected = wav2lip_mel_windows(_fake_mel(centre_pad(preemphasis(wav))[None]), frames)
+    timeline = _timeline("wav2lip", chunk_frames=16)
+    got: list[RenderRequest] = []
+    _feed(
+        timeline, wav, [1234, 640 * 30, 7, 16000 * 20, *([999] * 1000)], lambda: got.extend(_FakeModels.pump(timeline))
+    )
+    assert [f for r in got for f in r.frames] == list(range(frames))
+    np.testing.assert_array_equal(np.concatenate([r.windows for r in got]), expected)
+    np.testing.assert_array_equal(np.concatenate([r.audio for r in got]), wav[: frames * 640])
+
+
+@pytest.mark.parametrize("engine", ["wav2lip", "sadtalker"])
+def test_a_conversation_of_many_minutes_runs_in_flat_memory(engine: str) -> None:
+    """A conversation idling at 25 fps with a 3 s burst every 20 s, on a simulated clock: what it holds after
+    12 minutes is what it held after 2 (the old timeline kept every sample, mel window and coefficient:
+    ≈ 9–15 MB a minute); the played timeline stays a few segments per utterance."""
+    import tracemalloc
+
+    from gateway.conversation import FRAME_S, Conversation
+    from gateway.engines.sadtalker import LOOKAHEAD_MS as SADTALKER_LOOKAHEAD_MS
+    from gateway.engines.wav2lip import LOOKAHEAD_MS as WAV2LIP_LOOKAHEAD_MS
+
+    timeline = _timeline(engine)
+    lookahead = (WAV2LIP_LOOKAHEAD_MS if engine == "wav2lip" else SADTALKER_LOOKAHEAD_MS["still"]) + 3 * 40
+    conversation = Conversation(timeline, lookahead_ms=lookahead)
+    burst = _speechlike(16000 * 3)
+    rendered = 0
+    held: dict[int, int] = {}
+    tracemalloc.start()
+    try:
+        for tick in range(1, 25 * 60 * 12 + 1):  # frame boundaries of the (simulated) wall clock
+            now = tick * FRAME_S
+            if tick % 500 == 250:  # every 20 s, from 10 s on
+                conversation.utterance(f"u{tick}")
+                conversation.feed(burst, now)
+            conversation.advance(now)
+            for request in _FakeModels.pump(timeline):
+                assert request.frames.start == rendered  # in order, none skipped
+                rendered = request.frames.stop
+                conversation.first_frames_in(request.frames, now)
+            if tick % (25 * 60) == 0:
+                held[tick // (25 * 60)] = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert rendered > 25 * 60 * (12 - 0.1)  # kept up with the clock (but for the look-ahead and margin)
+    assert held[12] - held[2] < 256 * 1024, {minute: round(b / 2**20, 2) for minute, b in held.items()}
+    assert timeline.retained_bytes < 2**20
+    assert len(conversation.segments) <= 2 * 36 + 1 and not conversation.utterances  # all reported, let go
+    kinds = [s.kind for s in conversation.segments]
+    assert kinds[0] == "silence" and all(a != b for a, b in pairwise(kinds))  # merged

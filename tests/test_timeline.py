@@ -9,6 +9,7 @@ from scipy.signal import savgol_filter
 from lipsync.timeline import (
     BLINK_SHAPE,
     POSE_WINDOW,
+    BlinkSchedule,
     blink_ratios,
     mapping_window_indices,
     mapping_windows,
@@ -117,3 +118,33 @@ def test_source_semantics_layout() -> None:
     assert source_window(full).shape == (1, 73, 27)
     with pytest.raises(ValueError, match="257"):
         source_semantics(np.zeros(70))
+
+
+def test_a_blink_schedule_asked_in_order_is_the_whole_clips() -> None:
+    """The stream's schedule keeps its generator where it got to (frame n costs what is new, not n draws)."""
+    whole = blink_ratios(0, 5000, seed=9)
+    schedule = BlinkSchedule(9)
+    first = 0
+    for count in [1, 4, 3, 37, 0, 5, 250, *([4] * 1000)]:
+        np.testing.assert_array_equal(schedule.ratios(first, count), whole[first : first + count])
+        first += count
+    np.testing.assert_array_equal(schedule.ratios(first - 2, 2), whole[first - 2 : first])  # the same block again
+    with pytest.raises(ValueError, match="in order"):
+        schedule.ratios(0, 4)
+
+
+@pytest.mark.parametrize("num_frames", [1, 33, 34, 100, 257])
+def test_pose_windows_from_a_window_number_are_the_rest_of_the_list(num_frames: int) -> None:
+    windows = pose_windows(num_frames)
+    for first in range(len(windows) + 2):
+        assert pose_windows(num_frames, first) == windows[first:]
+
+
+def test_mapping_windows_from_rows_that_start_later() -> None:
+    semantics = np.random.default_rng(2).standard_normal((60, 70)).astype(np.float32)
+    frames = np.arange(30, 38)
+    np.testing.assert_array_equal(
+        mapping_windows(semantics[17:], frames, 60, first_row=17), mapping_windows(semantics, frames, 60)
+    )
+    with pytest.raises(ValueError, match="before 18"):
+        mapping_windows(semantics[18:], frames, 60, first_row=18)

@@ -68,8 +68,9 @@ class Engine(Protocol):
         """A run for one session (the avatar's part is prepared)."""
         ...
 
-    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> Any:
-        """This engine's avatar part back from its ``to_arrays()`` (records shared between gateways)."""
+    def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> Any:
+        """This engine's avatar part of ``avatar`` back from its ``to_arrays()`` (records shared between
+        gateways); ValueError when the arrays are not what this engine wrote for that avatar."""
         ...
 
 

@@ -51,6 +51,10 @@ class SadTalkerAvatar:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SadTalkerAvatar:
+        """ValueError unless the arrays have the shapes and dtypes ``prepare`` gives them (they go to Triton)."""
+        for name, shape in (("source", (70,)), ("kp_canonical", (1, 15, 3)), ("kp_source", (1, 15, 3))):
+            if arrays[name].shape != shape or arrays[name].dtype != np.float32:
+                raise ValueError(f"SadTalker {name} of {arrays[name].dtype} {arrays[name].shape}, not float32 {shape}")
         return cls(arrays["source"].copy(), arrays["kp_canonical"].copy(), arrays["kp_source"].copy())
 
 
@@ -80,7 +84,7 @@ class SadTalker:
         )
         avatar.add_part(NAME, SadTalkerAvatar(source, out["kp_canonical"], kp["kp_driving"]))
 
-    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> SadTalkerAvatar:
+    def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> SadTalkerAvatar:
         return SadTalkerAvatar.from_arrays(arrays)
 
     def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> SadTalkerRun:

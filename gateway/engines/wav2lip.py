@@ -137,14 +137,26 @@ class Wav2LipAvatar:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Wav2LipAvatar:
+    def from_arrays(cls, arrays: dict[str, np.ndarray], framings: dict[str, Framing]) -> Wav2LipAvatar:
+        """ValueError unless every face is one ``make_face`` could have made for these framings."""
         faces = {}
         for number in sorted({name.split(".")[0] for name in arrays}, key=int):
             framing, pads, blend = json.loads(str(arrays[f"{number}.key"]))
-            box = Box(*(int(v) for v in arrays[f"{number}.box"]))
-            faces[(framing, tuple(pads), blend)] = Wav2LipFace(
-                arrays[f"{number}.face_input"].copy(), box, arrays[f"{number}.weights"].copy()
-            )
+            face_input, corners, weights = (arrays[f"{number}.{n}"] for n in ("face_input", "box", "weights"))
+            if framing not in framings or blend not in ("lower_face", "box") or len(pads) != 4:
+                raise ValueError(f"a Wav2Lip face for {framing!r}, pads {pads}, blend {blend!r}")
+            if face_input.shape != (1, 6, FACE_SIZE, FACE_SIZE) or face_input.dtype != np.float32:
+                raise ValueError(f"a Wav2Lip face input of {face_input.dtype} {face_input.shape}")
+            if corners.shape != (4,) or corners.dtype.kind not in "iu":
+                raise ValueError(f"a Wav2Lip face box of {corners.dtype} {corners.shape}")
+            box = Box(*(int(v) for v in corners))
+            width, height = framings[framing].size
+            if not (0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height):
+                raise ValueError(f"a Wav2Lip face box {tuple(box)} outside its {width}×{height} framing")
+            if weights.shape != (box.height, box.width) or weights.dtype != np.float32:
+                raise ValueError(f"Wav2Lip weights of {weights.dtype} {weights.shape} for a {tuple(box)} box")
+            top, bottom, left, right = (int(p) for p in pads)
+            faces[(framing, (top, bottom, left, right), blend)] = Wav2LipFace(face_input.copy(), box, weights.copy())
         return cls(faces)
 
     def face(self, avatar: AvatarState, options: SessionOptions) -> Wav2LipFace:
@@ -170,8 +182,8 @@ class Wav2Lip:
             part.face(avatar, SessionOptions(engine="wav2lip"))  # the default framing, pads and blend
             avatar.add_part(NAME, part)
 
-    def part_from_arrays(self, arrays: dict[str, np.ndarray]) -> Wav2LipAvatar:
-        return Wav2LipAvatar.from_arrays(arrays)
+    def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> Wav2LipAvatar:
+        return Wav2LipAvatar.from_arrays(arrays, avatar.framings)
 
     def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> Wav2LipRun:
         face = avatar.part(NAME, Wav2LipAvatar).face(avatar, options)

@@ -64,6 +64,7 @@ async def _answer(channel: Channel, text: str | None) -> bytes:
     if text is None:
         raise BadMessage("Send the request as one JSON text message, not binary data.")
     request = parse_lipsync(text)
+    channel.last_for(settings.max_session_seconds + settings.drain_timeout_s)  # this request, whatever it waits on
     try:
         image = base64.b64decode(request.image, validate=True)
         audio = base64.b64decode(request.audio, validate=True)

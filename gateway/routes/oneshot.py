@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -13,14 +14,13 @@ from gateway.http_errors import error_responses
 from gateway.offline import decode_upload_audio, render_offline
 from gateway.options import EngineName
 from gateway.protocol import parse_options
-from gateway.routes.http_common import Authorised, read_limited
+from gateway.routes.http_common import read_limited
 
 router = APIRouter()
 
 
 @router.post(
     "/v1/lipsync",
-    dependencies=[Authorised],
     response_class=Response,
     responses={
         200: {"content": {"video/mp4": {}}, "description": "the MP4 (H.264 + AAC)"},
@@ -42,14 +42,12 @@ async def lipsync(
     settings = ctx.settings
     with ctx.slots.hold(client_key(request)):
         portrait_limit, audio_limit = settings.max_portrait_bytes, settings.max_message_bytes
-        portrait = await read_limited(
-            image, portrait_limit, ImageTooLarge(f"The file is larger than the limit of {portrait_limit:,} bytes.")
-        )
+        portrait = await read_limited(image, portrait_limit, ImageTooLarge.for_limit(portrait_limit))
         sound = await read_limited(
             audio, audio_limit, TooLarge(f"The audio file is larger than the limit of {audio_limit:,} bytes.")
         )
         state = await ctx.avatars.add(portrait)
-        wav = decode_upload_audio(sound, settings)
+        wav = await asyncio.to_thread(decode_upload_audio, sound, settings)
         chosen = {"pose": pose} if pose != "still" else {}  # so that `pose` with Wav2Lip is refused, not ignored
         options = parse_options(engine=engine, enhance=enhance, seed=seed, framing=framing, **chosen)
         video = await render_offline(ctx, state, wav, options.session_options())

@@ -13,7 +13,6 @@ from gateway.errors import InferenceUnavailable
 from gateway.framing import FRAMINGS
 from gateway.http_errors import error_responses
 from gateway.options import SessionOptions
-from gateway.routes.http_common import Authorised
 
 router = APIRouter()
 
@@ -55,7 +54,6 @@ async def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    dependencies=[Authorised],
     responses={503: {"model": Readiness, "description": "every session slot is taken, or no engine is served"}},
 )
 async def readyz(ctx: Ctx) -> JSONResponse:
@@ -77,7 +75,6 @@ async def readyz(ctx: Ctx) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    dependencies=[Authorised],
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
 )

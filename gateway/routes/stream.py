@@ -42,10 +42,14 @@ async def _stream(channel: Channel) -> None:
         limits = {
             "max_message_bytes": settings.max_message_bytes,
             "max_session_seconds": settings.max_session_seconds,
+            "max_conversation_seconds": settings.max_conversation_seconds if start.mode == "conversation" else None,
             "idle_timeout_s": settings.idle_timeout_s if start.mode == "clip" else None,
             "max_ahead_ms": settings.max_ahead_ms if start.mode == "conversation" else None,
         }
-        deadline = session.clock.now() + settings.max_session_seconds  # from `ready` on, in wall time
+        # A conversation runs in flat memory, so its cap is its own (hours); a clip's is its audio's.
+        length = settings.max_conversation_seconds if start.mode == "conversation" else settings.max_session_seconds
+        deadline = session.clock.now() + length  # from `ready` on, in wall time
+        channel.last_for(length + settings.drain_timeout_s)  # whatever it waits on
         await channel.send({**session.ready_message(), "session_id": session_id, "limits": limits})
         log.info("session %s: avatar %s, %s %s", session_id, state.id[:12], start.mode, start.options)
         _, frames = await run_together(
@@ -65,13 +69,14 @@ async def _receive_audio(
     settings = channel.ctx.settings
     decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
     file_bytes = bytearray()
-    limit_samples = settings.max_session_seconds * SAMPLE_RATE
-    over = TooLarge(
-        f"The session is over its limit of {settings.max_session_seconds:g} s (of audio, or of time since it started)."
-    )
+    conversation = session.conversation is not None
+    seconds = settings.max_conversation_seconds if conversation else settings.max_session_seconds
+    limit_samples = seconds * SAMPLE_RATE
+    over = TooLarge(f"The session is over its limit of {seconds:g} s (of audio, or of time since it started).")
+    # A conversation's audio waits in a queue until it is played: no more than a clip's worth.
+    queue_limit = settings.max_session_seconds * SAMPLE_RATE
     # A clip ends when its audio stops; a conversation idles by design. Neither outlasts the session limit in
     # wall time, so trickling a few samples just inside the idle limit cannot hold a slot for ever.
-    conversation = session.conversation is not None
     while True:
         left = max(deadline - session.clock.now(), 0.0)
         if conversation or left <= settings.idle_timeout_s:
@@ -87,6 +92,11 @@ async def _receive_audio(
             session.feed(decoder.decode(message["bytes"]))
             if session.timeline.samples_heard > limit_samples:
                 raise over
+            if session.conversation is not None and session.conversation.queued_samples > queue_limit:
+                raise TooLarge(
+                    f"The audio queued to be spoken is over the limit of {settings.max_session_seconds:g} s; "
+                    "send it at most that far ahead of playback."
+                )
             continue
         control = parse_control(message.get("text") or "")
         if isinstance(control, Interrupt):

@@ -255,6 +255,8 @@ class StreamSession:
             async with self._calls:
                 await call
         finally:
+            if inspect.getcoroutinestate(call) == inspect.CORO_CREATED:  # cancelled while waiting its turn
+                call.close()
             self._wake.set()  # a result, or a failure for the scheduler to raise
 
     async def _write(self, send: Send) -> None:

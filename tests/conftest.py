@@ -13,7 +13,14 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
+
+# Starlette serves the page's files with anyio.open_file, which anyio imports on first use. anyio is a pytest
+# plugin, so that import is compiled by pytest's assertion rewriter; done in a gateway's server thread while
+# the main thread compiles too, CPython 3.11 can fail it ("AST constructor recursion depth mismatch"). Import it
+# here, once, in the main thread.
+anyio.open_file  # noqa: B018
 
 # Starlette's TestClient sends `Host: testserver`; the gateway answers only to the names it is given (DNS
 # rebinding), so the tests give it that one. The Host tests set their own list.

@@ -30,6 +30,8 @@ class Limits(BaseModel):
     max_sessions: int
     max_sessions_per_client: int
     max_session_seconds: float
+    max_conversation_seconds: float
+    max_sockets_per_client: int
     max_message_bytes: int
     max_portrait_bytes: int
     max_portrait_pixels: int
@@ -91,6 +93,8 @@ async def info(ctx: Ctx) -> Info:
         max_sessions=s.max_sessions,
         max_sessions_per_client=s.max_sessions_per_client,
         max_session_seconds=s.max_session_seconds,
+        max_conversation_seconds=s.max_conversation_seconds,
+        max_sockets_per_client=s.max_sockets_per_client,
         max_message_bytes=s.max_message_bytes,
         max_portrait_bytes=s.max_portrait_bytes,
         max_portrait_pixels=s.max_portrait_pixels,

@@ -392,3 +392,37 @@ def test_a_redis_password_never_reaches_a_message() -> None:
     assert without_password("redis://:s3cret-pass@redis:6379/0") == "redis://:***@redis:6379/0"
     assert without_password("redis://user:s3cret-pass@10.0.0.1/2") == "redis://user:***@10.0.0.1/2"
     assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("engine", ["wav2lip", "sadtalker"])
+def test_a_long_audio_sends_a_bounded_number_of_calls_at_once(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """Eight seconds of audio in one message make every motion/mel block ready at once; only
+    LIPSYNC_MAX_INFLIGHT_CALLS of them are at Triton at a time, and the session still renders them all."""
+    from collections import Counter
+
+    from gateway_helpers import stream
+
+    settings = _settings(triton_server, max_inflight_calls=2)
+    with TestClient(create_app(settings)) as client:
+        triton = client.app.state.ctx.triton  # type: ignore[attr-defined]
+        calling, peak = Counter[str](), Counter[str]()
+        infer = triton.infer
+
+        async def counted(model: str, *args: Any, **kwargs: Any) -> Any:
+            kind = "render" if "render" in model else "calls"
+            calling[kind] += 1
+            peak[kind] = max(peak[kind], calling[kind])
+            try:
+                return await infer(model, *args, **kwargs)
+            finally:
+                calling[kind] -= 1
+
+        monkeypatch.setattr(triton, "infer", counted)
+        avatar = client.post("/v1/avatars", content=astronaut_jpeg, headers={"content-type": "image/jpeg"})
+        pcm = (np.sin(np.arange(16000 * 8) / 7.0) * 6000).astype(np.int16)
+        result = stream(client, avatar.json()["avatar_id"], pcm, piece=pcm.size, engine=engine)
+    assert result.end is not None and result.end["frames"] == 200
+    assert peak["calls"] == 2  # reached, and never passed

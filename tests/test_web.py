@@ -115,7 +115,9 @@ class WebPage:
 @pytest.fixture
 def web(browser: Browser, gateway_url: str) -> Iterator[WebPage]:
     """A fresh page on the gateway's /, collecting console errors and uncaught exceptions."""
-    context = browser.new_context(viewport={"width": 1400, "height": 950}, accept_downloads=True)
+    # The page's CSP forbids eval, which Playwright's string predicates (wait_for_function) use: the test's own
+    # probes bypass it; the page's scripts are 'self' modules either way (test_exposure checks the header).
+    context = browser.new_context(viewport={"width": 1400, "height": 950}, accept_downloads=True, bypass_csp=True)
     page = context.new_page()
     result = WebPage(page)
 

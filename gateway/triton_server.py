@@ -507,6 +507,24 @@ def _die_with_parent_thread() -> Callable[[], None]:
     return set_pdeathsig
 
 
+# Triton's APIs the gateway never calls (it infers, checks health and reads metadata and model configs): behind a
+# key, a pod that can reach the server cannot register shared memory, load models, read statistics, or change
+# tracing and logging.
+ADMIN_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+ADMIN_KEY_HEADER = "triton-admin-key"
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """tritonserver options that put :data:`ADMIN_APIS` behind the header ``triton-admin-key: key``."""
+    if not key:
+        raise ValueError("the admin key is empty")
+    apis = ",".join(ADMIN_APIS)
+    return [
+        f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={key}",
+        f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={key}",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.triton_server", description=__doc__.splitlines()[0])
     parser.add_argument("model_repository", type=Path)
@@ -516,7 +534,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", default=LOOPBACK, help="where to listen (0.0.0.0: every interface)")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--ready-timeout-s", type=float, default=120.0, help="seconds to wait for every model")
+    parser.add_argument(
+        "--admin-key-env",
+        metavar="NAME",
+        help=f"restrict {', '.join(ADMIN_APIS)} to requests whose `{ADMIN_KEY_HEADER}` header is the key in this "
+        "environment variable (not on the command line, which other processes can read)",
+    )
     args = parser.parse_args(argv)
+    extra_args: list[str] = []
+    if args.admin_key_env is not None:
+        key = os.environ.get(args.admin_key_env, "")
+        if not key:
+            parser.error(f"--admin-key-env: the environment variable {args.admin_key_env} is unset or empty")
+        extra_args = restricted_api_args(key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     exit_on_signals()
     server = EmbeddedTriton()
@@ -529,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             address=args.address,
             log_verbose=args.log_verbose,
             ready_timeout_s=args.ready_timeout_s,
+            extra_args=extra_args,
         )
         LOG.info("serving: grpc %s, http %s, pid %d", server.grpc_url, server.http_url, server.pid)
         code = server.wait()

@@ -28,6 +28,7 @@ from docker_helpers import TRITON_PROTOCOLS, dockerfile_stages, gateway_triton_p
 
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.triton_server import ADMIN_APIS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -765,7 +766,7 @@ def test_the_manifests_set_only_settings_the_gateway_has(render: Render) -> None
 
 
 def test_triton_restricts_every_api_the_gateway_does_not_call() -> None:
-    # The gpu overlay runs NVIDIA's tritonserver (the cpu-demo's launcher takes no such flags).
+    # The gpu overlay runs NVIDIA's tritonserver with the flags themselves.
     triton = container(rendered("gpu").get("Deployment", "triton"), "triton")
     command = triton["command"]
     used = gateway_triton_protocols()
@@ -777,10 +778,12 @@ def test_triton_restricts_every_api_the_gateway_does_not_call() -> None:
         assert set(restricted.values()) == {"triton-admin-key=$(TRITON_ADMIN_KEY)"}, flag
     secret = env_ref(triton, "TRITON_ADMIN_KEY")["secretKeyRef"]
     assert secret["name"] in EXTERNAL_SECRETS and not secret.get("optional", False)
-    # The cpu-demo's Triton does not reference the key it cannot use.
+    # The cpu-demo runs the embedded tritonserver's launcher: it restricts the same APIs, with the same Secret's
+    # key, read from the environment.
+    assert set(ADMIN_APIS) == TRITON_PROTOCOLS - open_protocols
     demo = container(rendered("cpu-demo").get("Deployment", "triton"), "triton")
-    assert "TRITON_ADMIN_KEY" not in {var["name"] for var in demo.get("env", [])}
-    assert not any("restricted" in argument for argument in demo["command"])
+    assert "--admin-key-env=TRITON_ADMIN_KEY" in demo["command"]
+    assert env_ref(demo, "TRITON_ADMIN_KEY")["secretKeyRef"] == secret
 
 
 def test_docs_say_what_is_exposed_and_what_to_set() -> None:

@@ -54,7 +54,9 @@ def test_perf_analyzer_measures_throughput_on_the_embedded_server(server: Embedd
         concurrency="2:2:1",
         work_dir=tmp_path,
         request_count=10,
-        max_trials=3,
+        # What is tested is that perf_analyzer runs against this server, not how steady a shared 2-core machine
+        # is: windows may differ by 100 %, and there are enough of them to find three that agree under load.
+        max_trials=10,
         stability=100,
     )
     assert len(rows) == 1

@@ -283,3 +283,27 @@ def test_server_exits_when_launcher_is_killed(tmp_path: Path) -> None:
         if cli.stderr is not None:
             cli.stderr.close()
     assert processes_mentioning(str(repo)) == []
+
+
+def test_admin_apis_can_be_put_behind_a_key(tmp_path: Path) -> None:
+    """The cpu-demo Triton pod (`--admin-key-env`): inference, health and metadata stay open; statistics, the
+    model repository, shared memory, trace and logging need the key."""
+    from tritonclient.utils import InferenceServerException
+
+    from gateway.triton_server import ADMIN_KEY_HEADER, restricted_api_args
+
+    key = "admin-key-for-this-test"
+    repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
+    with EmbeddedTriton().start(repo, extra_args=restricted_api_args(key)) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            assert client.is_server_ready() and client.get_model_metadata("add_one").name == "add_one"
+            np.testing.assert_array_equal(add_one(server.grpc_url, np.ones((1, 3), np.float32)), 2)
+            for call in (client.get_inference_statistics, client.get_model_repository_index):
+                with pytest.raises(InferenceServerException, match="restricted"):
+                    call()
+                call(headers={ADMIN_KEY_HEADER: key})
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.get_inference_statistics(headers={ADMIN_KEY_HEADER: "wrong"})
+        finally:
+            client.close()

@@ -293,6 +293,7 @@ def test_admin_apis_can_be_put_behind_a_key(tmp_path: Path) -> None:
     from gateway.triton_server import ADMIN_KEY_HEADER, restricted_api_args
 
     key = "admin-key-for-this-test"
+    grpc_header = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # Triton's prefix for a restricted gRPC protocol's header
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
     with EmbeddedTriton().start(repo, extra_args=restricted_api_args(key)) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -302,8 +303,8 @@ def test_admin_apis_can_be_put_behind_a_key(tmp_path: Path) -> None:
             for call in (client.get_inference_statistics, client.get_model_repository_index):
                 with pytest.raises(InferenceServerException, match="restricted"):
                     call()
-                call(headers={ADMIN_KEY_HEADER: key})
+                call(headers={grpc_header: key})
             with pytest.raises(InferenceServerException, match="restricted"):
-                client.get_inference_statistics(headers={ADMIN_KEY_HEADER: "wrong"})
+                client.get_inference_statistics(headers={grpc_header: "wrong"})
         finally:
             client.close()

@@ -326,6 +326,7 @@ def test_ipv6_clients_count_by_their_64() -> None:
     assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert client_group("2001:db8:1:3::1") != client_group("2001:db8:1:2::1")
     assert client_group("192.0.2.7") == "192.0.2.7" != client_group("192.0.2.8")
+    assert client_group("::ffff:192.0.2.7") == "192.0.2.7"  # IPv4 on a dual-stack socket: not one /64 for all
 
 
 # --------------------------------------------------------------------------------------- 5. bounded work

@@ -19,14 +19,21 @@ at some coordinates (torch 2.13). :func:`cpu_emulation` runs those ops in fp32 o
 and rounds the result back to the dtype — what a GPU kernel does with fp16 tensors (fp16 in, fp32
 accumulation, fp16 out). A GPU's fp16 grid sampler may round its pixel coordinates further than this, so the
 "everything reduced" render error measured on a GPU (``bench/gpu.py``) can be larger than the CPU's.
+
+bf16 convolutions and matrix products have fast CPU kernels only where the CPU multiplies bf16 itself (AVX-512
+BF16 or AMX, :func:`cpu_has_native_bf16`); elsewhere (AVX2) oneDNN emulates them ≈ 100× slower than fp32, so
+they are emulated here the same way — bf16 in, fp32 accumulation, bf16 out, what the native kernels compute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -72,6 +79,38 @@ _CPU_FP32_OPS: dict[torch.dtype, frozenset[Any]] = {
     torch.float16: frozenset({_aten.convolution.default, _aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
     torch.bfloat16: frozenset({_aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
 }
+# ... and, on a CPU without bf16 arithmetic, bf16's convolutions and matrix products.
+_BF16_ARITHMETIC_OPS = frozenset(
+    {_aten.convolution.default, _aten.addmm.default, _aten.mm.default, _aten.bmm.default, _aten.baddbmm.default}
+)
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell here
+        return frozenset()
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return frozenset(flags.partition(":")[2].split())
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether PyTorch's CPU kernels multiply bf16 in hardware here: the CPU has AVX-512 BF16 or AMX, and
+    neither ``ATEN_CPU_CAPABILITY`` nor ``ONEDNN_MAX_CPU_ISA`` holds PyTorch below it."""
+    if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return False
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return isa == "ALL" or any(tag in isa for tag in ("BF16", "AMX", "FP16", "AVX10"))
+
+
+def _cpu_fp32_ops(dtype: torch.dtype) -> frozenset[Any]:
+    ops = _CPU_FP32_OPS[dtype]
+    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        ops |= _BF16_ARITHMETIC_OPS
+    return ops
 
 
 class _CpuEmulation(TorchDispatchMode):
@@ -88,7 +127,7 @@ class _CpuEmulation(TorchDispatchMode):
         low = next((a.dtype for a in args if isinstance(a, Tensor) and a.dtype in REDUCED_DTYPES), None)
         if low is None:
             return func(*args, **kwargs)
-        if func in _CPU_FP32_OPS[low]:
+        if func in _cpu_fp32_ops(low):
             return self._in_fp32(func, low, args, kwargs)
         try:
             return func(*args, **kwargs)
@@ -286,7 +325,8 @@ def reduced_precisions(dtypes: Sequence[DTypeName], modes: Sequence[Mode] = MODE
 def describe_emulation(device: torch.device) -> str:
     if device.type != "cpu":
         return "none: the GPU's own kernels"
+    bf16 = "" if cpu_has_native_bf16() else " (and bf16 convolutions and matrix products: no bf16 arithmetic here)"
     return (
-        "CPU: fp16 convolutions and reduced-precision grid sampling run in fp32 on the rounded inputs and are "
-        "rounded back; ops without a CPU kernel in the dtype likewise"
+        f"CPU: fp16 convolutions and reduced-precision grid sampling{bf16} run in fp32 on the rounded inputs and "
+        "are rounded back; ops without a CPU kernel in the dtype likewise"
     )

@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from export import tensorrt
+from export import precision, tensorrt
 from export.specs import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,9 @@ def test_cpu_quick_json_structure(cpu_run: tuple[subprocess.CompletedProcess[str
     _, report, _ = cpu_run
     assert report["schema"] == "lipsync-triton/gpu-bench/1"
     assert report["settings"]["device"] == "cpu" and report["settings"]["size"] == "reduced"
-    assert report["settings"]["dtypes"] == ["fp32", "bf16"]
+    # bf16 is timed only where the CPU has bf16 arithmetic; its error is studied everywhere (emulated elsewhere).
+    timed_dtypes = ["fp32", "bf16"] if precision.cpu_has_native_bf16() else ["fp32"]
+    assert report["settings"]["dtypes"] == timed_dtypes
     expected = {"mel", "audio2exp", "audio2pose", "mapping", "kp_detector", "face_recon", "gfpgan"}
     assert expected | {"generator_5d", "generator_4d"} <= set(report["stages"])
     for name, stage in report["stages"].items():
@@ -80,7 +82,7 @@ def test_cpu_quick_json_structure(cpu_run: tuple[subprocess.CompletedProcess[str
         assert set(stage["errors"]) == {"bf16/autocast", "bf16/cast"}, name
         assert all(0 < e["relative_error"] < 0.2 and e["finite"] for e in stage["errors"].values()), name
         timed = {(t["dtype"], t["batch"]) for t in stage["timings"] if t["runtime"] == "eager"}
-        assert timed == {(d, b) for d in ("fp32", "bf16") for b in (1, 2)}, name
+        assert timed == {(d, b) for d in timed_dtypes for b in (1, 2)}, name
         for t in stage["timings"]:
             assert t["status"] == "ok" or t["status"].startswith("skipped"), (name, t)
             if t["status"] == "ok":

@@ -9,7 +9,9 @@ rule) and without, and the rule must keep paying off for the 4-D sampler.
 How ``MEASURED`` was measured: this file's inputs (export.onnx.sample_inputs, batch 2, seed 0; the render
 path's from export.precision.render_inputs, batch 2, seed 7), torch 2.13.0+cpu on an x86-64 CPU with
 AVX-512 BF16, 2 threads, through export.precision (fp16 convolutions and reduced-precision grid sampling
-emulated as that module describes). Run ``python tests/test_precision.py`` to print the values again.
+emulated as that module describes). Run ``python tests/test_precision.py`` to print the values again. On a CPU
+without bf16 arithmetic (AVX2) bf16's convolutions and matrix products are emulated too: the same arithmetic,
+and a few seconds instead of minutes.
 The bounds allow 2.5×: room for other CPUs' kernels and summation orders, not for a real regression (a
 dtype's rounding step is 8× from fp16 to bf16).
 """
@@ -143,6 +145,26 @@ def test_cpu_emulation_rounds_like_a_gpu_kernel() -> None:
     assert emulated == {"aten.convolution.default", "aten.avg_pool3d.default"}
     with precision.cpu_emulation(torch.device("cuda")) as nothing:
         assert nothing == set()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_arithmetic_is_emulated_only_where_the_cpu_lacks_it(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Without AVX-512 BF16 or AMX, oneDNN's bf16 convolutions are ≈ 100× slower than fp32: they and the matrix
+    products run in fp32 on the bf16 inputs and are rounded back (bf16 in, fp32 accumulation, bf16 out)."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 4, 8, 8, generator=gen).bfloat16(), torch.randn(5, 4, 3, 3, generator=gen).bfloat16()
+    a, b = torch.randn(3, 4, generator=gen).bfloat16(), torch.randn(4, 2, generator=gen).bfloat16()
+    with precision.cpu_emulation(CPU) as emulated:
+        y = torch.nn.functional.conv2d(x, w)
+        m = a @ b
+    assert y.dtype == m.dtype == torch.bfloat16
+    if native:
+        assert emulated == set()
+    else:
+        assert emulated == {"aten.convolution.default", "aten.mm.default"}
+        assert torch.equal(y, torch.nn.functional.conv2d(x.float(), w.float()).bfloat16())
+        assert torch.equal(m, (a.float() @ b.float()).bfloat16())
 
 
 def main() -> None:

@@ -101,6 +101,7 @@ class AvatarStore:
         and a core); ``waiting`` more wait their turn, and any beyond are refused as busy."""
         self.shared = shared
         self._preparing = Turns(preparations, waiting)
+        self._making: dict[str, asyncio.Future[AvatarState]] = {}  # preparations in progress, by portrait key
         self.limits = limits
         self.capacity_bytes = capacity_bytes
         self.max_output_side = max_output_side
@@ -138,10 +139,24 @@ class AvatarStore:
         return state
 
     async def add(self, data: bytes) -> AvatarState:
-        """Prepare (or find) the avatar of these portrait bytes; raises gateway.errors on bad input."""
+        """Prepare (or find) the avatar of these portrait bytes; raises gateway.errors on bad input.
+
+        The same portrait sent again while it is being prepared waits for that preparation instead of starting
+        its own (a flood of one large photo costs one decode); it carries on if its first requester leaves."""
         key = avatar_key(data)
         if (known := self.peek(key)) is not None:
             return known
+        if (making := self._making.get(key)) is None:
+            making = self._making[key] = asyncio.ensure_future(self._make(key, data))
+            making.add_done_callback(lambda done: self._made(key, done))
+        return await asyncio.shield(making)
+
+    def _made(self, key: str, done: asyncio.Future[AvatarState]) -> None:
+        self._making.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its requesters have it, or have all left
+
+    async def _make(self, key: str, data: bytes) -> AvatarState:
         if self.shared is not None:
             with contextlib.suppress(UnknownAvatar):  # an outage: make it again from the upload
                 if (shared := await self.get(key)) is not None:

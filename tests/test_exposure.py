@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gateway_helpers import ManualClock, running_gateway
+from PIL import Image
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -33,7 +35,7 @@ from websockets.uri import parse_uri
 from gateway.__main__ import main
 from gateway.access import RedactTokens, client_group, host_allowed
 from gateway.app import create_app
-from gateway.avatar_store import Turns
+from gateway.avatar_store import AvatarStore, Turns
 from gateway.errors import PreparationBusy
 from gateway.settings import Settings
 from gateway.triton_server import EmbeddedTriton
@@ -427,3 +429,36 @@ def test_a_long_audio_sends_a_bounded_number_of_calls_at_once(
         result = stream(client, avatar.json()["avatar_id"], pcm, piece=pcm.size, engine=engine)
     assert result.end is not None and result.end["frames"] == 200
     assert peak["calls"] == 2  # reached, and never passed
+
+
+def test_the_same_portrait_sent_at_once_is_prepared_once(
+    astronaut_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of one photo costs one decode; every requester gets its answer, an error included."""
+    from skimage import data as images
+
+    from gateway.avatars import DEFAULT_LIMITS
+    from gateway.errors import NoFaceFound
+
+    store = AvatarStore(DEFAULT_LIMITS, capacity_bytes=1 << 30)
+    prepared: list[bytes] = []
+    prepare = store._prepare
+
+    def counted(portrait: bytes) -> Any:
+        prepared.append(portrait)
+        return prepare(portrait)
+
+    monkeypatch.setattr(store, "_prepare", counted)
+    buffer = io.BytesIO()
+    Image.fromarray(images.coffee()).save(buffer, format="JPEG")  # no face in it
+    no_face = buffer.getvalue()
+
+    async def flood() -> list[Any]:
+        return await asyncio.gather(
+            *(store.add(p) for p in [astronaut_jpeg] * 3 + [no_face] * 3), return_exceptions=True
+        )
+
+    results = asyncio.run(flood())
+    assert sorted(prepared) == sorted([astronaut_jpeg, no_face])  # one preparation each
+    assert results[0] is results[1] is results[2] and results[0].id == store.peek(results[0].id).id
+    assert all(isinstance(r, NoFaceFound) for r in results[3:])

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, cast, get_args
+from typing import Literal, NamedTuple, get_args
 
 import cv2
 import dlib
@@ -51,7 +51,6 @@ FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
 
 # Bumped whenever the output for the same bytes and options changes, so cached avatars are not reused.
 ALGORITHM_VERSION = 1
-SERIAL_FORMAT = "lipsync-avatar/1"
 
 # Detection runs on a copy no larger than this (dlib's cost grows with pixels; a portrait's face is large).
 DETECT_MAX_SIDE = 1024
@@ -354,62 +353,6 @@ class Avatar:
     def __post_init__(self) -> None:
         for array in (self.image, self.crop, self.aligned, self.align_params, self.landmarks):
             array.setflags(write=False)
-
-    def to_bytes(self) -> bytes:
-        """Serialise to an in-memory .npz (plain arrays and strings; loading needs no pickle)."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            format=np.array(SERIAL_FORMAT),
-            key=np.array(self.key),
-            image=self.image,
-            crop=self.crop,
-            box=np.array(self.box, dtype=np.int64),
-            aligned=self.aligned,
-            align_params=self.align_params,
-            landmarks=self.landmarks,
-            faces_seen=np.array(self.faces_seen, dtype=np.int64),
-            mode=np.array(self.mode),
-            size=np.array(self.size, dtype=np.int64),
-        )
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Avatar:
-        """Inverse of :meth:`to_bytes`; raises ValueError on anything else."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                fields = {name: npz[name] for name in npz.files}
-        except Exception as err:
-            raise ValueError("not a serialised avatar") from err
-        if str(fields.get("format", "")) != SERIAL_FORMAT:
-            raise ValueError(f"not a serialised avatar in format {SERIAL_FORMAT!r}")
-        mode, size = str(fields["mode"]), int(fields["size"])
-        _check_options(mode, size)
-        avatar = cls(
-            key=str(fields["key"]),
-            image=fields["image"],
-            crop=fields["crop"],
-            box=Box(*(int(v) for v in fields["box"])),
-            aligned=fields["aligned"],
-            align_params=fields["align_params"],
-            landmarks=fields["landmarks"],
-            faces_seen=int(fields["faces_seen"]),
-            mode=cast(CropMode, mode),  # checked by _check_options above
-            size=size,
-        )
-        expected = {
-            "image": (avatar.image, np.uint8, 3),
-            "crop": (avatar.crop, np.uint8, 3),
-            "aligned": (avatar.aligned, np.uint8, 3),
-            "landmarks": (avatar.landmarks, np.float64, 2),
-        }
-        for name, (array, dtype, ndim) in expected.items():
-            if array.dtype != dtype or array.ndim != ndim:
-                raise ValueError(f"serialised avatar field {name!r} has dtype {array.dtype} and shape {array.shape}")
-        if avatar.crop.shape != (size, size, 3) or avatar.aligned.shape != (RECON_SIZE, RECON_SIZE, 3):
-            raise ValueError(f"serialised avatar crop {avatar.crop.shape} does not match size {size}")
-        return avatar
 
 
 def _check_options(mode: str, size: int) -> None:

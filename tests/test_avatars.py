@@ -384,26 +384,6 @@ def test_too_many_bytes(png: bytes) -> None:
 # The record
 
 
-def test_serialisation_roundtrip(avatar: Avatar) -> None:
-    data = avatar.to_bytes()
-    back = Avatar.from_bytes(data)
-    assert (back.key, back.box, back.faces_seen, back.mode, back.size) == (
-        avatar.key,
-        avatar.box,
-        avatar.faces_seen,
-        avatar.mode,
-        avatar.size,
-    )
-    for name in ("image", "crop", "aligned", "align_params", "landmarks"):
-        ours, theirs = getattr(back, name), getattr(avatar, name)
-        assert ours.dtype == theirs.dtype, name
-        np.testing.assert_array_equal(ours, theirs, err_msg=name)
-        assert not ours.flags.writeable, name
-    assert back.to_bytes() == data
-    with pytest.raises(ValueError, match="not a serialised avatar"):
-        Avatar.from_bytes(b"not an npz")
-
-
 def test_avatar_arrays_are_read_only(avatar: Avatar) -> None:
     with pytest.raises(ValueError, match="read-only"):
         avatar.image[0, 0, 0] = 1

@@ -38,7 +38,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import add_client_arguments, parse_client_arguments, prepare
+from load import add_client_arguments, parse_client_arguments, prepare, start_session
 
 
 @dataclass
@@ -61,16 +61,7 @@ async def _session(url: str, avatar_id: str, pcm: np.ndarray, args: argparse.Nam
     started = time.perf_counter()
     try:
         async with websockets.connect(url, max_size=None) as ws:
-            start = {
-                "type": "start",
-                "mode": "conversation",
-                "avatar_id": avatar_id,
-                "options": {"engine": args.engine},
-            }
-            await ws.send(json.dumps(start))
-            ready = json.loads(await ws.recv())
-            if ready["type"] != "ready":
-                raise RuntimeError(ready.get("message", ready))
+            await start_session(ws, avatar_id, {"engine": args.engine}, mode="conversation")
 
             async def drive() -> None:
                 for number in range(args.utterances):

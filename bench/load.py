@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -64,6 +65,15 @@ def _speech(path: Path | None, seconds: float) -> np.ndarray:
     return pcm.astype("<i2")
 
 
+async def start_session(ws: Any, avatar_id: str, options: dict[str, Any], mode: str = "clip") -> dict[str, Any]:
+    """Send `start` on an open /ws/stream socket; the server's `ready`, or RuntimeError in its words."""
+    await ws.send(json.dumps({"type": "start", "mode": mode, "avatar_id": avatar_id, "options": options}))
+    ready: dict[str, Any] = json.loads(await ws.recv())
+    if ready["type"] != "ready":
+        raise RuntimeError(ready.get("message", ready))
+    return ready
+
+
 async def _session(ws_url: str, avatar_id: str, pcm: np.ndarray, args: argparse.Namespace) -> Result:
     result = Result()
     start = time.perf_counter()
@@ -72,10 +82,7 @@ async def _session(ws_url: str, avatar_id: str, pcm: np.ndarray, args: argparse.
             options = {"chunk_frames": args.chunk_frames, "engine": args.engine}
             if args.engine == "sadtalker":
                 options["pose"] = args.pose
-            await ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "options": options}))
-            ready = json.loads(await ws.recv())
-            if ready["type"] != "ready":
-                raise RuntimeError(ready.get("message", ready))
+            await start_session(ws, avatar_id, options)
 
             async def send_audio() -> None:
                 for offset in range(0, pcm.size, PIECE):

@@ -37,7 +37,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import PIECE, Result, add_client_arguments, parse_client_arguments, prepare
+from load import PIECE, Result, add_client_arguments, parse_client_arguments, prepare, start_session
 from load import _session as clip_session
 
 log = logging.getLogger("soak")
@@ -182,16 +182,7 @@ async def conversation(
     result = Conversed()
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
-            start = {
-                "type": "start",
-                "mode": "conversation",
-                "avatar_id": avatar_id,
-                "options": {"engine": args.engine},
-            }
-            await ws.send(json.dumps(start))
-            ready = json.loads(await ws.recv())
-            if ready["type"] != "ready":
-                raise RuntimeError(ready.get("message", ready))
+            await start_session(ws, avatar_id, {"engine": args.engine}, mode="conversation")
 
             async def speak() -> None:
                 while time.perf_counter() + args.burst_every < until:

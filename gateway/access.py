@@ -13,11 +13,15 @@ sends it, the access token, how much body it may send and how many sockets one c
   HTTP sends ``Authorization: Bearer …``; only WebSockets may send ``?token=`` (browsers cannot set headers on
   them), and the access log never shows it.
 - **Body**: a request's body is counted as it arrives and refused past its route's limit, so nothing is parsed
-  or spooled before the token and the size are known good.
+  or spooled before the token and the size are known good. The refusal is sent at once, then the rest of the
+  body is read and dropped (a bounded amount, for a bounded time) before the connection closes: closing on
+  unread bytes makes the kernel reset it, and a client still sending would lose the answer with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -50,6 +54,10 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/info"})
 # A request to any other route carries no more body than this (they take none or a little JSON).
 SMALL_BODY = 64 * 1024
+
+# After refusing a body that was too large, what is still read and dropped so the refusal is not lost to a reset.
+DRAIN_AFTER_REFUSAL_BYTES = 16 * 2**20
+DRAIN_AFTER_REFUSAL_S = 5.0
 
 # How a WebSocket protocol words an error: the JSON message sent before the socket is closed.
 ErrorFormat = Callable[[LipsyncError], dict[str, Any]]
@@ -209,7 +217,7 @@ class AccessControl:
             nonlocal answered
             if over and not answered and message["type"] == "http.response.start":
                 answered = True
-                await error_response(too_large)(scope, receive, send)
+                await self._refuse_then_drain(scope, receive, send, too_large)
             elif not over:
                 answered = answered or message["type"] == "http.response.start"
                 await send(message)
@@ -220,7 +228,27 @@ class AccessControl:
             if error is not too_large or answered:
                 raise
             self.count(error.code)
-            await error_response(error)(scope, receive, send)
+            await self._refuse_then_drain(scope, receive, send, error)
+
+    @staticmethod
+    async def _refuse_then_drain(scope: Scope, receive: Receive, send: Send, error: LipsyncError) -> None:
+        """Send the refusal but hold its last part until the client's remaining body is read (see the module)."""
+
+        async def hold_the_end(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                message = {**message, "more_body": True}
+            await send(message)
+
+        await error_response(error)(scope, receive, hold_the_end)
+        dropped = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_AFTER_REFUSAL_S):
+                while dropped <= DRAIN_AFTER_REFUSAL_BYTES:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        break
+                    dropped += len(message.get("body", b""))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, refusal: LipsyncError | None) -> None:
         if isinstance(refusal, HostNotAllowed | OriginNotAllowed):

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.muxer import FragmentedMp4Writer
+from gateway.media.muxer import FragmentedMp4Writer
 
 logger = logging.getLogger("bench.muxer")
 

@@ -21,8 +21,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.avatars import prepare_avatar
-from gateway.pasteback import PasteBack, paste_back, resize_faces
+from gateway.avatars.portrait import prepare_avatar
+from gateway.media.pasteback import PasteBack, paste_back, resize_faces
 
 
 def per_frame_ms(step: Callable[[], object], frames: int) -> float:

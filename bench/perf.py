@@ -250,7 +250,7 @@ REPRODUCE = """
 @contextlib.contextmanager
 def embedded_server(onnx_dir: Path, work_dir: Path, models: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """A cpu repository written from ``onnx_dir`` and served by the embedded Triton; yields (url, manifest)."""
-    from gateway.triton_server import EmbeddedTriton
+    from gateway.triton.server import EmbeddedTriton
 
     repository = write_repository(onnx_dir, work_dir / "repository", RepositorySettings(target="cpu"))
     missing = [m for m in models if m not in (*repository.models, *repository.ensembles)]

@@ -113,7 +113,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from gateway.settings import Settings
-    from gateway.triton_server import EmbeddedTriton
+    from gateway.triton.server import EmbeddedTriton
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from gateway_helpers import running_gateway

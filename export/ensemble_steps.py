@@ -6,7 +6,7 @@ every tensor, from the request to the response, passes only through generated, n
 - :class:`MelWindows` — ``motion``: a span's log-mel (1, T, 80) and per-frame indices (K, 16) → (K, 1, 80, 16).
 - :class:`FaceToUint8` — ``render``: generator output → uint8 faces, NHWC.
 - :class:`EnhancerInput` — ``render_enhanced``: generator output → GFPGAN input, bit-exact with the gateway's
-  ``gateway.pasteback.to_enhancer`` applied to the uint8 face (which enlarges with OpenCV).
+  ``gateway.media.pasteback.to_enhancer`` applied to the uint8 face (which enlarges with OpenCV).
 - :class:`EnhancerOutput` — ``render_enhanced``: GFPGAN output → uint8 faces, as ``from_enhancer`` rounds.
 - :class:`Wav2LipToUint8` — ``wav2lip_render``: Wav2Lip's BGR output → RGB uint8 faces, truncated as upstream.
 - :class:`Wav2LipEnhancerInput` — ``wav2lip_render_enhanced``: that uint8 face, enlarged to GFPGAN's 512².
@@ -107,7 +107,7 @@ class EnhancerInput(nn.Module):
 
 
 class EnhancerOutput(nn.Module):
-    """(B, 3, H, W) float in about [-1, 1] → (B, H, W, 3) uint8, as ``gateway.pasteback.from_enhancer``."""
+    """(B, 3, H, W) float in about [-1, 1] → (B, H, W, 3) uint8, as ``gateway.media.pasteback.from_enhancer``."""
 
     def forward(self, restored: torch.Tensor) -> torch.Tensor:
         unit = (torch.clamp(restored, -1.0, 1.0) + 1.0) / 2.0

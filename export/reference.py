@@ -64,7 +64,7 @@ class Options:
 
 @dataclass(frozen=True)
 class AvatarInputs:
-    """What the render path needs from a portrait (see ``gateway.avatars.Avatar``)."""
+    """What the render path needs from a portrait (see ``gateway.avatars.portrait.Avatar``)."""
 
     crop: np.ndarray  # (S, S, 3) uint8 RGB, S = 256
     coeffs: np.ndarray  # (257,) face_recon output

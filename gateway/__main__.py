@@ -15,10 +15,10 @@ import sys
 
 from pydantic import ValidationError
 
-from gateway.fleet import Fleet
+from gateway.ops.fleet import Fleet
+from gateway.ops.up import bring_up, prepare_repository, serve_gateway
 from gateway.settings import Settings
-from gateway.triton_server import exit_on_signals
-from gateway.up import bring_up, prepare_repository, serve_gateway
+from gateway.triton.server import exit_on_signals
 
 
 def settings_help() -> str:

@@ -15,22 +15,23 @@ from fastapi.responses import JSONResponse
 from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__, avatar_codec
-from gateway.access import PUBLIC_PATHS, AccessControl
-from gateway.avatar_store import AvatarStore
-from gateway.avatars import AvatarLimits
-from gateway.clock import Clock, LoopClock
+from gateway import __version__
+from gateway.avatars import codec as avatar_codec
+from gateway.avatars.portrait import AvatarLimits
+from gateway.avatars.shared import SharedAvatars
+from gateway.avatars.store import AvatarStore
 from gateway.context import Context, SessionSlots, context_of
 from gateway.engines import engines
 from gateway.errors import BadMessage, ImageTooLarge, LipsyncError, TooLarge
-from gateway.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.metrics import Metrics
-from gateway.page import Page
-from gateway.routes import avatars, compat, oneshot, operations, stream
+from gateway.session.clock import Clock, LoopClock
 from gateway.settings import Settings
-from gateway.shared_avatars import SharedAvatars
-from gateway.triton import TritonClient
-from gateway.ws import compat_error, stream_error
+from gateway.transport.access import PUBLIC_PATHS, AccessControl
+from gateway.transport.http_errors import FRAMEWORK_CODES, body_response, error_response
+from gateway.transport.page import Page
+from gateway.transport.routes import avatars, compat, oneshot, operations, stream
+from gateway.transport.ws import compat_error, stream_error
+from gateway.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
-from gateway.access import client_of
-from gateway.avatar_store import AvatarState, AvatarStore
-from gateway.clock import Clock, LoopClock
+from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines import Engine
 from gateway.errors import Busy, EngineUnavailable, SessionLimit
 from gateway.metrics import Metrics, RenderRates
-from gateway.options import SessionOptions
-from gateway.session import StreamSession
+from gateway.session.clock import Clock, LoopClock
+from gateway.session.core import StreamSession
+from gateway.session.options import SessionOptions
 from gateway.settings import Settings
-from gateway.triton import TritonClient
+from gateway.transport.access import client_of
+from gateway.triton.client import TritonClient
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SessionSlots:
 
 
 def client_key(connection: HTTPConnection) -> str:
-    """Who a request comes from, for per-client limits (see :func:`gateway.access.client_of`)."""
+    """Who a request comes from, for per-client limits (see :func:`gateway.transport.access.client_of`)."""
     return client_of(connection.scope)
 
 

@@ -65,7 +65,7 @@ import typing  # noqa: E402
 
 if typing.TYPE_CHECKING:
     from export.stages import StageFactory
-    from gateway.triton_server import EmbeddedTriton
+    from gateway.triton.server import EmbeddedTriton
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,7 @@ def reduced_onnx_dir(tmp_path_factory: pytest.TempPathFactory, reduced_factory: 
 def triton_server(reduced_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
     """The real embedded tritonserver serving the reduced models' cpu repository, once per test session."""
     from export.repository import RepositorySettings, write_repository
-    from gateway.triton_server import EmbeddedTriton
+    from gateway.triton.server import EmbeddedTriton
 
     settings = RepositorySettings(target="cpu", max_queue_delay_us=2000, intra_op_threads=1)
     repository = write_repository(reduced_onnx_dir, tmp_path_factory.mktemp("repository"), settings)

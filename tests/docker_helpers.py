@@ -77,12 +77,14 @@ def stage_uid(stage: str) -> int:
 
 
 def gateway_triton_protocols() -> set[str]:
-    """The Triton protocol groups of the calls the gateway makes (gateway/triton.py, where every call goes)."""
-    source = (REPO_ROOT / "gateway" / "triton.py").read_text()
+    """The Triton protocol groups of the calls the gateway makes (gateway/triton/client.py, where every call goes)."""
+    source = (REPO_ROOT / "gateway" / "triton" / "client.py").read_text()
     methods = set(re.findall(r"\bclient\.(\w+)\(", source))
-    assert "infer" in methods, "no Triton call found in gateway/triton.py"
+    assert "infer" in methods, "no Triton call found in gateway/triton/client.py"
     unknown = methods - set(CLIENT_METHOD_PROTOCOLS)
-    assert not unknown, f"gateway/triton.py calls {unknown}: add their protocol groups to CLIENT_METHOD_PROTOCOLS"
+    assert not unknown, (
+        f"gateway/triton/client.py calls {unknown}: add their protocol groups to CLIENT_METHOD_PROTOCOLS"
+    )
     return {protocol for method in methods if (protocol := CLIENT_METHOD_PROTOCOLS[method]) is not None}
 
 

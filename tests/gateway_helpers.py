@@ -21,8 +21,8 @@ import numpy as np
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.http_server import bind, make_server
 from gateway.settings import Settings
+from gateway.transport.http_server import bind, make_server
 
 
 def read_wav_int16(path: Path) -> np.ndarray:

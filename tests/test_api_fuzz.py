@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

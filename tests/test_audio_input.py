@@ -8,8 +8,8 @@ import wave
 import numpy as np
 import pytest
 
-from gateway.audio_input import PcmDecoder, to_int16
 from gateway.errors import UnsupportedAudio
+from gateway.media.audio_input import PcmDecoder, to_int16
 from lipsync.audio_io import AudioDecodeError, decode_audio
 
 

@@ -23,18 +23,18 @@ import pytest
 import redis.asyncio as redis
 from pydantic import ValidationError
 
-from gateway.avatar_codec import FORMAT, RecordCodec, RecordError, RecordLimits, RecordTooLarge, decode, encode
-from gateway.avatar_store import AvatarState, AvatarStore
-from gateway.avatars import DEFAULT_LIMITS
+from gateway.avatars.codec import FORMAT, RecordCodec, RecordError, RecordLimits, RecordTooLarge, decode, encode
+from gateway.avatars.framing import Framing
+from gateway.avatars.portrait import DEFAULT_LIMITS
+from gateway.avatars.shared import KEY_PREFIX, SharedAvatars
+from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines import engines
 from gateway.engines.sadtalker import SadTalkerAvatar
 from gateway.engines.wav2lip import Wav2LipAvatar
-from gateway.fleet import RedisServer
-from gateway.framing import Framing
 from gateway.metrics import Metrics
-from gateway.options import SessionOptions
+from gateway.ops.fleet import RedisServer
+from gateway.session.options import SessionOptions
 from gateway.settings import Settings
-from gateway.shared_avatars import KEY_PREFIX, SharedAvatars
 
 MiB = 2**20
 KEY = "k" * 32  # the fleet's signing key in these tests
@@ -391,7 +391,7 @@ def test_a_record_written_without_the_key_is_refused_and_its_owner_keeps_serving
             # Someone who can write Redis but lacks the key swaps the avatar's pixels, under its id.
             swapped = dataclasses.replace(mine, crop=np.zeros_like(mine.crop), parts={})
             await forger.save(swapped)
-            with caplog.at_level(logging.WARNING, logger="gateway.shared_avatars"):
+            with caplog.at_level(logging.WARNING, logger="gateway.avatars.shared"):
                 assert await peer.load(mine.id) is None
             assert "signature does not match" in caplog.text
             assert refusals(metrics, "signature") == 1
@@ -423,7 +423,7 @@ def test_an_oversized_value_is_not_even_fetched(redis_url: str, caplog: pytest.L
             await raw.set(KEY_PREFIX + OTHER_ID, bytes(128 * MiB))
             tracemalloc.start()
             try:
-                with caplog.at_level(logging.WARNING, logger="gateway.shared_avatars"):
+                with caplog.at_level(logging.WARNING, logger="gateway.avatars.shared"):
                     assert await peer.load(OTHER_ID) is None
                 _, peak = tracemalloc.get_traced_memory()
             finally:

@@ -15,7 +15,7 @@ import skimage.data
 from PIL import Image
 
 import gateway
-from gateway.avatars import (
+from gateway.avatars.portrait import (
     Avatar,
     AvatarLimits,
     Box,
@@ -26,7 +26,7 @@ from gateway.avatars import (
 )
 from gateway.errors import FaceTooSmall, ImageTooLarge, NoFaceFound, UnsupportedImage
 
-STANDARD_LANDMARKS = Path(gateway.__file__).parent / "data" / "similarity_Lm3D_all.json"
+STANDARD_LANDMARKS = Path(gateway.__file__).parent / "avatars" / "data" / "similarity_Lm3D_all.json"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -54,7 +54,7 @@ def avatar(png: bytes) -> Avatar:
 
 # ---------------------------------------------------------------------------------------------------------------
 # SadTalker's box, transcribed step by step from upstream (src/utils/croper.py Preprocesser.align_face and crop,
-# src/utils/preprocess.py CropAndExtract.generate), independently of gateway.avatars.
+# src/utils/preprocess.py CropAndExtract.generate), independently of gateway.avatars.portrait.
 
 
 def upstream_crop_box(lm: np.ndarray, width: int, height: int, xsize: int = 512) -> tuple[int, int, int, int]:

@@ -50,8 +50,8 @@ def test_up_without_weights_tries_the_download_then_stops_with_instructions(
 def test_up_labels_models_not_exported_from_official_weights(tmp_path: Path) -> None:
     import json
 
+    from gateway.ops.up import _exported_from_official_weights, _onnx_dir
     from gateway.settings import Settings
-    from gateway.up import _exported_from_official_weights, _onnx_dir
 
     settings = Settings(artifacts_dir=tmp_path)  # type: ignore[call-arg]
     sidecar = _onnx_dir(settings) / "generator.json"

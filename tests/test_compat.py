@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 
 pytestmark = pytest.mark.triton
 

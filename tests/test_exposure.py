@@ -33,12 +33,12 @@ from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from gateway.__main__ import main
-from gateway.access import RedactTokens, client_group, host_allowed
 from gateway.app import create_app
-from gateway.avatar_store import AvatarStore, Turns
+from gateway.avatars.store import AvatarStore, Turns
 from gateway.errors import PreparationBusy
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.transport.access import RedactTokens, client_group, host_allowed
+from gateway.triton.server import EmbeddedTriton
 
 TOKEN = "0123456789abcdef-test-token"
 
@@ -392,7 +392,7 @@ def test_the_page_forbids_framing_and_foreign_scripts(guarded: str) -> None:
 
 
 def test_a_redis_password_never_reaches_a_message() -> None:
-    from gateway.shared_avatars import without_password
+    from gateway.avatars.shared import without_password
 
     assert without_password("redis://:s3cret-pass@redis:6379/0") == "redis://:***@redis:6379/0"
     assert without_password("redis://user:s3cret-pass@10.0.0.1/2") == "redis://user:***@10.0.0.1/2"
@@ -439,7 +439,7 @@ def test_the_same_portrait_sent_at_once_is_prepared_once(
     """A flood of one photo costs one decode; every requester gets its answer, an error included."""
     from skimage import data as images
 
-    from gateway.avatars import DEFAULT_LIMITS
+    from gateway.avatars.portrait import DEFAULT_LIMITS
     from gateway.errors import NoFaceFound
 
     store = AvatarStore(DEFAULT_LIMITS, capacity_bytes=1 << 30)

@@ -23,7 +23,7 @@ from gateway_helpers import decode_video, read_wav_int16
 from websockets.sync.client import connect
 
 from export.repository import RepositorySettings, write_repository
-from gateway.fleet import Fleet
+from gateway.ops.fleet import Fleet
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_a_record_forged_without_the_key_is_refused_while_its_owner_keeps_servin
     from PIL import Image
     from skimage import data
 
-    from gateway.shared_avatars import KEY_PREFIX, MAGIC, TAG_BYTES, sign
+    from gateway.avatars.shared import KEY_PREFIX, MAGIC, TAG_BYTES, sign
 
     a, b = fleet.gateway_urls
     buffer = io.BytesIO()
@@ -171,7 +171,7 @@ def test_a_call_whose_triton_went_away_is_retried_once_on_another(fleet: Fleet) 
     import asyncio
 
     from gateway.metrics import Metrics
-    from gateway.triton import TritonClient
+    from gateway.triton.client import TritonClient
 
     async def call() -> tuple[np.ndarray, Metrics]:
         metrics = Metrics()

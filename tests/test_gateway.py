@@ -19,7 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 
 pytestmark = pytest.mark.triton
 
@@ -216,7 +216,7 @@ def test_a_client_that_vanishes_mid_stream_leaves_nothing_behind(
 
 
 async def _session_tasks() -> list[str]:
-    """Tasks in the app's event loop that belong to a streaming session (gateway.session)."""
+    """Tasks in the app's event loop that belong to a streaming session (gateway.session.core)."""
     import asyncio
 
     return [
@@ -254,7 +254,7 @@ def test_a_call_over_its_deadline_says_so(triton_server: EmbeddedTriton) -> None
 
     from gateway.errors import InferenceUnavailable
     from gateway.metrics import Metrics
-    from gateway.triton import TritonClient
+    from gateway.triton.client import TritonClient
 
     async def slow_render() -> None:
         client = TritonClient(triton_server.grpc_url, timeout_s=0.01, metrics=Metrics())

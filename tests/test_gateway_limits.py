@@ -30,7 +30,7 @@ from websockets.sync.client import connect
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 
 pytestmark = pytest.mark.triton
 

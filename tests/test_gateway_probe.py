@@ -1,4 +1,4 @@
-"""gateway/probe.py, the gateway pod's readiness probe and preStop drain (deploy/k8s), against a stub server."""
+"""gateway/ops/probe.py, the gateway pod's readiness probe and preStop drain (deploy/k8s), against a stub server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import ClassVar
 import pytest
 from prometheus_client import generate_latest
 
-from gateway import probe
 from gateway.metrics import Metrics
+from gateway.ops import probe
 
 
 class Stub(BaseHTTPRequestHandler):

@@ -25,17 +25,17 @@ from export.reference import AvatarInputs, Options, ReferencePipeline, Wav2LipRe
 from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
 from gateway.app import create_app
-from gateway.avatar_store import AvatarState, AvatarStore
-from gateway.avatars import AvatarLimits, prepare_avatar
+from gateway.avatars.portrait import AvatarLimits, prepare_avatar
+from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines import engines
 from gateway.engines.wav2lip import Wav2LipAvatar
 from gateway.metrics import Metrics
-from gateway.options import SessionOptions
-from gateway.session import StreamSession
+from gateway.session.core import StreamSession
+from gateway.session.options import SessionOptions
+from gateway.session.timeline import RenderRequest
 from gateway.settings import Settings
-from gateway.timeline import RenderRequest
-from gateway.triton import TritonClient
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.client import TritonClient
+from gateway.triton.server import EmbeddedTriton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from docker_helpers import TRITON_PROTOCOLS, dockerfile_stages, gateway_triton_p
 
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.triton_server import ADMIN_APIS
+from gateway.triton.server import ADMIN_APIS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -339,15 +339,15 @@ def test_cpu_demo_runs_the_embedded_tritonserver_without_a_gpu() -> None:
     server = container(render.get("Deployment", "triton"), "triton")
     assert server["image"].split(":")[0] == "lipsync-triton-cpu"
     command = server["command"]
-    assert command[:3] == ["python", "-m", "gateway.triton_server"]
+    assert command[:3] == ["python", "-m", "gateway.triton.server"]
     assert "--address=0.0.0.0" in command
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     for name in ("http", "grpc", "metrics"):
         assert f"--{name}-port={ports[name]}" in command
     # The flags exist in the launcher, and the image's default command agrees.
-    source = (REPO_ROOT / "gateway" / "triton_server.py").read_text()
+    source = (REPO_ROOT / "gateway" / "triton" / "server.py").read_text()
     assert all(f'"{flag}"' in source for flag in ("--address", "--http-port", "--ready-timeout-s"))
-    assert '"gateway.triton_server", "/models", "--address", "0.0.0.0"' in dockerfile_stages()["triton-cpu"]
+    assert '"gateway.triton.server", "/models", "--address", "0.0.0.0"' in dockerfile_stages()["triton-cpu"]
     # The export writes the `cpu` repository (Python backend) the embedded server runs, from random weights.
     export = container(render.get("Job", "export-models"), "export")
     script = " ".join(export["args"])
@@ -447,14 +447,14 @@ def test_gateway_runs_the_images_command_with_its_settings(render: Render) -> No
     assert env["LIPSYNC_HOST"] == "0.0.0.0" and env["LIPSYNC_PORT"] == "8000"
     assert int(env["LIPSYNC_MAX_SESSIONS"]) >= 1
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    # Readiness and the drain run gateway/probe.py, which exists and takes these commands.
-    assert gateway["readinessProbe"]["exec"]["command"] == ["python", "-m", "gateway.probe", "ready"]
+    # Readiness and the drain run gateway/ops/probe.py, which exists and takes these commands.
+    assert gateway["readinessProbe"]["exec"]["command"] == ["python", "-m", "gateway.ops.probe", "ready"]
     drain = gateway["lifecycle"]["preStop"]["exec"]["command"]
-    assert drain[:4] == ["python", "-m", "gateway.probe", "drain"]
+    assert drain[:4] == ["python", "-m", "gateway.ops.probe", "drain"]
     max_wait = float(drain[drain.index("--max-wait-s") + 1])
     grace = render.get("Deployment", "gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert max_wait >= float(env["LIPSYNC_MAX_SESSION_SECONDS"]) and grace > max_wait
-    assert (REPO_ROOT / "gateway" / "probe.py").is_file()
+    assert (REPO_ROOT / "gateway" / "ops" / "probe.py").is_file()
 
 
 def test_ingress_keeps_websockets_open_for_a_whole_session(render: Render) -> None:

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from gateway.muxer import (
+from gateway.media.muxer import (
     AAC_FRAME_SAMPLES,
     AUDIO_TRACK_ID,
     VIDEO_TIMESCALE,

@@ -10,8 +10,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from gateway.avatars import Avatar, Box, prepare_avatar
-from gateway.pasteback import (
+from gateway.avatars.portrait import Avatar, Box, prepare_avatar
+from gateway.media.pasteback import (
     ENHANCER_SIZE,
     MaskedPasteBack,
     PasteBack,

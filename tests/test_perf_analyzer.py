@@ -15,7 +15,7 @@ import pytest
 
 from export.repository import ENSEMBLES, RepositorySettings, write_repository
 from export.specs import STAGES
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

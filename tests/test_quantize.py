@@ -145,8 +145,8 @@ def test_calibration_files_and_the_command_line(reduced_factory: StageFactory, t
 
 
 def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFactory, tmp_path: Path) -> None:
+    from gateway.ops.up import EXPORT_COMPLETE, _onnx_dir, prepare_repository
     from gateway.settings import Settings
-    from gateway.up import EXPORT_COMPLETE, _onnx_dir, prepare_repository
 
     settings = Settings(  # type: ignore[call-arg]
         demo=True, artifacts_dir=tmp_path / "artifacts", model_repository=tmp_path / "repo", wav2lip_int8=True

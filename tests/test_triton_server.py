@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from gateway_helpers import processes_mentioning
 
-from gateway.triton_server import EmbeddedTriton, TritonStartError, find_tritonserver
+from gateway.triton.server import EmbeddedTriton, TritonStartError, find_tritonserver
 
 LOG = logging.getLogger(__name__)
 pytestmark = pytest.mark.triton
@@ -152,7 +152,7 @@ def test_listens_on_loopback_only(server: EmbeddedTriton) -> None:
 
 
 def test_listens_on_every_interface_when_asked(tmp_path: Path) -> None:
-    # The cpu-demo Triton pod of deploy/k8s serves other pods: `python -m gateway.triton_server --address 0.0.0.0`.
+    # The cpu-demo Triton pod of deploy/k8s serves other pods: `python -m gateway.triton.server --address 0.0.0.0`.
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
     with EmbeddedTriton().start(repo, address="0.0.0.0") as server:
         for port in (server.ports.http, server.ports.grpc, server.ports.metrics):
@@ -167,7 +167,7 @@ def test_second_server_runs_alongside_and_stop_leaves_nothing(
 ) -> None:
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
     regions_before = set(Path("/dev/shm").glob("lipsync_triton_*"))
-    with caplog.at_level(logging.INFO, logger="gateway.triton_server.server"):
+    with caplog.at_level(logging.INFO, logger="gateway.triton.server.server"):
         second = EmbeddedTriton().start(repo)
     try:
         assert {second.ports.http, second.ports.grpc}.isdisjoint({server.ports.http, server.ports.grpc})
@@ -223,7 +223,7 @@ def _as_from_a_terminal() -> None:
 def test_cli_stops_server_and_stubs_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "gateway.triton_server", str(repo)],
+        [sys.executable, "-m", "gateway.triton.server", str(repo)],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -259,7 +259,7 @@ def test_server_exits_when_launcher_is_killed(tmp_path: Path) -> None:
     """SIGKILL leaves no chance for cleanup code: the kernel's parent-death signal stops the server instead."""
     repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "gateway.triton_server", str(repo)],
+        [sys.executable, "-m", "gateway.triton.server", str(repo)],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -290,7 +290,7 @@ def test_admin_apis_can_be_put_behind_a_key(tmp_path: Path) -> None:
     model repository, shared memory, trace and logging need the key."""
     from tritonclient.utils import InferenceServerException
 
-    from gateway.triton_server import ADMIN_KEY_HEADER, restricted_api_args
+    from gateway.triton.server import ADMIN_KEY_HEADER, restricted_api_args
 
     key = "admin-key-for-this-test"
     grpc_header = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # Triton's prefix for a restricted gRPC protocol's header

@@ -23,8 +23,8 @@ from export.ensemble_steps import FaceToUint8
 from export.onnx import relative_error
 from export.repository import ENSEMBLES, RepositorySettings, WrittenRepository, write_repository
 from export.stages import StageFactory
-from gateway.pasteback import from_enhancer, to_enhancer
-from gateway.triton_server import EmbeddedTriton, process_group_members
+from gateway.media.pasteback import from_enhancer, to_enhancer
+from gateway.triton.server import EmbeddedTriton, process_group_members
 from lipsync.audio import mel_window_indices, num_video_frames, padded_signal
 from lipsync.wav2lip import face_input, wav2lip_mel_windows
 
@@ -373,7 +373,7 @@ def test_a_full_triton_queue_is_answered_busy_and_never_retried_elsewhere(one_pl
 
     from gateway.errors import CLOSE_CODES, HTTP_STATUS, InferenceBusy
     from gateway.metrics import Metrics
-    from gateway.triton import TritonClient
+    from gateway.triton.client import TritonClient
 
     host, _, port = one_place_queues.rpartition(":")
     assert host == "127.0.0.1"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from gateway_helpers import processes_mentioning
 
-from gateway.up import EXPORT_COMPLETE
+from gateway.ops.up import EXPORT_COMPLETE
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ from skimage import data
 
 from gateway.errors import NoFaceFound
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton
+from gateway.triton.server import EmbeddedTriton
 from lipsync.audio_io import decode_audio
 
 LOG = logging.getLogger(__name__)

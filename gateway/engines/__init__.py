@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.avatar_store import AvatarState
-from gateway.options import SessionOptions
-from gateway.timeline import AudioTimeline, RenderRequest
-from gateway.triton import TritonClient
+from gateway.avatars.store import AvatarState
+from gateway.session.options import SessionOptions
+from gateway.session.timeline import AudioTimeline, RenderRequest
+from gateway.triton.client import TritonClient
 
 Paste = Callable[[np.ndarray], np.ndarray]  # face (S, S, 3) uint8 → the whole output frame
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from gateway.avatar_store import AvatarState
+from gateway.avatars.store import AvatarState
 from gateway.errors import InferenceUnavailable
-from gateway.options import SessionOptions
-from gateway.pasteback import PasteBack
-from gateway.timeline import MotionRequest, PoseRequest, RenderRequest, SadTalkerTimeline
-from gateway.triton import TritonClient
+from gateway.media.pasteback import PasteBack
+from gateway.session.options import SessionOptions
+from gateway.session.timeline import MotionRequest, PoseRequest, RenderRequest, SadTalkerTimeline
+from gateway.triton.client import TritonClient
 from lipsync.timeline import source_semantics, source_window
 
 NAME = "sadtalker"

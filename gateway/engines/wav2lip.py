@@ -27,14 +27,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.avatar_store import AvatarState
-from gateway.avatars import Box, decode_image, detect_face
+from gateway.avatars.framing import Framing, portrait_framing
+from gateway.avatars.portrait import Box, decode_image, detect_face
+from gateway.avatars.store import AvatarState
 from gateway.errors import InferenceUnavailable
-from gateway.framing import Framing, portrait_framing
-from gateway.options import DEFAULT_PADS, SessionOptions
-from gateway.pasteback import FEATHER, MaskedPasteBack, feather_weights
-from gateway.timeline import MelRequest, RenderRequest, Wav2LipTimeline
-from gateway.triton import TritonClient
+from gateway.media.pasteback import FEATHER, MaskedPasteBack, feather_weights
+from gateway.session.options import DEFAULT_PADS, SessionOptions
+from gateway.session.timeline import MelRequest, RenderRequest, Wav2LipTimeline
+from gateway.triton.client import TritonClient
 from lipsync.wav2lip import FACE_SIZE, face_input
 
 NAME = "wav2lip"

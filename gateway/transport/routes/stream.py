@@ -9,13 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from gateway.audio_input import PcmDecoder
 from gateway.context import client_key
 from gateway.errors import BadMessage, IdleTimeout, TooLarge, UnknownAvatar
-from gateway.offline import decode_upload_audio
-from gateway.protocol import Interrupt, Utterance, parse_control, parse_start
-from gateway.session import StreamSession, run_together
-from gateway.ws import Channel, serve, stream_error
+from gateway.media.audio_input import PcmDecoder
+from gateway.session.core import StreamSession, run_together
+from gateway.session.offline import decode_upload_audio
+from gateway.transport.protocol import Interrupt, Utterance, parse_control, parse_start
+from gateway.transport.ws import Channel, serve, stream_error
 from lipsync.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)

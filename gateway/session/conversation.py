@@ -1,7 +1,7 @@
 """Conversation mode: the avatar is on screen the whole time, rendered on the wall clock, idle between
 utterances, and an utterance can be interrupted.
 
-The session's timeline (``gateway.timeline``) only ever sees *played* audio; this module decides what is
+The session's timeline (``gateway.session.timeline``) only ever sees *played* audio; this module decides what is
 played and when:
 
 - Received audio waits in a queue and is **admitted** to the timeline in order, no further ahead than the
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.timeline import AudioTimeline
+from gateway.session.timeline import AudioTimeline
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
 FRAME_S = SAMPLES_PER_VIDEO_FRAME / SAMPLE_RATE  # 0.04

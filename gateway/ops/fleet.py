@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from gateway.triton_server import EmbeddedTriton, free_loopback_ports
+from gateway.triton.server import EmbeddedTriton, free_loopback_ports
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from gateway.errors import (
     TooLarge,
     Unauthorized,
 )
-from gateway.http_errors import error_response
+from gateway.transport.http_errors import error_response
 
 log = logging.getLogger(__name__)
 

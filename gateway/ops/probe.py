@@ -1,4 +1,4 @@
-"""Kubernetes hooks for a gateway pod (deploy/k8s), run inside the pod: ``python -m gateway.probe ready|drain``.
+"""Kubernetes hooks for a gateway pod (deploy/k8s), run inside the pod: ``python -m gateway.ops.probe ready|drain``.
 
 ``ready``  exits 0 when ``GET /readyz`` answers 200. Unlike an ``httpGet`` probe it sends ``LIPSYNC_AUTH_TOKEN``
            as a bearer token when one is set, since /readyz asks for it then.
@@ -81,7 +81,7 @@ def drain(base_url: str, max_wait_s: float, poll_s: float = 5.0, timeout_s: floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.ops.probe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ready", help="exit 0 when /readyz answers 200")
     drain_parser = sub.add_parser("drain", help="wait for the active sessions to end (preStop)")

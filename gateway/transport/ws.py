@@ -1,8 +1,8 @@
 """What both WebSocket protocols share: accepting, deadlines, the message size limit, and ending a connection
 with an error the client can read — each protocol in its own error format.
 
-(The Host, Origin, token and socket count are checked before this, by :class:`gateway.access.AccessControl`;
-a client that stops reading is cut off by the HTTP server: :mod:`gateway.http_server`.)
+(The Host, Origin, token and socket count are checked before this, by :class:`gateway.transport.access.AccessControl`;
+a client that stops reading is cut off by the HTTP server: :mod:`gateway.transport.http_server`.)
 """
 
 from __future__ import annotations

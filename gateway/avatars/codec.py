@@ -10,7 +10,7 @@ made again from the upload.
 Records come from Redis, which other pods can write: ``decode`` trusts nothing in them. The stored bytes and
 what they inflate to are capped (:class:`RecordLimits`) and read with bounded reads, PNG dimensions are checked
 in the PNG's header before any pixel is decoded, every array's dtype and shape is checked, and the record must
-be the one of the avatar asked for. (Who wrote it is checked before, by ``gateway.shared_avatars``' HMAC.)
+be the one of the avatar asked for. (Who wrote it is checked before, by ``gateway.avatars.shared``' HMAC.)
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.avatar_store import AvatarState
-from gateway.avatars import DEFAULT_LIMITS, Box
+from gateway.avatars.framing import FACE_FRAME_SIZE, FRAMINGS, Framing
+from gateway.avatars.portrait import DEFAULT_LIMITS, Box
+from gateway.avatars.store import AvatarState
 from gateway.engines import Engine
-from gateway.framing import FACE_FRAME_SIZE, FRAMINGS, Framing
 
 FORMAT = "lipsync-avatar-record/2"
 
@@ -83,7 +83,7 @@ class RecordLimits:
 
 @dataclass(frozen=True)
 class RecordCodec:
-    """The codec ``gateway.shared_avatars`` uses: ``snapshot`` on the event loop (the avatar's parts may grow
+    """The codec ``gateway.avatars.shared`` uses: ``snapshot`` on the event loop (the avatar's parts may grow
     there), ``pack`` and ``decode`` in a worker thread."""
 
     engines: Mapping[str, Engine]

@@ -6,7 +6,7 @@ Python-backend stub built for the running interpreter, starts the server on loop
 group, forwards its log lines to :mod:`logging`, waits until the server is ready, and on stop terminates the
 whole group so the stub processes die with it.
 
-Run it from a shell: ``python -m gateway.triton_server MODEL_REPOSITORY`` (Ctrl-C stops server and stubs);
+Run it from a shell: ``python -m gateway.triton.server MODEL_REPOSITORY`` (Ctrl-C stops server and stubs);
 ``--address 0.0.0.0`` serves other hosts (the cpu-demo Triton pod of deploy/k8s).
 """
 
@@ -526,7 +526,7 @@ def restricted_api_args(key: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.triton_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.triton.server", description=__doc__.splitlines()[0])
     parser.add_argument("model_repository", type=Path)
     parser.add_argument("--http-port", type=int, default=0, help="0 = a free loopback port")
     parser.add_argument("--grpc-port", type=int, default=0, help="0 = a free loopback port")

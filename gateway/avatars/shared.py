@@ -1,7 +1,7 @@
 """Avatar records in Redis (``LIPSYNC_REDIS_URL``): any gateway serves an avatar uploaded through another.
 
 Records are keyed by their content hash (the avatar id), expire after ``ttl_s`` unless used (each load
-renews it), and are written compactly by ``gateway.avatar_codec``. Redis is a cache here, never the only
+renews it), and are written compactly by ``gateway.avatars.codec``. Redis is a cache here, never the only
 copy of anything: when it is unreachable a gateway keeps serving the avatars it holds and makes new ones from
 uploads; only an avatar it never saw cannot be served (the error says to upload it again).
 
@@ -26,8 +26,8 @@ import redis.asyncio as redis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from gateway.avatar_codec import RecordError, RecordTooLarge
-from gateway.avatar_store import AvatarState
+from gateway.avatars.codec import RecordError, RecordTooLarge
+from gateway.avatars.store import AvatarState
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class BadSignature(RecordError):
 
 
 class Codec(Protocol):
-    """Records as bytes (``gateway.avatar_codec.RecordCodec``)."""
+    """Records as bytes (``gateway.avatars.codec.RecordCodec``)."""
 
     @property
     def max_record_bytes(self) -> int: ...

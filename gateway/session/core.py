@@ -18,17 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio_input import to_int16
-from gateway.avatar_store import AvatarState
-from gateway.clock import Clock, LoopClock
-from gateway.conversation import FRAME_S, Conversation
+from gateway.avatars.store import AvatarState
 from gateway.engines import Engine
 from gateway.errors import BadMessage, first_error
+from gateway.media.audio_input import to_int16
+from gateway.media.muxer import FragmentedMp4Writer
 from gateway.metrics import Metrics, RenderRates
-from gateway.muxer import FragmentedMp4Writer
-from gateway.options import SessionOptions
-from gateway.timeline import RenderRequest
-from gateway.triton import TritonClient
+from gateway.session.clock import Clock, LoopClock
+from gateway.session.conversation import FRAME_S, Conversation
+from gateway.session.options import SessionOptions
+from gateway.session.timeline import RenderRequest
+from gateway.triton.client import TritonClient
 from lipsync.audio import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class StreamSession:
         """The avatar's part for ``engine`` must be prepared (``Engine.prepare``). ``observe`` sees each chunk's
         rendered faces before paste-back and encoding (tests, debugging). Conversation mode runs on ``clock``
         (the event loop's by default), sends at most ``max_ahead_ms`` of video ahead of it, and plays silence
-        for audio ``audio_margin_ms`` past its due time (see ``gateway.conversation``)."""
+        for audio ``audio_margin_ms`` past its due time (see ``gateway.session.conversation``)."""
         self.avatar = avatar
         self.observe = observe
         self.options = options

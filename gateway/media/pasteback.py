@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from gateway.avatars import Avatar, Box
+from gateway.avatars.portrait import Avatar, Box
 
 # Feather width as a fraction of the box's shorter side.
 FEATHER = 0.1

@@ -19,7 +19,7 @@
   ones are cut by the transport itself (close code 1009). It holds one message at a time for the app and
   does not inflate compressed messages (per-message deflate off): a few bytes on the wire cannot become
   megabytes in memory.
-- ``?token=`` never reaches the logs (:class:`gateway.access.RedactTokens`).
+- ``?token=`` never reaches the logs (:class:`gateway.transport.access.RedactTokens`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from gateway.access import RedactTokens
 from gateway.errors import BodyTimeout
-from gateway.http_errors import error_response
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.transport.access import RedactTokens
+from gateway.transport.http_errors import error_response
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from gateway.avatars import Box
+from gateway.avatars.portrait import Box
 
 FramingName = Literal["portrait", "face"]
 FRAMINGS: tuple[str, ...] = get_args(FramingName)

@@ -17,9 +17,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from gateway.avatars import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
+from gateway.avatars.framing import Framing, make_framings
+from gateway.avatars.portrait import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
 from gateway.errors import PreparationBusy, UnknownAvatar
-from gateway.framing import Framing, make_framings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class AvatarState:
 
 
 class Shared(Protocol):
-    """Where records are shared between gateways (``gateway.shared_avatars``); ``load``/``save`` raise on outage."""
+    """Where records are shared between gateways (``gateway.avatars.shared``); ``load``/``save`` raise on outage."""
 
     async def load(self, avatar_id: str) -> AvatarState | None: ...
 

@@ -10,11 +10,11 @@ from fastapi.responses import Response
 
 from gateway.context import Ctx, client_key
 from gateway.errors import ImageTooLarge, TooLarge
-from gateway.http_errors import error_responses
-from gateway.offline import decode_upload_audio, render_offline
-from gateway.options import EngineName
-from gateway.protocol import parse_options
-from gateway.routes.http_common import read_limited
+from gateway.session.offline import decode_upload_audio, render_offline
+from gateway.session.options import EngineName
+from gateway.transport.http_errors import error_responses
+from gateway.transport.protocol import parse_options
+from gateway.transport.routes.http_common import read_limited
 
 router = APIRouter()
 

@@ -8,11 +8,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from gateway import __version__
+from gateway.avatars.framing import FRAMINGS
 from gateway.context import Ctx
 from gateway.errors import InferenceUnavailable
-from gateway.framing import FRAMINGS
-from gateway.http_errors import error_responses
-from gateway.options import SessionOptions
+from gateway.session.options import SessionOptions
+from gateway.transport.http_errors import error_responses
 
 router = APIRouter()
 

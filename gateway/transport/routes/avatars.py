@@ -8,8 +8,8 @@ from starlette.datastructures import UploadFile
 
 from gateway.context import Ctx
 from gateway.errors import ImageTooLarge, UnsupportedImage
-from gateway.http_errors import error_responses
-from gateway.routes.http_common import read_limited
+from gateway.transport.http_errors import error_responses
+from gateway.transport.routes.http_common import read_limited
 
 router = APIRouter()
 

@@ -26,9 +26,9 @@ from gateway.errors import (
     TooLarge,
     Unauthorized,
 )
-from gateway.offline import decode_upload_audio, render_offline
-from gateway.protocol import parse_lipsync
-from gateway.ws import Channel, compat_error, serve
+from gateway.session.offline import decode_upload_audio, render_offline
+from gateway.transport.protocol import parse_lipsync
+from gateway.transport.ws import Channel, compat_error, serve
 
 log = logging.getLogger(__name__)
 router = APIRouter()

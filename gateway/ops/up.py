@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from gateway.app import create_app
-from gateway.http_server import PortInUse, bind, serve
 from gateway.settings import Settings
-from gateway.triton_server import EmbeddedTriton, exit_on_signals
+from gateway.transport.http_server import PortInUse, bind, serve
+from gateway.triton.server import EmbeddedTriton, exit_on_signals
 
 log = logging.getLogger("lipsync.up")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.avatar_store import AvatarState
+from gateway.avatars.store import AvatarState
 from gateway.context import Context
 from gateway.errors import UnsupportedAudio
-from gateway.options import SessionOptions
+from gateway.session.options import SessionOptions
 from gateway.settings import Settings
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from lipsync.audio_io import AudioDecodeError, decode_audio

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from gateway.errors import BadMessage
-from gateway.options import DEFAULT_PADS, EngineName, SessionOptions
+from gateway.session.options import DEFAULT_PADS, EngineName, SessionOptions
 
 PROTOCOL_VERSION = 1
 

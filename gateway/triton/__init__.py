@@ -1,0 +1,1 @@
+"""Triton: the gRPC client the sessions call (endpoints, health, retries) and the embedded server launcher."""

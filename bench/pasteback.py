@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.avatars.portrait import prepare_avatar
+from gateway.engines.sadtalker.crop import prepare_avatar
 from gateway.media.pasteback import PasteBack, paste_back, resize_faces
 
 

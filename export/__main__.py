@@ -11,7 +11,7 @@ Commands:
                                                   when DIR holds wav2lip_gan.pth (or --wav2lip names a file)
   repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
                                                   the Triton model repository (configs generated from the specs)
-  quantize   --onnx DIR [--stages wav2lip] [--calibration-audio F --calibration-portraits F... | --calibration F]
+  quantize   --onnx DIR [--stages wav2lip] [--calibration-audio F --calibration-faces F.npz | --calibration F]
              [--if-stale]                         int8 graphs for the cpu target, checked against fp32
   synthetic  --out DIR [--seed N]                 write checkpoints in the official layouts, filled with
                                                   deterministic synthetic values (for tests and demos; NOT weights)
@@ -153,13 +153,13 @@ def _repository(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from export.quantize import calibration_from_media, int8_is_current, load_calibration, quantize_stage
+    from export.quantize import calibration_from_media, int8_is_current, load_calibration, load_faces, quantize_stage
 
     if args.calibration and args.calibration_audio:
-        log.error("give --calibration FILE.npz or --calibration-audio with --calibration-portraits, not both")
+        log.error("give --calibration FILE.npz or --calibration-audio with --calibration-faces, not both")
         return 2
-    if bool(args.calibration_audio) != bool(args.calibration_portraits):
-        log.error("--calibration-audio and --calibration-portraits go together (speech, and the faces to say it)")
+    if bool(args.calibration_audio) != bool(args.calibration_faces):
+        log.error("--calibration-audio and --calibration-faces go together (speech, and the faces to say it)")
         return 2
     try:
         for stage in tqdm(args.stages.split(","), desc="int8", unit="stage"):
@@ -170,8 +170,9 @@ def _quantize(args: argparse.Namespace) -> int:
             if args.calibration:
                 calibration, described = load_calibration(args.calibration, stage), args.calibration.name
             elif args.calibration_audio:
-                calibration = calibration_from_media(stage, args.calibration_audio, args.calibration_portraits)
-                described = f"{args.calibration_audio.name} with {len(args.calibration_portraits)} portrait(s)"
+                faces = load_faces(args.calibration_faces)
+                calibration = calibration_from_media(stage, args.calibration_audio, faces)
+                described = f"{args.calibration_audio.name} with {len(faces)} face(s)"
             quantize_stage(args.onnx, stage, calibration, described=described)
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
@@ -279,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     quantize.add_argument("--calibration-audio", type=Path, default=None, help="real speech (any format FFmpeg reads)")
     quantize.add_argument(
-        "--calibration-portraits", type=Path, nargs="+", default=None, help="photos of the faces to serve"
+        "--calibration-faces",
+        type=Path,
+        default=None,
+        help="the faces to serve, as `python -m gateway.engines.wav2lip.calibration PHOTO… --out F.npz` wrote them",
     )
     quantize.add_argument(
         "--if-stale", action="store_true", help="only where the int8 graph is missing or made from another export"

@@ -11,9 +11,10 @@ fp32 graph on held-out inputs and refused when the error passes :data:`INT8_TOLE
 recorded in its sidecar.
 
 The ranges are only as good as the calibration inputs: by default, mel windows of a synthetic voice through the
-real front-end and smooth random faces; ``--calibration-audio SPEECH --calibration-portraits PHOTO…`` builds
-them from real speech and real faces as a session does, and ``--calibration FILE.npz`` takes the model's own
-inputs (one array per input name).
+real front-end and smooth random faces; ``--calibration-audio SPEECH --calibration-faces FACES.npz`` builds
+them from real speech and real faces as a session does (the faces' inputs come from the gateway's face finder:
+``python -m gateway.engines.wav2lip.calibration PHOTO… --out FACES.npz``), and ``--calibration FILE.npz``
+takes the model's own inputs (one array per input name).
 """
 
 from __future__ import annotations
@@ -99,19 +100,26 @@ def synthetic_inputs(stage: str, rows: int, seed: int) -> dict[str, np.ndarray]:
     return {"mel_window": windows, "face": face_input(faces_bgr)}
 
 
+def load_faces(path: Path) -> np.ndarray:
+    """The face inputs (N, 6, 96, 96) float32 of ``python -m gateway.engines.wav2lip.calibration``."""
+    with np.load(path) as data:
+        if "face" not in data.files:
+            raise ValueError(f"{path} has no array `face` (it has {data.files})")
+        faces = np.asarray(data["face"], dtype=np.float32)
+    if faces.ndim != 4 or faces.shape[1:] != (6, 96, 96) or len(faces) == 0:
+        raise ValueError(f"{path}: faces of shape {faces.shape}, not (N ≥ 1, 6, 96, 96)")
+    return faces
+
+
 def calibration_from_media(
-    stage: str, audio: Path, portraits: list[Path], rows: int = 4 * CALIBRATION_ROWS
+    stage: str, audio: Path, faces: np.ndarray, rows: int = 4 * CALIBRATION_ROWS
 ) -> dict[str, np.ndarray]:
-    """Inputs for ``stage`` from real speech and real portraits, built as a session builds them: the mel windows
-    of ``rows`` frames spread over the recording, each with one of the portraits' faces in turn."""
+    """Inputs for ``stage`` from real speech and real faces, built as a session builds them: the mel windows of
+    ``rows`` frames spread over the recording, each with one of the faces in turn."""
     if stage != "wav2lip":
         raise ValueError(f"no calibration from media for {stage!r}")
-    if not portraits:
-        raise ValueError("give at least one portrait to calibrate with")
-    try:
-        from gateway.engines.wav2lip import portrait_face_input
-    except ImportError as error:  # the face detector comes with the gateway's dependencies
-        raise ValueError(f"calibrating from portraits needs the gateway installed (`.[serve]`): {error}") from error
+    if len(faces) == 0:
+        raise ValueError("give at least one face to calibrate with")
     from export.mel import log_mel
     from lipsync.audio import num_video_frames
     from lipsync.audio_io import decode_audio
@@ -123,15 +131,7 @@ def calibration_from_media(
         raise ValueError(f"{audio} is too short to calibrate with")
     windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), frames)
     chosen = np.unique(np.linspace(0, frames - 1, min(rows, frames)).round().astype(int))
-    from gateway.errors import LipsyncError
-
-    faces = []
-    for portrait in portraits:
-        try:
-            faces.append(portrait_face_input(Path(portrait).read_bytes()))
-        except LipsyncError as error:  # no face, not an image, …: in the gateway's own words
-            raise ValueError(f"{portrait}: {error.message}") from error
-    face_rows = np.concatenate(faces)[np.arange(chosen.size) % len(faces)]
+    face_rows = faces[np.arange(chosen.size) % len(faces)]
     return {"mel_window": windows[chosen], "face": face_rows}
 
 

@@ -42,7 +42,10 @@ from lipsync.wav2lip import FACE_SIZE, wav2lip_mel_windows
 log = logging.getLogger(__name__)
 
 PoseMode = Literal["still", "audio"]
-CropMode = Literal["crop", "resize", "full"]
+# Upstream's `--preprocess`: `crop` (the face square) or `full` (the same crop, the semantics with its crop
+# params and the `mapping_full` network; upstream then pastes into the photo). The gateway serves `crop` and
+# pastes into its framings itself; `full` is kept here as upstream's reference for `mapping_full`.
+Preprocess = Literal["crop", "full"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,12 @@ class Options:
 
 @dataclass(frozen=True)
 class AvatarInputs:
-    """What the render path needs from a portrait (see ``gateway.avatars.portrait.Avatar``)."""
+    """What the render path needs from a portrait (see ``gateway.engines.sadtalker.crop``)."""
 
     crop: np.ndarray  # (S, S, 3) uint8 RGB, S = 256
     coeffs: np.ndarray  # (257,) face_recon output
     crop_params: np.ndarray | None = None  # (scale, tx, ty) of the 224² alignment; required in `full` mode
-    mode: CropMode = "crop"
+    mode: Preprocess = "crop"
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

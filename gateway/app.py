@@ -25,12 +25,12 @@ from gateway.engines import engines
 from gateway.errors import BadMessage, ImageTooLarge, LipsyncError, TooLarge
 from gateway.metrics import Metrics
 from gateway.session.clock import Clock, LoopClock
+from gateway.session.messages import CompatError, StreamError
 from gateway.settings import Settings
 from gateway.transport.access import PUBLIC_PATHS, AccessControl
 from gateway.transport.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.transport.page import Page
 from gateway.transport.routes import avatars, compat, oneshot, operations, stream
-from gateway.transport.ws import compat_error, stream_error
 from gateway.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             dns_refresh_s=settings.triton_dns_refresh_s,
         )
         await triton.start()
-        served = engines(settings.motion_block_frames)
+        served = engines(settings.audio_block_frames)
         shared = None
         if settings.redis_url is not None:
             shared = SharedAvatars(
@@ -121,7 +121,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             ),
         },
         max_sockets_per_client=settings.max_sockets_per_client,
-        websocket_errors={"/ws/stream": stream_error, "/ws/lipsync": compat_error},
+        websocket_errors={"/ws/stream": StreamError.of, "/ws/lipsync": CompatError.of},
         count=lambda code: metrics.errors.labels(code).inc(),
     )
 

@@ -85,12 +85,13 @@ class Context:
 
     async def served_engines(self) -> list[Engine]:
         """The engines whose models (default options) Triton serves now; InferenceUnavailable if unreachable."""
-        return [e for e in self.engines.values() if not await self.triton.missing(e.models(SessionOptions()))]
+        return [e for e in self.engines.values() if not await self.triton.missing(e.models(default_options(e)))]
 
     async def prepare(self, avatar: AvatarState, engine: Engine) -> None:
-        """The avatar's part for ``engine``, computed once (and counted in the cache's budget)."""
-        if engine.name not in avatar.parts:
-            await engine.prepare(avatar, self.triton)
+        """The avatar's part for ``engine``, completed once (and counted in the cache's budget)."""
+        before = avatar.parts.get(engine.name)
+        await engine.prepare(avatar, self.triton)  # a no-op when it is complete
+        if avatar.parts.get(engine.name) is not before:
             await self.avatars.updated(avatar)
 
     async def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
@@ -113,6 +114,11 @@ class Context:
             audio_margin_ms=self.settings.audio_margin_ms,
             rates=self.rates,
         )
+
+
+def default_options(engine: Engine) -> SessionOptions:
+    """A session of ``engine`` with its default options (which models a default session needs)."""
+    return SessionOptions(engine.options_model.model_validate({}))
 
 
 def context_of(connection: HTTPConnection) -> Context:

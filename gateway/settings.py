@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,7 +15,7 @@ MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIPSYNC_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LIPSYNC_", env_file=".env", extra="ignore", populate_by_name=True)
 
     # Where things live.
     checkpoint_dir: Path = Field(REPO_ROOT / "checkpoints", description="official (or synthetic) weight files")
@@ -60,7 +60,13 @@ class Settings(BaseSettings):
 
     # Streaming.
     # Smaller blocks mean less latency (a frame waits for its whole block's audio), more (cheap) calls.
-    motion_block_frames: int = Field(4, ge=1, le=32, description="expression frames per motion call")
+    audio_block_frames: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="frames per audio-model call of a session (SadTalker's expression, Wav2Lip's mel blocks)",
+        validation_alias=AliasChoices("LIPSYNC_AUDIO_BLOCK_FRAMES", "LIPSYNC_MOTION_BLOCK_FRAMES"),  # the old name too
+    )
     max_inflight_renders: int = Field(3, ge=1, le=16, description="render calls in flight per session")
     # A long file makes thousands of motion/mel blocks ready at once: only this many go to Triton at a time.
     max_inflight_calls: int = Field(4, ge=1, le=64, description="motion and mel calls in flight per session")

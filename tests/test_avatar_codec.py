@@ -29,11 +29,12 @@ from gateway.avatars.portrait import DEFAULT_LIMITS
 from gateway.avatars.shared import KEY_PREFIX, SharedAvatars
 from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines import engines
-from gateway.engines.sadtalker import SadTalkerAvatar
-from gateway.engines.wav2lip import Wav2LipAvatar
+from gateway.engines.sadtalker.crop import SadTalkerCrop
+from gateway.engines.sadtalker.engine import SadTalkerAvatar, SadTalkerCoefficients
+from gateway.engines.wav2lip.face import Wav2LipAvatar
+from gateway.engines.wav2lip.options import Wav2LipOptions
 from gateway.metrics import Metrics
 from gateway.ops.fleet import RedisServer
-from gateway.session.options import SessionOptions
 from gateway.settings import Settings
 
 MiB = 2**20
@@ -44,15 +45,14 @@ OTHER_ID = "0" * 64
 @pytest.fixture(scope="module")
 def state(astronaut_jpeg: bytes) -> AvatarState:
     store = AvatarStore(DEFAULT_LIMITS, capacity_bytes=1 << 30)
-    avatar = asyncio.run(store.add(astronaut_jpeg))
+    avatar = asyncio.run(store.add(astronaut_jpeg, list(engines().values())))
+    crop = avatar.part("sadtalker", SadTalkerAvatar).crop  # cut from the photo at upload
     part = Wav2LipAvatar({})
-    part.face(avatar, SessionOptions(engine="wav2lip"))  # a prepared face, as a session leaves it
+    part.face(avatar, Wav2LipOptions())  # a prepared face, as a session leaves it
     avatar.add_part("wav2lip", part)
     rng = np.random.default_rng(0)
-    avatar.add_part(
-        "sadtalker",
-        SadTalkerAvatar(*(rng.standard_normal(s).astype(np.float32) for s in ((70,), (1, 15, 3), (1, 15, 3)))),
-    )
+    coefficients = (rng.standard_normal(s).astype(np.float32) for s in ((70,), (1, 15, 3), (1, 15, 3)))
+    avatar.add_part("sadtalker", SadTalkerAvatar(crop, SadTalkerCoefficients(*coefficients)))
     return avatar
 
 
@@ -112,8 +112,7 @@ def test_a_record_comes_back_exactly(state: AvatarState) -> None:
         state.box,
         state.faces_seen,
     )
-    for name in ("landmarks", "crop", "aligned"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
+    np.testing.assert_array_equal(back.landmarks, state.landmarks)
     assert set(back.framings) == set(state.framings)
     for name, framing in state.framings.items():
         np.testing.assert_array_equal(back.framings[name].image, framing.image)  # PNG is lossless
@@ -125,8 +124,11 @@ def test_a_record_comes_back_exactly(state: AvatarState) -> None:
         np.testing.assert_array_equal(theirs.faces[key].weights, face.weights)
         assert theirs.faces[key].box == face.box
     for name in ("source", "kp_canonical", "kp_source"):
-        want = getattr(state.part("sadtalker", SadTalkerAvatar), name)
-        np.testing.assert_array_equal(getattr(back.part("sadtalker", SadTalkerAvatar), name), want)
+        want = getattr(state.part("sadtalker", SadTalkerAvatar).prepared(), name)
+        np.testing.assert_array_equal(getattr(back.part("sadtalker", SadTalkerAvatar).prepared(), name), want)
+    for name in ("crop", "aligned", "align_params"):
+        want = getattr(state.part("sadtalker", SadTalkerAvatar).crop, name)
+        np.testing.assert_array_equal(getattr(back.part("sadtalker", SadTalkerAvatar).crop, name), want)
 
 
 def test_the_framings_are_stored_smaller_than_their_pixels(state: AvatarState) -> None:
@@ -227,6 +229,10 @@ def test_a_grey_framing_is_refused(state: AvatarState) -> None:
         decode(rebuilt(state, **{"framing.portrait": grey.reshape(-1)}), engines(), state.id)
 
 
+def _crop(state: AvatarState) -> SadTalkerCrop:
+    return state.part("sadtalker", SadTalkerAvatar).crop
+
+
 def _face_box(state: AvatarState) -> np.ndarray:
     return members(encode(state))["part.wav2lip.0.box"]
 
@@ -234,9 +240,9 @@ def _face_box(state: AvatarState) -> np.ndarray:
 @pytest.mark.parametrize(
     ("change", "refusal"),
     [
-        (lambda s: {"crop": s.crop.astype(np.float32)}, "crop of float32"),
-        (lambda s: {"crop": s.crop[:255]}, r"crop of uint8 \(255, 256, 3\)"),
-        (lambda s: {"aligned": s.aligned.astype(np.int16)}, "aligned of int16"),
+        (lambda s: {"part.sadtalker.crop": _crop(s).crop.astype(np.float32)}, "crop of float32"),
+        (lambda s: {"part.sadtalker.crop": _crop(s).crop[:255]}, r"crop of uint8 \(255, 256, 3\)"),
+        (lambda s: {"part.sadtalker.aligned": _crop(s).aligned.astype(np.int16)}, "aligned of int16"),
         (lambda s: {"landmarks": s.landmarks[:67]}, r"landmarks of float64 \(67, 2\)"),
         (lambda s: {"landmarks": np.full((68, 2), np.nan)}, "not finite"),
         (lambda s: {"part.wav2lip.0.face_input": np.zeros((1, 6, 96, 95), np.float32)}, "face input"),
@@ -389,7 +395,7 @@ def test_a_record_written_without_the_key_is_refused_and_its_owner_keeps_serving
             mine = await owner.add(astronaut_jpeg)
             assert await peer.load(mine.id) is not None  # the owner's record, signed with the fleet's key
             # Someone who can write Redis but lacks the key swaps the avatar's pixels, under its id.
-            swapped = dataclasses.replace(mine, crop=np.zeros_like(mine.crop), parts={})
+            swapped = dataclasses.replace(mine, landmarks=np.zeros_like(mine.landmarks), parts={})
             await forger.save(swapped)
             with caplog.at_level(logging.WARNING, logger="gateway.avatars.shared"):
                 assert await peer.load(mine.id) is None

@@ -15,18 +15,13 @@ import skimage.data
 from PIL import Image
 
 import gateway
-from gateway.avatars.portrait import (
-    Avatar,
-    AvatarLimits,
-    Box,
-    decode_image,
-    detect_face,
-    prepare_avatar,
-    sadtalker_crop_box,
-)
+from gateway.avatars.portrait import AvatarLimits, decode_image, detect_face
+from gateway.avatars.portrait import face_square as sadtalker_crop_box
+from gateway.engines.sadtalker.crop import CroppedPortrait as Avatar
+from gateway.engines.sadtalker.crop import prepare_avatar
 from gateway.errors import FaceTooSmall, ImageTooLarge, NoFaceFound, UnsupportedImage
 
-STANDARD_LANDMARKS = Path(gateway.__file__).parent / "avatars" / "data" / "similarity_Lm3D_all.json"
+STANDARD_LANDMARKS = Path(gateway.__file__).parent / "engines" / "sadtalker" / "data" / "similarity_Lm3D_all.json"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -144,19 +139,6 @@ def test_crop_rule_matches_upstream_on_transformed_landmarks(avatar: Avatar) -> 
         if box.width <= 0 or box.height <= 0:
             continue  # face entirely off the picture
         assert tuple(sadtalker_crop_box(lm, width, height)) == upstream_crop_box(lm.copy(), width, height)
-
-
-@pytest.mark.parametrize(("mode", "size"), [("crop", 512), ("full", 256), ("resize", 256)])
-def test_modes_and_sizes(png: bytes, avatar: Avatar, mode: str, size: int) -> None:
-    other = prepare_avatar(png, mode=mode, size=size)  # type: ignore[arg-type]
-    assert other.crop.shape == (size, size, 3)
-    assert other.mode == mode
-    assert other.key != avatar.key
-    np.testing.assert_array_equal(other.landmarks, avatar.landmarks)
-    if mode == "resize":
-        assert other.box == Box(0, 0, 512, 512)
-    else:
-        assert other.box == avatar.box
 
 
 def test_deterministic(png: bytes, avatar: Avatar) -> None:

@@ -22,11 +22,11 @@ from export.stages import StageFactory
 from gateway.app import create_app
 from gateway.avatars.portrait import AvatarLimits
 from gateway.avatars.store import AvatarState, AvatarStore
-from gateway.engines import engines
-from gateway.engines.wav2lip import Wav2LipAvatar
+from gateway.engines import engines, session_options
+from gateway.engines.wav2lip.face import Wav2LipAvatar
+from gateway.engines.wav2lip.options import Wav2LipOptions
 from gateway.metrics import Metrics
 from gateway.session.core import StreamSession
-from gateway.session.options import SessionOptions
 from gateway.session.timeline import RenderRequest
 from gateway.settings import Settings
 from gateway.triton.client import TritonClient
@@ -35,7 +35,7 @@ from gateway.triton.server import EmbeddedTriton
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 FRAME = 0.04
-OPTIONS = SessionOptions(engine="wav2lip", mode="conversation", chunk_frames=8, first_chunk_frames=2)
+OPTIONS = session_options(engine="wav2lip", mode="conversation", chunk_frames=8, first_chunk_frames=2)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def _check_exact(conversing: Conversing, factory: StageFactory) -> np.ndarray:
     frames = played.size // 640
     assert sorted(conversing.faces) == list(range(frames)) == list(range(session.frames_sent))
     avatar = session.avatar
-    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, OPTIONS)
+    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, OPTIONS.of(Wav2LipOptions))
     reference = Wav2LipReference(factory).render(face.face_input, played)
     served = np.stack([conversing.faces[i] for i in range(frames)])
     difference = np.abs(served.astype(np.int16) - reference.astype(np.int16))
@@ -308,3 +308,23 @@ def test_a_conversation_has_its_own_long_cap_and_a_bounded_queue(
             error = error_of(ws)
             assert error["code"] == "too_large" and "queued" in error["message"]
         assert client.app.state.ctx.active_sessions == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.triton
+def test_audio_that_arrives_before_the_run_starts_is_spoken_not_preceded_by_silence(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """A client may send audio right after `ready`, before the session's run has sent its init segment."""
+
+    async def heard() -> int:
+        triton = TritonClient(triton_server.grpc_url, timeout_s=120, metrics=Metrics())
+        try:
+            avatar = await _avatar(triton, astronaut_jpeg)
+            session = StreamSession(avatar, OPTIONS, engines()["wav2lip"], triton, Metrics(), clock=ManualClock())
+            session.feed(speech[:3200])
+            return session.timeline.samples_heard
+        finally:
+            await triton.close()
+
+    # Counted from a clock at 0, the manual clock's 1000 s would have been 25,000 frames of overdue silence.
+    assert asyncio.run(heard()) == 3200

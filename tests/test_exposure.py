@@ -446,9 +446,9 @@ def test_the_same_portrait_sent_at_once_is_prepared_once(
     prepared: list[bytes] = []
     prepare = store._prepare
 
-    def counted(portrait: bytes) -> Any:
+    def counted(portrait: bytes, engines: Any) -> Any:
         prepared.append(portrait)
-        return prepare(portrait)
+        return prepare(portrait, engines)
 
     monkeypatch.setattr(store, "_prepare", counted)
     buffer = io.BytesIO()

@@ -25,10 +25,13 @@ from export.reference import AvatarInputs, Options, ReferencePipeline, Wav2LipRe
 from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
 from gateway.app import create_app
-from gateway.avatars.portrait import AvatarLimits, prepare_avatar
+from gateway.avatars.portrait import AvatarLimits
 from gateway.avatars.store import AvatarState, AvatarStore
-from gateway.engines import engines
-from gateway.engines.wav2lip import Wav2LipAvatar
+from gateway.engines import engines, session_options
+from gateway.engines.sadtalker.crop import prepare_avatar
+from gateway.engines.sadtalker.engine import SadTalkerAvatar
+from gateway.engines.wav2lip.face import Wav2LipAvatar
+from gateway.engines.wav2lip.options import Wav2LipOptions
 from gateway.metrics import Metrics
 from gateway.session.core import StreamSession
 from gateway.session.options import SessionOptions
@@ -93,7 +96,7 @@ def test_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
                 triton_server.grpc_url,
                 avatar,
                 speech,
-                SessionOptions(pose=pose, seed=7, pose_style=5, chunk_frames=k),  # type: ignore[arg-type]
+                session_options(pose=pose, seed=7, pose_style=5, chunk_frames=k),  # type: ignore[arg-type]
             )
         )
         for k in (4, 8, 16)
@@ -103,12 +106,16 @@ def test_chunk_sizes_give_identical_frames_equal_to_the_offline_reference(
     np.testing.assert_array_equal(served[16], served[8])
 
     # The offline PyTorch pipeline on the same portrait crop, with face_recon's coefficients from PyTorch too.
-    aligned_face = prepare_avatar(astronaut_jpeg).aligned
+    portrait = prepare_avatar(astronaut_jpeg)
+    # The record was made without SadTalker's part (as when it was not served), so its crop came from the
+    # portrait framing: the same pixels, as the photo fits the framing.
+    np.testing.assert_array_equal(avatar.part("sadtalker", SadTalkerAvatar).crop.crop, portrait.crop)
+    aligned_face = portrait.aligned
     aligned = torch.from_numpy(aligned_face.astype(np.float32).transpose(2, 0, 1)[None] / 255.0)
     with torch.no_grad():
         coeffs = reduced_factory.build("face_recon")(aligned)[0].numpy()
     reference = ReferencePipeline(reduced_factory).render(
-        AvatarInputs(crop=np.array(avatar.crop), coeffs=coeffs),
+        AvatarInputs(crop=np.array(portrait.crop), coeffs=coeffs),
         speech.astype(np.float32) / 32768.0,
         options=Options(pose=pose, seed=7, pose_style=5),  # type: ignore[arg-type]
     )
@@ -124,7 +131,7 @@ def test_wav2lip_chunk_sizes_give_identical_frames_equal_to_the_offline_referenc
     avatar = asyncio.run(_avatar(triton_server.grpc_url, astronaut_jpeg))
     served = {
         k: asyncio.run(
-            _served_faces(triton_server.grpc_url, avatar, speech, SessionOptions(engine="wav2lip", chunk_frames=k))
+            _served_faces(triton_server.grpc_url, avatar, speech, session_options(engine="wav2lip", chunk_frames=k))
         )
         for k in (4, 8, 16)
     }
@@ -133,7 +140,7 @@ def test_wav2lip_chunk_sizes_give_identical_frames_equal_to_the_offline_referenc
     np.testing.assert_array_equal(served[16], served[8])
 
     # The offline PyTorch pipeline on the same face input, with the whole clip's mel (tail windows included).
-    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, SessionOptions(engine="wav2lip"))
+    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, Wav2LipOptions())
     reference = Wav2LipReference(reduced_factory).render(face.face_input, speech.astype(np.float32) / 32768.0)
     difference = np.abs(served[8].astype(np.int16) - reference.astype(np.int16))
     # fp32 ONNX Runtime vs PyTorch, then truncation to uint8: a value may land one level lower or higher.

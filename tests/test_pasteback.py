@@ -10,7 +10,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from gateway.avatars.portrait import Avatar, Box, prepare_avatar
+from gateway.avatars.portrait import Box
+from gateway.engines.sadtalker.crop import CroppedPortrait as Avatar
+from gateway.engines.sadtalker.crop import prepare_avatar
 from gateway.media.pasteback import (
     ENHANCER_SIZE,
     MaskedPasteBack,

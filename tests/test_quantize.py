@@ -23,6 +23,7 @@ from export.quantize import (
     int8_graph,
     int8_is_current,
     load_calibration,
+    load_faces,
     quantize_stage,
     synthetic_inputs,
     variation_error,
@@ -181,13 +182,17 @@ def test_calibration_from_real_speech_and_portraits(
     reduced_factory: StageFactory, spoken_wav: Path, astronaut_jpeg: bytes, tmp_path: Path
 ) -> None:
     from export.mel import log_mel
-    from gateway.engines.wav2lip import portrait_face_input
+    from gateway.engines.wav2lip import calibration
+    from gateway.engines.wav2lip.face import portrait_face_input
     from lipsync.audio_io import decode_audio
     from lipsync.wav2lip import wav2lip_mel_windows
 
     portrait = tmp_path / "astronaut.jpg"
     portrait.write_bytes(astronaut_jpeg)
-    inputs = calibration_from_media("wav2lip", spoken_wav, [portrait], rows=20)
+    faces_file = tmp_path / "faces.npz"
+    # The gateway's face finder writes the faces; the export reads only the arrays.
+    assert calibration.main([str(portrait), "--out", str(faces_file)]) == 0
+    inputs = calibration_from_media("wav2lip", spoken_wav, load_faces(faces_file), rows=20)
     wav = decode_audio(spoken_wav)
     windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), wav.size // 640)
     assert inputs["mel_window"].shape == (20, 1, 80, 16) and inputs["face"].shape == (20, 6, 96, 96)
@@ -196,15 +201,19 @@ def test_calibration_from_real_speech_and_portraits(
     np.testing.assert_array_equal(inputs["face"][7], portrait_face_input(astronaut_jpeg)[0])
 
     onnx_dir = _export_wav2lip(reduced_factory, tmp_path / "onnx")
-    media = ["--calibration-audio", str(spoken_wav), "--calibration-portraits", str(portrait)]
+    media = ["--calibration-audio", str(spoken_wav), "--calibration-faces", str(faces_file)]
     assert export_main(["quantize", "--onnx", str(onnx_dir), *media]) == 0
     sidecar = json.loads(int8_graph(onnx_dir, "wav2lip").with_suffix(".json").read_text())
-    assert sidecar["calibration"].endswith(f"rows of {spoken_wav.name} with 1 portrait(s)")
+    assert sidecar["calibration"].endswith(f"rows of {spoken_wav.name} with 1 face(s)")
     assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration-audio", str(spoken_wav)]) == 2
     np.savez(tmp_path / "x.npz", **inputs)
     assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration", str(tmp_path / "x.npz"), *media]) == 2
+    np.savez(tmp_path / "x.npz", face=inputs["mel_window"])
+    with pytest.raises(ValueError, match=r"x\.npz: faces of shape \(20, 1, 80, 16\)"):
+        load_faces(tmp_path / "x.npz")
 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
     with pytest.raises(ValueError, match=r"blank\.png: No face was found"):
-        calibration_from_media("wav2lip", spoken_wav, [portrait, blank])
+        calibration.face_inputs([portrait, blank])
+    assert calibration.main([str(portrait), str(blank), "--out", str(faces_file)]) == 1

@@ -12,8 +12,8 @@ import torch
 
 from export.reference import AvatarInputs, Options, ReferencePipeline
 from export.stages import StageFactory, Variant
+from gateway.engines.sadtalker.timeline import SadTalkerTimeline as Timeline
 from gateway.session.timeline import AudioTimeline, MelSpan, RenderRequest
-from gateway.session.timeline import SadTalkerTimeline as Timeline
 from lipsync.timeline import mapping_windows, source_semantics
 
 
@@ -126,7 +126,7 @@ def test_nothing_is_rendered_before_its_window_is_heard(factory: StageFactory) -
 
 def test_wav2lip_windows_are_the_whole_clips_whatever_the_chunking(factory: StageFactory) -> None:
     from export.mel import log_mel
-    from gateway.session.timeline import Wav2LipTimeline
+    from gateway.engines.wav2lip.timeline import Wav2LipTimeline
     from lipsync.wav2lip import wav2lip_mel_windows
 
     wav = _speechlike(640 * 37 + 321)  # a tail that is not a whole frame: upstream's mel reads it
@@ -152,7 +152,7 @@ def test_wav2lip_windows_are_the_whole_clips_whatever_the_chunking(factory: Stag
 
 
 def test_wav2lip_frames_wait_only_for_their_own_window() -> None:
-    from gateway.session.timeline import Wav2LipTimeline
+    from gateway.engines.wav2lip.timeline import Wav2LipTimeline
 
     timeline = Wav2LipTimeline(chunk_frames=1, mel_block=1)
     timeline.add_audio(_speechlike(640 * 6))  # 240 ms: frame 0's window (0..15) ends 212.5 ms in
@@ -177,7 +177,7 @@ class _FakeModels:
 
     @staticmethod
     def pump(timeline: AudioTimeline) -> list[RenderRequest]:
-        from gateway.session.timeline import Wav2LipTimeline
+        from gateway.engines.wav2lip.timeline import Wav2LipTimeline
 
         if isinstance(timeline, Wav2LipTimeline):
             for request in timeline.mel_requests():
@@ -194,7 +194,7 @@ class _FakeModels:
 
 
 def _timeline(engine: str, chunk_frames: int = 8) -> AudioTimeline:
-    from gateway.session.timeline import Wav2LipTimeline
+    from gateway.engines.wav2lip.timeline import Wav2LipTimeline
 
     if engine == "wav2lip":
         return Wav2LipTimeline(chunk_frames=chunk_frames, mel_block=4, first_chunk_frames=2)
@@ -259,8 +259,8 @@ def test_a_conversation_of_many_minutes_runs_in_flat_memory(engine: str) -> None
     ≈ 9–15 MB a minute); the played timeline stays a few segments per utterance."""
     import tracemalloc
 
-    from gateway.engines.sadtalker import LOOKAHEAD_MS as SADTALKER_LOOKAHEAD_MS
-    from gateway.engines.wav2lip import LOOKAHEAD_MS as WAV2LIP_LOOKAHEAD_MS
+    from gateway.engines.sadtalker.engine import LOOKAHEAD_MS as SADTALKER_LOOKAHEAD_MS
+    from gateway.engines.wav2lip.engine import LOOKAHEAD_MS as WAV2LIP_LOOKAHEAD_MS
     from gateway.session.conversation import FRAME_S, Conversation
 
     timeline = _timeline(engine)

@@ -32,7 +32,7 @@ from gateway.avatars.portrait import DEFAULT_LIMITS, Box
 from gateway.avatars.store import AvatarState
 from gateway.engines import Engine
 
-FORMAT = "lipsync-avatar-record/2"
+FORMAT = "lipsync-avatar-record/3"
 
 MiB = 2**20
 # A record has ≈ 11 members, plus 4 per Wav2Lip face; far more is not a record of ours.
@@ -44,8 +44,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The fixed members and what they must be (the framings and the engines' parts are checked where they are read).
 _FIXED: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
     "landmarks": ((68, 2), np.dtype(np.float64)),
-    "crop": ((256, 256, 3), np.dtype(np.uint8)),
-    "aligned": ((224, 224, 3), np.dtype(np.uint8)),
 }
 
 
@@ -125,8 +123,6 @@ def snapshot(state: AvatarState) -> dict[str, Any]:
             )
         ),
         "landmarks": state.landmarks,
-        "crop": state.crop,
-        "aligned": state.aligned,
     }
     for name, framing in state.framings.items():
         arrays[f"framing.{name}"] = framing.image
@@ -205,8 +201,6 @@ def decode(
             landmarks=fixed["landmarks"],
             faces_seen=_int(meta["faces_seen"], "faces_seen", 0),
             framings=framings,
-            crop=fixed["crop"],
-            aligned=fixed["aligned"],
         )
         for engine_name, engine in engines.items():
             prefix = f"part.{engine_name}."

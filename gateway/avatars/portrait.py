@@ -1,10 +1,10 @@
-"""Portrait → avatar record: everything the render path needs from one uploaded photo, computed once.
+"""Portrait bytes → the picture and its face, once per upload; what every engine starts from.
 
-Steps: decode (JPEG/PNG/WebP, EXIF orientation, any mode → RGB, size limits read from the header first),
-find the largest face and its 68 landmarks with dlib, SadTalker's crop (OpenTalker/SadTalker
-``src/utils/croper.py`` ``Preprocesser.align_face``/``crop`` and ``src/utils/preprocess.py``
-``CropAndExtract.generate``; Apache-2.0), and the 5-point similarity alignment to 224² that face_recon expects
-(``src/face3d/util/preprocess.py`` ``align_img``, from Deep3DFaceRecon_pytorch).
+Steps: decode (JPEG/PNG/WebP, EXIF orientation, any mode → RGB, size limits read from the header first), find
+the largest face and its 68 landmarks with dlib, and the face square: the FFHQ-style square around eyes and
+mouth (OpenTalker/SadTalker ``src/utils/croper.py`` ``Preprocesser.align_face``/``crop``; Apache-2.0), which
+the ``face`` framing centres on and SadTalker crops. Engines make their own parts from this
+(``Engine.portrait_part``), only the engines the server serves.
 
 Deviations from upstream, all deliberate:
 - Upstream detects with RetinaFace and a 98-point model mapped to 68 points; we use dlib's frontal detector and
@@ -12,10 +12,6 @@ Deviations from upstream, all deliberate:
 - Upstream shrinks very large photos (quad ≥ 2048 px) before cropping and then reports the crop box in the
   shrunk coordinates; we always work in original coordinates, so the box is right for paste-back.
 - Upstream clamps the quad's bottom edge by the image *width*; we clamp each edge by the image bounds.
-- Upstream resizes the crop bilinearly in both directions; we shrink with area averaging (no aliasing) and
-  enlarge with bicubic interpolation, which paste-back's bicubic resize undoes to within a level or two.
-- Upstream detects landmarks a second time on the resized crop for the 224² alignment; we map the landmarks we
-  already have into crop coordinates (same points, one detection).
 
 Torch-free: numpy, OpenCV, Pillow and dlib only.
 """
@@ -25,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import json
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import cv2
 import dlib
@@ -43,14 +38,11 @@ from gateway.errors import FaceTooSmall, ImageTooLarge, NoFaceFound, Unsupported
 
 log = logging.getLogger(__name__)
 
-CropMode = Literal["crop", "resize", "full"]
-CROP_MODES: tuple[str, ...] = get_args(CropMode)
-CROP_SIZES = (256, 512)
 # MPO is how Pillow reports the multi-picture JPEGs many phone cameras write; its first picture is a JPEG.
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
 
 # Bumped whenever the output for the same bytes and options changes, so cached avatars are not reused.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
 
 # Detection runs on a copy no larger than this (dlib's cost grows with pixels; a portrait's face is large).
 DETECT_MAX_SIDE = 1024
@@ -59,12 +51,6 @@ DETECT_UPSAMPLE = 1
 # dlib's default threshold (0) accepts weak hits: on skimage's astronaut it finds her face (score 1.2) and a
 # "face" on the suit (0.1). Real faces score well above 0.3.
 DETECT_THRESHOLD = 0.3
-
-# face_recon input (Deep3DFaceRecon): 224² crop, standard face scaled to 102 px per unit.
-RECON_SIZE = 224
-RECON_RESCALE = 102.0
-
-_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -218,10 +204,10 @@ def detect_face(image: np.ndarray) -> FaceDetection:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# SadTalker's crop
+# The face square (FFHQ-style alignment from the landmarks)
 
 
-def sadtalker_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+def face_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
     """The oriented square around eyes and mouth (FFHQ-style): corners (4, 2) and side length.
 
     The half-side is the larger of twice the eye distance and 1.8× the eye-to-mouth distance; the square is
@@ -240,13 +226,14 @@ def sadtalker_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
     return quad, 2.0 * math.hypot(*x)
 
 
-def sadtalker_crop_box(landmarks: np.ndarray, width: int, height: int) -> Box:
-    """SadTalker's ``crop`` box: the quad's left/top/right/bottom corners, rounded half up, clipped to the image.
+def face_square(landmarks: np.ndarray, width: int, height: int) -> Box:
+    """The face square: the quad's left/top/right/bottom corners, rounded half up, clipped to the image.
 
-    Upstream takes min x of the two left corners, min y of the two top corners, and so on, adds 0.5 and
-    truncates; its intermediate border crop only shifts the origin, so the box reduces to this.
+    This is SadTalker's ``crop`` box (upstream takes min x of the two left corners, min y of the two top
+    corners, and so on, adds 0.5 and truncates; its intermediate border crop only shifts the origin, so the box
+    reduces to this), and the ``face`` framing is centred on it.
     """
-    quad, _ = sadtalker_quad(landmarks)
+    quad, _ = face_quad(landmarks)
     left = min(quad[0, 0], quad[1, 0])
     top = min(quad[0, 1], quad[3, 1])
     right = max(quad[2, 0], quad[3, 0])
@@ -259,134 +246,45 @@ def sadtalker_crop_box(landmarks: np.ndarray, width: int, height: int) -> Box:
     )
 
 
-def crop_box(landmarks: np.ndarray, width: int, height: int, mode: CropMode) -> Box:
-    """``crop`` and ``full`` share SadTalker's face box; ``resize`` uses the whole picture."""
-    if mode == "resize":
-        return Box(0, 0, width, height)
-    return sadtalker_crop_box(landmarks, width, height)
-
-
-def cut_and_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The box region resized to size² (area averaging when shrinking, bicubic when enlarging)."""
-    region = image[box.y0 : box.y1, box.x0 : box.x1]
-    shrinking = box.width * box.height > size * size
-    out = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(out, dtype=np.uint8)
-
-
-def to_crop_coordinates(points: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """Map original pixel coordinates into the size² crop (pixel centres at integer coordinates)."""
-    scale = np.array([size / box.width, size / box.height])
-    return (np.asarray(points, dtype=np.float64) - np.array([box.x0, box.y0]) + 0.5) * scale - 0.5
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# 5-point alignment for face_recon
-
-
-def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """68 → 5 points in the order face_recon uses: left eye, right eye, nose tip, left and right mouth corners."""
-    lm = np.asarray(landmarks)
-    return np.stack([lm[[36, 39]].mean(axis=0), lm[[42, 45]].mean(axis=0), lm[30], lm[48], lm[54]])
-
-
-def _load_standard_5p() -> np.ndarray:
-    raw = json.loads((_DATA_DIR / "similarity_Lm3D_all.json").read_text())
-    return five_points(np.asarray(raw["lm"], dtype=np.float64))
-
-
-STANDARD_5P = _load_standard_5p()  # (5, 3), the BFM mean face's landmarks
-
-
-def _fit_scale_translation(points_2d: np.ndarray, points_3d: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares affine camera 3-D → 2-D (upstream ``POS``): its mean row norm (scale) and translation.
-
-    The 8-unknown system of upstream is block diagonal, so each image axis is an independent 4-unknown fit.
-    """
-    design = np.hstack([points_3d, np.ones((len(points_3d), 1))])
-    rows, *_ = np.linalg.lstsq(design, points_2d, rcond=None)  # (4, 2): one column per image axis
-    scale = float(np.linalg.norm(rows[:3, 0]) + np.linalg.norm(rows[:3, 1])) / 2
-    return rows[3].copy(), scale
-
-
-def align_for_recon(crop: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and shift the crop so its 5 points match the standard face: the 224² face_recon input.
-
-    Returns (aligned (224, 224, 3) uint8, params [w0, h0, s, tx, ty]) with upstream's conventions: the fit is
-    done with y pointing up, ``s`` scales the crop, ``(tx, ty)`` is the fitted centre; full mode's mapping reads
-    ``params[2:]``.
-    """
-    h0, w0 = crop.shape[:2]
-    pts = five_points(landmarks).astype(np.float64)
-    pts[:, 1] = h0 - 1 - pts[:, 1]
-    t, fitted = _fit_scale_translation(pts, STANDARD_5P)
-    s = RECON_RESCALE / fitted
-    w, h = int(w0 * s), int(h0 * s)
-    half = RECON_SIZE / 2
-    left = int(w / 2 - half + (t[0] - w0 / 2) * s)
-    up = int(h / 2 - half + (h0 / 2 - t[1]) * s)
-    # Pillow's bicubic (with its antialiasing) as upstream; pixels outside the crop come out black, as upstream.
-    resized = Image.fromarray(crop).resize((w, h), resample=Image.Resampling.BICUBIC)
-    aligned = np.array(resized.crop((left, up, left + RECON_SIZE, up + RECON_SIZE)), dtype=np.uint8)
-    return aligned, np.array([w0, h0, s, t[0], t[1]], dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The avatar record
+# The portrait
 
 
 @dataclass(frozen=True, eq=False)
-class Avatar:
-    """Everything the render path needs from one portrait. Arrays are read-only: avatars are shared."""
+class Portrait:
+    """A decoded portrait and its face, before any engine's preparation. Arrays are read-only."""
 
-    key: str  # content hash of the input bytes and options
+    key: str  # content hash of the bytes
     image: np.ndarray  # (H, W, 3) uint8 RGB, upright
-    crop: np.ndarray  # (size, size, 3) uint8: the generator's source image
-    box: Box  # where the crop came from, in image coordinates (the paste-back box)
-    aligned: np.ndarray  # (224, 224, 3) uint8: the face_recon input
-    align_params: np.ndarray  # (5,) float64 [w0, h0, s, tx, ty]
-    landmarks: np.ndarray  # (68, 2) float64, image coordinates
+    box: Box  # the face square, photo coordinates
+    landmarks: np.ndarray  # (68, 2) float64, photo coordinates
     faces_seen: int
-    mode: CropMode
-    size: int
 
     def __post_init__(self) -> None:
-        for array in (self.image, self.crop, self.aligned, self.align_params, self.landmarks):
+        for array in (self.image, self.landmarks):
             array.setflags(write=False)
 
 
-def _check_options(mode: str, size: int) -> None:
-    if mode not in CROP_MODES:
-        raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
-    if size not in CROP_SIZES:
-        raise ValueError(f"crop size must be one of {CROP_SIZES}, got {size!r}")
-
-
-def avatar_key(data: bytes, *, mode: CropMode = "crop", size: int = 256) -> str:
-    """Content hash (sha256 hex) of the input bytes and the options that change the result."""
-    digest = hashlib.sha256(f"avatar/{ALGORITHM_VERSION}/{mode}/{size}\n".encode())
+def avatar_key(data: bytes) -> str:
+    """Content hash (sha256 hex) of the input bytes and the version of what is made from them."""
+    digest = hashlib.sha256(f"avatar/{ALGORITHM_VERSION}\n".encode())
     digest.update(data)
     return digest.hexdigest()
 
 
-def prepare_avatar(
-    data: bytes, *, mode: CropMode = "crop", size: int = 256, limits: AvatarLimits = DEFAULT_LIMITS
-) -> Avatar:
-    """Uploaded portrait bytes → avatar record; raises the errors of :mod:`gateway.errors` on bad input."""
-    _check_options(mode, size)
+def read_portrait(data: bytes, limits: AvatarLimits = DEFAULT_LIMITS) -> Portrait:
+    """Uploaded portrait bytes → the picture and its face; raises the errors of :mod:`gateway.errors`."""
     t0 = time.perf_counter()
     image = decode_image(data, limits)
     height, width = image.shape[:2]
     face = detect_face(image)
     if face.size_px < limits.min_face_px:
         raise FaceTooSmall(face.size_px, limits.min_face_px)
-    box = crop_box(face.landmarks, width, height, mode)
+    box = face_square(face.landmarks, width, height)
     if box.width < 2 or box.height < 2:  # landmarks far outside the picture: not a usable face
         raise NoFaceFound()
-    crop = cut_and_resize(image, box, size)
-    aligned, align_params = align_for_recon(crop, to_crop_coordinates(face.landmarks, box, size))
     log.info(
-        "avatar %dx%d: %d face(s), face %d px, box %s, %.0f ms",
+        "portrait %dx%d: %d face(s), face %d px, box %s, %.0f ms",
         width,
         height,
         face.faces_seen,
@@ -394,15 +292,4 @@ def prepare_avatar(
         tuple(box),
         1e3 * (time.perf_counter() - t0),
     )
-    return Avatar(
-        key=avatar_key(data, mode=mode, size=size),
-        image=image,
-        crop=crop,
-        box=box,
-        aligned=aligned,
-        align_params=align_params,
-        landmarks=face.landmarks,
-        faces_seen=face.faces_seen,
-        mode=mode,
-        size=size,
-    )
+    return Portrait(avatar_key(data), image, box, face.landmarks, face.faces_seen)

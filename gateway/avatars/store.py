@@ -1,9 +1,9 @@
 """Portrait → everything a session needs, once per portrait, cached by content hash within a byte budget.
 
-dlib, the crops and the framings run in a worker thread; each engine adds its own part once (SadTalker's
-coefficients and keypoints come from Triton: ``gateway.engines``). The record keeps what sessions read — the
-small output framings, the face crops, the landmarks, the engines' parts — and not the uploaded photo, so a
-25-megapixel upload costs a few megabytes in the cache, not 75.
+dlib, the framings and the parts the served engines cut from the photo run in a worker thread; each engine
+completes its own part once (some with Triton: ``gateway.engines``). The record keeps what sessions read — the
+small output framings, the landmarks, the engines' parts — and not the uploaded photo, so a 25-megapixel
+upload costs a few megabytes in the cache, not 75.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from gateway.avatars.framing import Framing, make_framings
-from gateway.avatars.portrait import Avatar, AvatarLimits, Box, avatar_key, prepare_avatar
+from gateway.avatars.portrait import AvatarLimits, Box, Portrait, avatar_key, read_portrait
 from gateway.errors import PreparationBusy, UnknownAvatar
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,14 @@ class AvatarState:
     id: str
     width: int  # the uploaded photo, upright
     height: int
-    box: Box  # SadTalker's face box, photo coordinates
+    box: Box  # the face square, photo coordinates
     landmarks: np.ndarray  # (68, 2) float64, photo coordinates
     faces_seen: int
     framings: dict[str, Framing]
-    crop: np.ndarray  # (256, 256, 3) uint8 RGB: SadTalker's crop of the photo (its generator's source)
-    aligned: np.ndarray  # (224, 224, 3) uint8 RGB: that crop aligned for face_recon
     parts: dict[str, Any] = field(default_factory=dict)  # engine name → what that engine prepared
 
     def __post_init__(self) -> None:
-        for array in (self.landmarks, self.crop, self.aligned):
-            array.setflags(write=False)
+        self.landmarks.setflags(write=False)
 
     def add_part(self, engine: str, part: Any) -> None:
         self.parts[engine] = part
@@ -57,9 +55,8 @@ class AvatarState:
 
     @property
     def nbytes(self) -> int:
-        arrays = sum(int(a.nbytes) for a in (self.landmarks, self.crop, self.aligned))
         parts = sum(int(getattr(part, "nbytes", 0)) for part in self.parts.values())
-        return arrays + parts + sum(f.nbytes for f in self.framings.values())
+        return int(self.landmarks.nbytes) + parts + sum(f.nbytes for f in self.framings.values())
 
     def describe(self) -> dict[str, Any]:
         """What ``POST /v1/avatars`` answers."""
@@ -73,6 +70,15 @@ class AvatarState:
                 name: dict(zip(("width", "height"), f.size, strict=True)) for name, f in self.framings.items()
             },
         }
+
+
+class PortraitParts(Protocol):
+    """An engine as the store sees it: what it keeps of the full-resolution photo (``Engine.portrait_part``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def portrait_part(self, portrait: Portrait) -> Any | None: ...
 
 
 class Shared(Protocol):
@@ -138,8 +144,10 @@ class AvatarStore:
             self._put(state)
         return state
 
-    async def add(self, data: bytes) -> AvatarState:
-        """Prepare (or find) the avatar of these portrait bytes; raises gateway.errors on bad input.
+    async def add(self, data: bytes, engines: Sequence[PortraitParts] = ()) -> AvatarState:
+        """Prepare (or find) the avatar of these portrait bytes, with the parts ``engines`` cut from the photo;
+        raises gateway.errors on bad input. (A record found made without an engine's part gets it later from
+        its framings: ``Engine.prepare``.)
 
         The same portrait sent again while it is being prepared waits for that preparation instead of starting
         its own (a flood of one large photo costs one decode); it carries on if its first requester leaves."""
@@ -147,7 +155,7 @@ class AvatarStore:
         if (known := self.peek(key)) is not None:
             return known
         if (making := self._making.get(key)) is None:
-            making = self._making[key] = asyncio.ensure_future(self._make(key, data))
+            making = self._making[key] = asyncio.ensure_future(self._make(key, data, tuple(engines)))
             making.add_done_callback(lambda done: self._made(key, done))
         return await asyncio.shield(making)
 
@@ -156,25 +164,13 @@ class AvatarStore:
         if not done.cancelled():
             done.exception()  # retrieved: its requesters have it, or have all left
 
-    async def _make(self, key: str, data: bytes) -> AvatarState:
+    async def _make(self, key: str, data: bytes, engines: tuple[PortraitParts, ...]) -> AvatarState:
         if self.shared is not None:
             with contextlib.suppress(UnknownAvatar):  # an outage: make it again from the upload
                 if (shared := await self.get(key)) is not None:
                     return shared
         async with self._preparing:
-            avatar, framings = await asyncio.to_thread(self._prepare, data)
-        height, width = avatar.image.shape[:2]
-        state = AvatarState(
-            id=avatar.key,
-            width=width,
-            height=height,
-            box=avatar.box,
-            landmarks=avatar.landmarks.copy(),
-            faces_seen=avatar.faces_seen,
-            framings=framings,
-            crop=avatar.crop.copy(),
-            aligned=avatar.aligned.copy(),
-        )
+            state = await asyncio.to_thread(self._prepare, data, engines)
         self._put(state)
         await self._share(state)
         return state
@@ -195,9 +191,22 @@ class AvatarStore:
         except Exception as err:  # an outage costs sharing, not the upload: this gateway keeps the avatar
             log.warning("could not share avatar %s (shared store unavailable: %s)", state.id[:12], err)
 
-    def _prepare(self, data: bytes) -> tuple[Avatar, dict[str, Framing]]:
-        avatar = prepare_avatar(data, limits=self.limits)
-        return avatar, make_framings(avatar.image, avatar.box, self.max_output_side)
+    def _prepare(self, data: bytes, engines: tuple[PortraitParts, ...]) -> AvatarState:
+        portrait = read_portrait(data, self.limits)
+        height, width = portrait.image.shape[:2]
+        state = AvatarState(
+            id=portrait.key,
+            width=width,
+            height=height,
+            box=portrait.box,
+            landmarks=portrait.landmarks.copy(),
+            faces_seen=portrait.faces_seen,
+            framings=make_framings(portrait.image, portrait.box, self.max_output_side),
+        )
+        for engine in engines:
+            if (part := engine.portrait_part(portrait)) is not None:
+                state.add_part(engine.name, part)
+        return state
 
     def _put(self, state: AvatarState) -> None:
         if state.id in self._avatars:

@@ -1,83 +1,106 @@
-"""The engines: one module per model family, each behind the small interface the session uses.
+"""The engines, one package each (``gateway/engines/<name>/``), and the registry that names them.
 
-An :class:`Engine` says which Triton models it needs, prepares its part of an avatar record once, and starts a
-:class:`EngineRun` per session: a timeline of what can be computed from the audio so far, the Triton calls that
-compute it, and how its faces are pasted into the output framing. The session, the muxer and the protocols
-are the same for every engine.
+An engine package owns everything of its own: its options model, its timeline, its part of an avatar record,
+its Triton model names and its rules for each mode (``gateway.engines.base``). Adding one is its folder and
+one ``register`` line below; nothing else in the gateway names an engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
+from gateway.engines.base import Engine, EngineClass, EngineRun, Paste
+from gateway.engines.sadtalker import SadTalker
+from gateway.engines.wav2lip import Wav2Lip
+from gateway.session.options import EngineOptions, Mode, SessionOptions
 
-from gateway.avatars.store import AvatarState
-from gateway.session.options import SessionOptions
-from gateway.session.timeline import AudioTimeline, RenderRequest
-from gateway.triton.client import TritonClient
+__all__ = [
+    "Engine",
+    "EngineClass",
+    "EngineRun",
+    "Paste",
+    "default_engine",
+    "engines",
+    "lipsync_request_engine",
+    "options_model",
+    "parse_engine_options",
+    "register",
+    "registered",
+    "session_options",
+]
 
-Paste = Callable[[np.ndarray], np.ndarray]  # face (S, S, 3) uint8 → the whole output frame
-
-
-class EngineRun(Protocol):
-    """One session's engine: its timeline, the Triton calls it needs, and its paste-back."""
-
-    @property
-    def timeline(self) -> AudioTimeline: ...
-
-    @property
-    def paste(self) -> Paste: ...
-
-    @property
-    def lookahead_ms(self) -> float:
-        """The audio a frame's models read after its own start (audio blocks and chunking add to the wait)."""
-        ...
-
-    @property
-    def audio_block(self) -> int:
-        """Frames per audio-model call (expression or mel blocks): a frame may wait for its block's last."""
-        ...
-
-    def calls(self) -> list[Coroutine[Any, Any, None]]:
-        """Calls that became possible (their results go back into the timeline); run them concurrently."""
-        ...
-
-    def render_requests(self) -> list[RenderRequest]:
-        """The next chunks that can be rendered, in order."""
-        ...
-
-    async def render(self, request: RenderRequest) -> np.ndarray:
-        """The chunk's faces (K, S, S, 3) uint8 RGB."""
-        ...
+_REGISTERED: dict[str, EngineClass] = {}
 
 
-class Engine(Protocol):
-    name: str
+def register(engine: EngineClass) -> EngineClass:
+    """Make ``engine`` available to every gateway created from now on (the first registered is the default)."""
+    _REGISTERED[engine.name] = engine
+    return engine
 
-    def models(self, options: SessionOptions) -> tuple[str, ...]:
-        """The Triton models (ensembles) a session with these options calls."""
-        ...
 
-    async def prepare(self, avatar: AvatarState, triton: TritonClient) -> None:
-        """Compute this engine's part of the avatar record, once (a no-op when it is there)."""
-        ...
+def unregister(name: str) -> None:
+    """Forget an engine (tests that register one of their own)."""
+    _REGISTERED.pop(name, None)
 
-    def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> EngineRun:
-        """A run for one session (the avatar's part is prepared)."""
-        ...
 
-    def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> Any:
-        """This engine's avatar part of ``avatar`` back from its ``to_arrays()`` (records shared between
-        gateways); ValueError when the arrays are not what this engine wrote for that avatar."""
-        ...
+def registered() -> Mapping[str, EngineClass]:
+    return dict(_REGISTERED)
+
+
+def default_engine() -> str:
+    """The engine a client gets when it names none."""
+    return next(iter(_REGISTERED))
+
+
+def lipsync_request_engine() -> str:
+    """The engine the compatible request/response protocol runs when its request names none: the protocol is
+    Wav2Lip's, and its clients expect Wav2Lip."""
+    return "wav2lip"
 
 
 def engines(audio_block: int = 4) -> dict[str, Engine]:
-    """Every engine this gateway can drive, by name; ``audio_block``: frames per audio-model call (expression
-    blocks, mel blocks)."""
-    from gateway.engines.sadtalker import SadTalker
-    from gateway.engines.wav2lip import Wav2Lip
+    """Every registered engine, made for one gateway, by name; ``audio_block``: frames per audio-model call
+    (expression blocks, mel blocks)."""
+    return {name: engine(audio_block) for name, engine in _REGISTERED.items()}
 
-    return {engine.name: engine for engine in (SadTalker(audio_block), Wav2Lip(audio_block))}
+
+def options_model(name: str) -> type[EngineOptions]:
+    """The options model of engine ``name``; ValueError in words when there is no such engine."""
+    engine = _REGISTERED.get(name)
+    if engine is None:
+        raise ValueError(f"engine must be one of {', '.join(_REGISTERED)}; got {name!r}")
+    return engine.options_model
+
+
+def parse_engine_options(fields: Mapping[str, Any]) -> EngineOptions:
+    """The options a client sent (flat, as the protocols carry them) in the model of the engine they name.
+
+    An option of another engine is a mistake worth saying in its own words; any other unknown field is left
+    to the model (which forbids it). Raises pydantic's ValidationError, or ValueError.
+    """
+    name = fields.get("engine", default_engine())
+    if not isinstance(name, str):
+        raise ValueError(f"engine must be a name, got {name!r}")
+    model = options_model(name)
+    for other, engine in _REGISTERED.items():
+        misplaced = [
+            key for key in fields if key in engine.options_model.model_fields and key not in model.model_fields
+        ]
+        if misplaced:
+            verb = "applies" if len(misplaced) == 1 else "apply"
+            raise ValueError(f"{', '.join(misplaced)} {verb} to the {other} engine, not {name}")
+    return model.model_validate({**fields, "engine": name})
+
+
+def session_options(
+    engine: str | None = None, *, mode: Mode = "clip", first_chunk_frames: int | None = None, **options: Any
+) -> SessionOptions:
+    """Session options from keyword options (tests, benchmarks, tools): ``session_options("wav2lip", pads=…)``."""
+    engine_options = parse_engine_options({"engine": engine or default_engine(), **options})
+    return SessionOptions(engine_options, mode=mode, first_chunk_frames=first_chunk_frames)
+
+
+# The engines, the default first. A new engine: its package, and one line here.
+register(SadTalker)
+register(Wav2Lip)

@@ -12,10 +12,12 @@ box, which costs tens of milliseconds per frame; a feathered alpha blend costs a
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import cv2
 import numpy as np
 
-from gateway.avatars.portrait import Avatar, Box
+from gateway.avatars.portrait import Box
 
 # Feather width as a fraction of the box's shorter side.
 FEATHER = 0.1
@@ -84,6 +86,16 @@ class BoxPaste:
         return out, out[b.y0 : b.y1, b.x0 : b.x1], interpolation
 
 
+class Pictured(Protocol):
+    """A photo and its face box (a portrait)."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def box(self) -> Box: ...
+
+
 class PasteBack(BoxPaste):
     """A feathered box: the band along the box edges and its original pixels are prepared once.
 
@@ -114,7 +126,8 @@ class PasteBack(BoxPaste):
         self._base_weights = [np.float32(1.0) - weight for _, _, weight, _ in self._strips]
 
     @classmethod
-    def for_avatar(cls, avatar: Avatar, feather: float = FEATHER) -> PasteBack:
+    def for_avatar(cls, avatar: Pictured, feather: float = FEATHER) -> PasteBack:
+        """Into the whole photo, at its face square (tests, benchmarks)."""
         return cls(avatar.image, avatar.box, feather)
 
     def __call__(self, face: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

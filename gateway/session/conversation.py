@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from gateway.session.messages import PlayedSegment, SilenceSegment, SpeechSegment, UtteranceFirstFrame
 from gateway.session.timeline import AudioTimeline
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
@@ -43,11 +43,12 @@ class Segment:
     received: int | None = None  # speech: where it starts in the received audio (all audio, in arrival order)
     utterance: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kind": self.kind, "start": self.start, "end": self.end}
-        if self.kind == "speech":
-            entry |= {"received": self.received, "utterance": self.utterance}
-        return entry
+    def describe(self) -> PlayedSegment:
+        """This segment as ``end.timeline`` has it."""
+        if self.kind == "silence":
+            return SilenceSegment(start=self.start, end=self.end)
+        assert self.received is not None  # speech always knows where it is in the received audio
+        return SpeechSegment(start=self.start, end=self.end, received=self.received, utterance=self.utterance)
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Conversation:
 
     # ------------------------------------------------------------------------------------------- figures
 
-    def first_frames_in(self, frames: range, sent_at: float) -> list[dict[str, Any]]:
+    def first_frames_in(self, frames: range, sent_at: float) -> list[UtteranceFirstFrame]:
         """Utterances whose first frame is in this fragment: their first-audio-to-first-frame latency."""
         figures = []
         for utterance in list(self.utterances.values()):
@@ -183,11 +184,11 @@ class Conversation:
                 utterance.reported = True
                 del self.utterances[utterance.id]  # reported once: nothing more to keep of it
                 figures.append(
-                    {
-                        "utterance_id": utterance.id,
-                        "first_frame": utterance.first_frame,
-                        "first_frame_ms": round(1e3 * (sent_at - utterance.first_byte), 1),
-                    }
+                    UtteranceFirstFrame(
+                        utterance_id=utterance.id,
+                        first_frame=utterance.first_frame,
+                        first_frame_ms=round(1e3 * (sent_at - utterance.first_byte), 1),
+                    )
                 )
         return figures
 

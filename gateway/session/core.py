@@ -20,12 +20,14 @@ import numpy as np
 
 from gateway.avatars.store import AvatarState
 from gateway.engines import Engine
-from gateway.errors import BadMessage, first_error
+from gateway.errors import first_error
 from gateway.media.audio_input import to_int16
 from gateway.media.muxer import FragmentedMp4Writer
 from gateway.metrics import Metrics, RenderRates
 from gateway.session.clock import Clock, LoopClock
-from gateway.session.conversation import FRAME_S, Conversation
+from gateway.session.conversation import Conversation
+from gateway.session.messages import End, FirstFragmentParts, Interrupted, Limits, Message, PlayedSegment, Ready, Stats
+from gateway.session.modes import Mode, mode_for
 from gateway.session.options import SessionOptions
 from gateway.session.timeline import RenderRequest
 from gateway.triton.client import TritonClient
@@ -34,7 +36,7 @@ from lipsync.audio import FPS, SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 
-Send = Callable[[bytes | dict[str, Any]], Awaitable[None]]
+Send = Callable[[bytes | Message], Awaitable[None]]  # a media segment, or a message for the transport to send
 
 
 async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
@@ -110,82 +112,71 @@ class StreamSession:
         self.finished = asyncio.Event()  # set when run() has sent everything
         self.rates = rates or RenderRates()
         self.clock = clock or LoopClock()
-        self.conversation = (
-            Conversation(
-                self.timeline,
-                lookahead_ms=self.engine_run.lookahead_ms + (self.engine_run.audio_block - 1) * 1000 / FPS,
-                max_ahead_ms=max_ahead_ms,
-                margin_ms=audio_margin_ms,
-            )
-            if options.mode == "conversation"
-            else None
+        # Clip or conversation: everything that differs between them (gateway.session.modes).
+        self.mode: Mode = mode_for(
+            options,
+            self.timeline,
+            clock=self.clock,
+            lookahead_ms=self.engine_run.lookahead_ms + (self.engine_run.audio_block - 1) * 1000 / FPS,
+            max_ahead_ms=max_ahead_ms,
+            margin_ms=audio_margin_ms,
         )
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """Conversation mode: what it has queued, played and reported; None for a clip."""
+        return self.mode.conversation
 
     # ------------------------------------------------------------------------------------------- input
 
     def feed(self, samples: np.ndarray) -> None:
-        if self.conversation is None:
-            self.timeline.add_audio(samples)
-        else:
-            self.conversation.feed(samples, self.clock.now())
+        self.mode.feed(samples)
         self._wake.set()
 
     def end(self) -> None:
-        if self.conversation is None:
-            self.timeline.finish()
-        else:
-            self.conversation.end(self.clock.now())
+        self.mode.end()
         self._wake.set()
 
     def utterance(self, utterance_id: str) -> None:
         """Conversation mode: the audio that follows is the utterance ``utterance_id``."""
-        self._conversation("utterance").utterance(utterance_id)
+        self.mode.utterance(utterance_id)
 
-    def interrupt(self) -> dict[str, Any]:
+    def interrupt(self) -> Interrupted:
         """Conversation mode: drop the audio not yet played; the `interrupted` message (its first idle frame)."""
-        first_idle = self._conversation("interrupt").interrupt(self.clock.now())
+        first_idle = self.mode.interrupt()
         self._wake.set()
-        return {"type": "interrupted", "frame": first_idle, "next_frame": self.frames_sent}
+        return Interrupted(frame=first_idle, next_frame=self.frames_sent)
 
-    def _conversation(self, what: str) -> Conversation:
-        if self.conversation is None:
-            raise BadMessage(f"`{what}` is a conversation-mode message; this session is a clip (mode `clip`).")
-        return self.conversation
-
-    def played_segments(self) -> list[dict[str, Any]]:
+    def played_segments(self) -> list[PlayedSegment]:
         """Conversation mode: the audio the session played, as speech and silence segments (16 kHz samples)."""
-        return [] if self.conversation is None else [s.describe() for s in self.conversation.segments]
+        return self.mode.timeline() or []
 
-    def ready_message(self) -> dict[str, Any]:
-        width, height = self.muxer.width, self.muxer.height
+    # ------------------------------------------------------------------------------------------- messages
+
+    def ready_message(self, session_id: str, limits: Limits) -> Ready:
         run = self.engine_run
-        return {
-            "type": "ready",
-            "engine": self.engine.name,
-            "seed": self.seed,
-            "mime_type": self.muxer.mime_type,
-            "width": width,
-            "height": height,
-            "fps": FPS,
-            "mode": self.options.mode,
-            **self._speed_note(),
+        rate = self.rates.estimate(self.engine.name)  # what this server has measured of the engine's speed
+        return Ready(
+            engine=self.engine.name,
+            seed=self.seed,
+            mime_type=self.muxer.mime_type,
+            width=self.muxer.width,
+            height=self.muxer.height,
+            fps=FPS,
+            mode=self.options.mode,
+            render_fps_estimate=None if rate is None else round(rate, 1),
+            warning=self.mode.speed_warning(self.engine.name, rate),
             # The models' own look-ahead, and the worst case: plus the rest of an audio block and of a chunk.
-            "model_lookahead_ms": run.lookahead_ms,
-            "lookahead_ms": run.lookahead_ms + (run.audio_block - 1 + self.options.chunk_frames - 1) * 1000 / FPS,
-            "demo": self.demo,
-        }
+            model_lookahead_ms=run.lookahead_ms,
+            lookahead_ms=run.lookahead_ms + (run.audio_block - 1 + self.options.chunk_frames - 1) * 1000 / FPS,
+            demo=self.demo,
+            session_id=session_id,
+            limits=limits,
+        )
 
-    def _speed_note(self) -> dict[str, Any]:
-        """What this server has measured of the engine's speed, and in conversation mode what that means."""
-        rate = self.rates.estimate(self.engine.name)
-        note: dict[str, Any] = {"render_fps_estimate": None if rate is None else round(rate, 1)}
-        if self.conversation is not None and rate is not None and rate < FPS:
-            note["warning"] = (
-                f"This server renders the {self.engine.name} engine at about {rate:.1f} frames/s, slower than real "
-                "time (25): the video will fall behind the conversation (see `behind_ms` in the stats); no audio "
-                "is dropped."
-            )
-        return note
+    def end_message(self) -> End:
+        """After the last fragment: the frames sent, and what the mode reports of the audio played."""
+        return End(frames=self.frames_sent, duration=self.frames_sent / FPS, timeline=self.mode.timeline())
 
     # ------------------------------------------------------------------------------------------- the run
 
@@ -193,26 +184,9 @@ class StreamSession:
         """Render until the end of the audio; returns the number of frames sent."""
         if init:
             await send(self.muxer.init_segment())
-        if self.conversation is None:
-            await run_together(self._schedule(), self._write(send))
-        else:
-            self.conversation.start_time = self.clock.now()
-            await run_together(self._schedule(), self._write(send), self._pace())
+        await run_together(self._schedule(), self._write(send), *self.mode.begin(self._wake.set))
         self.finished.set()
         return self.frames_sent
-
-    async def _pace(self) -> None:
-        """Conversation mode: at every frame of the wall clock, admit queued audio and play silence for overdue
-        frames (the clock decides, not the arrival of audio)."""
-        conversation = self.conversation
-        assert conversation is not None
-        tick = 1  # frame boundaries of the wall clock, counted (not recomputed from a float time)
-        while not self.timeline.finished:
-            await self.clock.sleep_until(conversation.start_time + tick * FRAME_S)
-            now = self.clock.now()
-            tick = max(tick + 1, int((now - conversation.start_time) / FRAME_S) + 1)  # late: skip to the next
-            conversation.advance(now)
-            self._wake.set()
 
     async def _schedule(self) -> None:
         # Calls run as tasks of this scheduler; a failed one ends the session through _check.
@@ -278,8 +252,7 @@ class StreamSession:
             fragment = await asyncio.to_thread(self._encode, request, faces)
             if request.chunk == 0:
                 self._first_parts["encoded"] = time.perf_counter()
-            if self.conversation is not None:  # never more than max_ahead_ms of video ahead of the wall clock
-                await self.clock.sleep_until(self.conversation.send_time(request.frames.start))
+            await self.mode.before_send(request.frames.start)
             await self._deliver(send, fragment, request.frames)
             self.metrics.chunk_latency.observe(time.perf_counter() - issued)
         tail = await asyncio.to_thread(self.muxer.finish, to_int16(self.timeline.audio_tail()))
@@ -304,39 +277,28 @@ class StreamSession:
         self.metrics.frames_rendered.inc(len(frames))
         heard = self.timeline.samples_heard / SAMPLE_RATE
         rendered = self.frames_sent / FPS
-        stats: dict[str, Any] = {
-            "type": "stats",
-            "frames": self.frames_sent,
-            "audio_seconds": round(heard, 3),
-            "rendered_seconds": round(rendered, 3),
-            "render_fps": round(self.frames_sent / max(now - self._started, 1e-6), 2),
-            "delay_ms": round(1e3 * max(heard - rendered, 0.0), 1),
-            "first_fragment_ms": round(self._first_fragment_ms or 0.0, 1),
-        }
-        if first:
-            stats["first_fragment_parts"] = self._first_fragment_parts(now)
-        if self.conversation is not None:
-            clock_now = self.clock.now()
-            # How far the video sent trails the wall clock (grows when the engine is slower than real time).
-            shown = (clock_now - self.conversation.start_time) * FPS
-            stats["behind_ms"] = round(1e3 * max(shown - self.frames_sent, 0.0) / FPS, 1)
-            stats["queued_audio_seconds"] = round(self.conversation.queued_samples / SAMPLE_RATE, 3)
-            utterances = self.conversation.first_frames_in(frames, clock_now)
-            if utterances:
-                stats["utterances"] = utterances
-        await send(stats)
+        stats = Stats(
+            frames=self.frames_sent,
+            audio_seconds=round(heard, 3),
+            rendered_seconds=round(rendered, 3),
+            render_fps=round(self.frames_sent / max(now - self._started, 1e-6), 2),
+            delay_ms=round(1e3 * max(heard - rendered, 0.0), 1),
+            first_fragment_ms=round(self._first_fragment_ms or 0.0, 1),
+            first_fragment_parts=self._first_fragment_parts(now) if first else None,
+        )
+        await send(self.mode.annotate(stats, frames))
 
-    def _first_fragment_parts(self, sent: float) -> dict[str, float]:
+    def _first_fragment_parts(self, sent: float) -> FirstFragmentParts:
         """Where the time to the first fragment went: waiting for audio (the first chunk's frames and the models'
         look-ahead, and the audio models), Triton's render call, paste-back + encoding, sending."""
         parts = self._first_parts
         issued, rendered, encoded = parts.get("issued", sent), parts.get("rendered", sent), parts.get("encoded", sent)
         run = self.engine_run
         first_chunk = self.options.first_chunk_frames or self.options.chunk_frames
-        return {
-            "audio_lookahead_ms": round((first_chunk + run.audio_block - 1) * 1000 / FPS + run.lookahead_ms, 1),
-            "waiting_for_audio_ms": round(1e3 * (issued - self._started), 1),
-            "triton_ms": round(1e3 * (rendered - issued), 1),
-            "encode_ms": round(1e3 * (encoded - rendered), 1),
-            "send_ms": round(1e3 * (sent - encoded), 1),
-        }
+        return FirstFragmentParts(
+            audio_lookahead_ms=round((first_chunk + run.audio_block - 1) * 1000 / FPS + run.lookahead_ms, 1),
+            waiting_for_audio_ms=round(1e3 * (issued - self._started), 1),
+            triton_ms=round(1e3 * (rendered - issued), 1),
+            encode_ms=round(1e3 * (encoded - rendered), 1),
+            send_ms=round(1e3 * (sent - encoded), 1),
+        )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from gateway.avatars.store import AvatarState
 from gateway.context import Context
 from gateway.errors import UnsupportedAudio
+from gateway.session.messages import Message
 from gateway.session.options import SessionOptions
 from gateway.settings import Settings
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
@@ -37,7 +37,7 @@ async def render_offline(ctx: Context, avatar: AvatarState, wav: np.ndarray, opt
     session = await ctx.new_session(avatar, options)
     fragments: list[bytes] = []
 
-    async def collect(item: bytes | dict[str, Any]) -> None:
+    async def collect(item: bytes | Message) -> None:
         if isinstance(item, bytes):
             fragments.append(item)
 

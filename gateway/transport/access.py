@@ -30,7 +30,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -46,6 +45,7 @@ from gateway.errors import (
     TooLarge,
     Unauthorized,
 )
+from gateway.session.messages import Message as ProtocolMessage
 from gateway.transport.http_errors import error_response
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ DRAIN_AFTER_REFUSAL_BYTES = 16 * 2**20
 DRAIN_AFTER_REFUSAL_S = 5.0
 
 # How a WebSocket protocol words an error: the JSON message sent before the socket is closed.
-ErrorFormat = Callable[[LipsyncError], dict[str, Any]]
+ErrorFormat = Callable[[LipsyncError], ProtocolMessage]
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
@@ -278,7 +278,7 @@ class AccessControl:
         await send({"type": "websocket.accept"})
         error_format = self.websocket_errors.get(scope["path"])
         if error_format is not None:
-            await send({"type": "websocket.send", "text": json.dumps(error_format(error))})
+            await send({"type": "websocket.send", "text": json.dumps(error_format(error).to_json())})
         await send({"type": "websocket.close", "code": CLOSE_CODES.get(error.code, 4400)})
 
 

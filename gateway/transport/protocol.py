@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from gateway.engines import lipsync_request_engine, options_model, parse_engine_options
 from gateway.errors import BadMessage
-from gateway.session.options import DEFAULT_PADS, EngineName, SessionOptions
+from gateway.session.options import EngineOptions, SessionOptions
 
 PROTOCOL_VERSION = 1
 
@@ -23,41 +23,26 @@ class AudioFormat(_Strict):
     channels: Literal[1] = 1
 
 
-Pad = Annotated[int, Field(ge=0, le=1000)]
+def _engine_options(value: Any) -> EngineOptions:
+    """The ``options`` object in the model of the engine it names (the engines' options are a union keyed by
+    ``engine``); a field's error is worded with its name, as pydantic words the other fields'."""
+    if isinstance(value, EngineOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("options must be an object")
+    try:
+        return parse_engine_options(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]) from None
 
-# Options that only one engine reads: setting one with the other engine is a mistake worth saying.
-ENGINE_ONLY = {
-    "sadtalker": ("pose", "expression_scale", "pose_style", "blink"),
-    "wav2lip": ("pads", "blend"),
-}
+
+Options = Annotated[EngineOptions, BeforeValidator(_engine_options)]
 
 
-class Options(_Strict):
-    engine: EngineName = "sadtalker"
-    enhance: bool = False
-    seed: int | None = Field(None, ge=0, lt=2**31)
-    chunk_frames: int = Field(8, ge=1, le=25)
-    framing: Literal["portrait", "face"] = "portrait"
-    # SadTalker
-    pose: Literal["still", "audio"] = "still"
-    expression_scale: float = Field(1.0, ge=0.0, le=3.0)
-    pose_style: int = Field(0, ge=0, le=45)
-    blink: bool = True
-    # Wav2Lip: face box padding in photo pixels [top, bottom, left, right], and how the face is blended in
-    pads: tuple[Pad, Pad, Pad, Pad] = DEFAULT_PADS
-    blend: Literal["lower_face", "box"] = "lower_face"
-
-    @model_validator(mode="after")
-    def _options_of_this_engine(self) -> Options:
-        for engine, names in ENGINE_ONLY.items():
-            misplaced = [name for name in names if name in self.model_fields_set and engine != self.engine]
-            if misplaced:
-                verb = "applies" if len(misplaced) == 1 else "apply"
-                raise ValueError(f"{', '.join(misplaced)} {verb} to the {engine} engine, not {self.engine}")
-        return self
-
-    def session_options(self) -> SessionOptions:
-        return SessionOptions(**self.model_dump())
+def default_options() -> EngineOptions:
+    return parse_engine_options({})
 
 
 class Start(_Strict):
@@ -67,19 +52,19 @@ class Start(_Strict):
     # clip: one audio stream, rendered as it arrives; conversation: on the wall clock, idle between utterances.
     mode: Literal["clip", "conversation"] = "clip"
     audio: AudioFormat = AudioFormat()
-    options: Options = Options()
+    options: Options = Field(default_factory=default_options)
 
     @model_validator(mode="after")
-    def _conversation_fits(self) -> Start:
-        if self.mode == "conversation":
-            if self.audio.format != "pcm_s16le":
-                raise ValueError("conversation mode takes live PCM audio (audio.format `pcm_s16le`), not a file")
-            if self.options.pose != "still":
-                raise ValueError("conversation mode keeps the head still (options.pose `still`)")
+    def _mode_fits(self) -> Start:
+        if self.mode == "conversation" and self.audio.format != "pcm_s16le":
+            raise ValueError("conversation mode takes live PCM audio (audio.format `pcm_s16le`), not a file")
+        problem = self.options.mode_problem(self.mode)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def session_options(self) -> SessionOptions:
-        return dataclasses.replace(self.options.session_options(), mode=self.mode)
+        return SessionOptions(self.options, mode=self.mode)
 
 
 class End(_Strict):
@@ -103,6 +88,9 @@ Control = Annotated[End | Interrupt | Utterance, Field(discriminator="type")]
 _CONTROL: TypeAdapter[End | Interrupt | Utterance] = TypeAdapter(Control)
 
 
+Pad = Annotated[int, Field(ge=0, le=1000)]
+
+
 class LipsyncRequest(BaseModel):
     """The compatible one-shot request of ``/ws/lipsync``: Wav2Lip's inference options, every one honoured.
 
@@ -113,12 +101,13 @@ class LipsyncRequest(BaseModel):
     audio: str = Field(min_length=1)  # base64 audio file (WAV, MP3, …)
     image: str = Field(min_length=1)  # base64 portrait
     fps: float = 25  # only 25: the engines render 25 frames per second
-    pads: tuple[Pad, Pad, Pad, Pad] = DEFAULT_PADS  # Wav2Lip's face box padding [top, bottom, left, right]
+    pads: tuple[Pad, Pad, Pad, Pad] = (0, 10, 0, 0)  # the face box's padding [top, bottom, left, right]
     img_size: int = 96  # only 96: the Wav2Lip checkpoints' face size
     batch_size: int = Field(128, ge=1, le=128)  # frames per Triton request
     no_segmentation: bool = False  # True: paste the whole face box (feathered); False: only the lower face
     no_sr: bool = True  # False: GFPGAN enhances the face before it is pasted
-    engine: EngineName = "wav2lip"  # "sadtalker" renders with SadTalker's defaults (the Wav2Lip fields unused)
+    # Another engine renders with its own defaults where these fields mean nothing to it.
+    engine: str = Field(default_factory=lipsync_request_engine)
 
     @model_validator(mode="after")
     def _supported(self) -> LipsyncRequest:
@@ -128,16 +117,13 @@ class LipsyncRequest(BaseModel):
             raise ValueError(f"img_size must be 96 (the Wav2Lip checkpoints' face size), got {self.img_size}")
         return self
 
+    @model_validator(mode="after")
+    def _known_engine(self) -> LipsyncRequest:
+        options_model(self.engine)  # ValueError in words for an engine this gateway does not have
+        return self
+
     def session_options(self) -> SessionOptions:
-        if self.engine == "sadtalker":
-            return SessionOptions()
-        return SessionOptions(
-            engine="wav2lip",
-            enhance=not self.no_sr,
-            chunk_frames=self.batch_size,
-            pads=self.pads,
-            blend="box" if self.no_segmentation else "lower_face",
-        )
+        return options_model(self.engine).for_lipsync_request(self.model_dump())
 
 
 def _describe(err: ValidationError) -> str:
@@ -153,12 +139,14 @@ def parse_start(text: str) -> Start:
         raise BadMessage(f"The first message must be a valid `start` message ({_describe(err)}).") from err
 
 
-def parse_options(**fields: object) -> Options:
+def parse_options(**fields: object) -> EngineOptions:
     """Options from separate fields (query parameters); BadMessage when they do not fit together."""
     try:
-        return Options.model_validate(fields)
+        return parse_engine_options(fields)
     except ValidationError as err:
         raise BadMessage(f"Invalid options ({_describe(err)}).") from err
+    except ValueError as err:
+        raise BadMessage(f"Invalid options ({err}).") from err
 
 
 def parse_control(text: str) -> End | Interrupt | Utterance:

@@ -18,19 +18,10 @@ from starlette.websockets import WebSocketState
 
 from gateway.context import Context, context_of
 from gateway.errors import CLOSE_CODES, LipsyncError, SessionExpired, StartTimeout, TooLarge
+from gateway.session.messages import Message
+from gateway.transport.access import ErrorFormat
 
 log = logging.getLogger(__name__)
-
-# How a protocol words an error: the JSON message sent before the socket is closed.
-ErrorFormat = Callable[[LipsyncError], dict[str, Any]]
-
-
-def stream_error(error: LipsyncError) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.message}
-
-
-def compat_error(error: LipsyncError) -> dict[str, Any]:
-    return {"status": "error", "message": error.message}
 
 
 class InternalError(LipsyncError):
@@ -98,12 +89,13 @@ class Channel:
         seconds = self.ctx.settings.start_timeout_s
         return await self.receive(seconds, StartTimeout(seconds))
 
-    async def send(self, item: bytes | dict[str, Any]) -> None:
+    async def send(self, item: bytes | Message) -> None:
+        """A media segment (binary) or a message (its JSON, as text)."""
         async with self._sending:
             if isinstance(item, bytes):
                 await self.websocket.send_bytes(item)
             else:
-                await self.websocket.send_json(item)
+                await self.websocket.send_json(item.to_json())
 
 
 async def serve(websocket: WebSocket, handler: Handler, error_format: ErrorFormat) -> None:
@@ -136,5 +128,5 @@ async def close_with(channel: Channel, error: LipsyncError, error_format: ErrorF
     # send_timeout_s, and this waits no longer than that either.
     with contextlib.suppress(Exception):
         async with asyncio.timeout(channel.ctx.settings.send_timeout_s):
-            await websocket.send_json(error_format(error))
+            await websocket.send_json(error_format(error).to_json())
             await websocket.close(code=CLOSE_CODES.get(error.code, 4400 if error.code != "internal" else 1011))

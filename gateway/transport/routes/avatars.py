@@ -76,8 +76,9 @@ async def read_portrait(request: Request, limit: int) -> bytes:
 async def create_avatar(request: Request, ctx: Ctx) -> AvatarInfo:
     """Find the face in a portrait and prepare it once; the answer's ``avatar_id`` starts sessions."""
     data = await read_portrait(request, ctx.settings.max_portrait_bytes)
-    state = await ctx.avatars.add(data)
-    # Every engine served here prepares its part now, so that a session starts without that work.
-    for engine in await ctx.served_engines():
+    # Every engine served here (and only those) prepares its part now, so that a session starts without that work.
+    served = await ctx.served_engines()
+    state = await ctx.avatars.add(data, served)
+    for engine in served:
         await ctx.prepare(state, engine)
     return AvatarInfo.model_validate({**state.describe(), "demo": ctx.settings.demo})

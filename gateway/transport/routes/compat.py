@@ -26,9 +26,10 @@ from gateway.errors import (
     TooLarge,
     Unauthorized,
 )
+from gateway.session.messages import CompatError, CompatVideo
 from gateway.session.offline import decode_upload_audio, render_offline
 from gateway.transport.protocol import parse_lipsync
-from gateway.transport.ws import Channel, compat_error, serve
+from gateway.transport.ws import Channel, serve
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,7 +41,7 @@ _FATAL = (TooLarge, Busy, SessionLimit, Unauthorized, Timeout)
 
 @router.websocket("/ws/lipsync")
 async def lipsync(websocket: WebSocket) -> None:
-    await serve(websocket, _lipsync, compat_error)
+    await serve(websocket, _lipsync, CompatError.of)
 
 
 async def _lipsync(channel: Channel) -> None:
@@ -53,9 +54,9 @@ async def _lipsync(channel: Channel) -> None:
             if isinstance(error, _FATAL):
                 raise
             ctx.metrics.errors.labels(error.code).inc()
-            await channel.send(compat_error(error))
+            await channel.send(CompatError.of(error))
         else:
-            await channel.send({"status": "success", "video": base64.b64encode(video).decode()})
+            await channel.send(CompatVideo(video=base64.b64encode(video).decode()))
         message = await channel.receive(settings.idle_timeout_s, IdleTimeout(settings.idle_timeout_s))
 
 
@@ -71,6 +72,6 @@ async def _answer(channel: Channel, text: str | None) -> bytes:
     except (binascii.Error, ValueError) as err:
         raise BadMessage(f"`image` and `audio` must be base64 ({err}).") from err
     with ctx.slots.hold(client_key(channel.websocket)):
-        state = await ctx.avatars.add(image)
+        state = await ctx.avatars.add(image, [ctx.engines[request.engine]])
         wav = await asyncio.to_thread(decode_upload_audio, audio, settings)
         return await render_offline(ctx, state, wav, request.session_options())

@@ -9,9 +9,8 @@ from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.avatars.framing import FRAMINGS
-from gateway.context import Ctx
+from gateway.context import Ctx, default_options
 from gateway.errors import InferenceUnavailable
-from gateway.session.options import SessionOptions
 from gateway.transport.http_errors import error_responses
 
 router = APIRouter()
@@ -68,7 +67,7 @@ async def readyz(ctx: Ctx) -> JSONResponse:
     ready: list[str] = []
     not_ready: list[str] = []
     for name, engine in ctx.engines.items():
-        ok, reason = await ctx.triton.ready(engine.models(SessionOptions(engine=name)))  # type: ignore[arg-type]
+        ok, reason = await ctx.triton.ready(engine.models(default_options(engine)))
         (ready if ok else not_ready).append(f"{name}: {reason}")
     reason = "; ".join(ready) if ready else "; ".join(not_ready)
     body = Readiness(status="ready" if ready else "unavailable", reason=reason)

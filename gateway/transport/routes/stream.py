@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
@@ -13,9 +12,10 @@ from gateway.context import client_key
 from gateway.errors import BadMessage, IdleTimeout, TooLarge, UnknownAvatar
 from gateway.media.audio_input import PcmDecoder
 from gateway.session.core import StreamSession, run_together
+from gateway.session.messages import Limits, StreamError
 from gateway.session.offline import decode_upload_audio
 from gateway.transport.protocol import Interrupt, Utterance, parse_control, parse_start
-from gateway.transport.ws import Channel, serve, stream_error
+from gateway.transport.ws import Channel, serve
 from lipsync.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ router = APIRouter()
 
 @router.websocket("/ws/stream")
 async def stream(websocket: WebSocket) -> None:
-    await serve(websocket, _stream, stream_error)
+    await serve(websocket, _stream, StreamError.of)
 
 
 async def _stream(channel: Channel) -> None:
@@ -39,50 +39,41 @@ async def _stream(channel: Channel) -> None:
     with ctx.slots.hold(client_key(channel.websocket)):
         session = await ctx.new_session(state, start.session_options())
         session_id = uuid.uuid4().hex
-        limits = {
-            "max_message_bytes": settings.max_message_bytes,
-            "max_session_seconds": settings.max_session_seconds,
-            "max_conversation_seconds": settings.max_conversation_seconds if start.mode == "conversation" else None,
-            "idle_timeout_s": settings.idle_timeout_s if start.mode == "clip" else None,
-            "max_ahead_ms": settings.max_ahead_ms if start.mode == "conversation" else None,
-        }
-        # A conversation runs in flat memory, so its cap is its own (hours); a clip's is its audio's.
-        length = settings.max_conversation_seconds if start.mode == "conversation" else settings.max_session_seconds
+        limits = session.mode.limits(settings)
+        length = session.mode.max_seconds(settings)
         deadline = session.clock.now() + length  # from `ready` on, in wall time
         channel.last_for(length + settings.drain_timeout_s)  # whatever it waits on
-        await channel.send({**session.ready_message(), "session_id": session_id, "limits": limits})
+        await channel.send(session.ready_message(session_id, limits))
         log.info("session %s: avatar %s, %s %s", session_id, state.id[:12], start.mode, start.options)
-        _, frames = await run_together(
-            _receive_audio(channel, session, start.audio.format, start.audio.sample_rate, deadline),
+        await run_together(
+            _receive_audio(channel, session, start.audio.format, start.audio.sample_rate, deadline, limits),
             session.run(channel.send),
         )
-        end: dict[str, Any] = {"type": "end", "frames": frames, "duration": frames / 25}
-        if start.mode == "conversation":
-            end["timeline"] = session.played_segments()
-        await channel.send(end)
+        await channel.send(session.end_message())
         await channel.websocket.close(code=1000)
 
 
 async def _receive_audio(
-    channel: Channel, session: StreamSession, audio_format: str, rate: int, deadline: float
+    channel: Channel, session: StreamSession, audio_format: str, rate: int, deadline: float, limits: Limits
 ) -> None:
     settings = channel.ctx.settings
     decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
     file_bytes = bytearray()
-    conversation = session.conversation is not None
-    seconds = settings.max_conversation_seconds if conversation else settings.max_session_seconds
+    seconds = session.mode.max_seconds(settings)
     limit_samples = seconds * SAMPLE_RATE
     over = TooLarge(f"The session is over its limit of {seconds:g} s (of audio, or of time since it started).")
-    # A conversation's audio waits in a queue until it is played: no more than a clip's worth.
+    # Audio waiting in a queue until it is played (a conversation's): no more than a clip's worth.
     queue_limit = settings.max_session_seconds * SAMPLE_RATE
-    # A clip ends when its audio stops; a conversation idles by design. Neither outlasts the session limit in
-    # wall time, so trickling a few samples just inside the idle limit cannot hold a slot for ever.
+    # A clip ends when its audio stops (the idle limit it announced in `ready`); a conversation idles by design
+    # (none). Neither outlasts the session limit in wall time, so trickling a few samples just inside the idle
+    # limit cannot hold a slot for ever.
+    idle = limits.idle_timeout_s
     while True:
         left = max(deadline - session.clock.now(), 0.0)
-        if conversation or left <= settings.idle_timeout_s:
+        if idle is None or left <= idle:
             message = await channel.receive(left, over)
         else:
-            message = await channel.receive(settings.idle_timeout_s, IdleTimeout(settings.idle_timeout_s))
+            message = await channel.receive(idle, IdleTimeout(idle))
         if message.get("bytes") is not None:
             if decoder is None:
                 file_bytes += message["bytes"]
@@ -92,7 +83,7 @@ async def _receive_audio(
             session.feed(decoder.decode(message["bytes"]))
             if session.timeline.samples_heard > limit_samples:
                 raise over
-            if session.conversation is not None and session.conversation.queued_samples > queue_limit:
+            if session.mode.queued_samples > queue_limit:
                 raise TooLarge(
                     f"The audio queued to be spoken is over the limit of {settings.max_session_seconds:g} s; "
                     "send it at most that far ahead of playback."

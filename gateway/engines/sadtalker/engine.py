@@ -1,6 +1,7 @@
-"""SadTalker: audio → 3DMM expression (and head pose) → keypoints → rendered 256² face.
+"""SadTalker as an engine: audio → 3DMM expression (and head pose) → keypoints → rendered 256² face.
 
-The avatar part: the portrait's 3DMM semantics and keypoints (``avatar`` ensemble + ``mapping``), once per
+The avatar part: its crop of the portrait (:mod:`gateway.engines.sadtalker.crop`, from the full-resolution photo
+at upload), then the portrait's 3DMM semantics and keypoints (``avatar`` ensemble + ``mapping``), once per
 portrait. A session: expression blocks (``motion``), pose windows (``mel`` + ``audio2pose`` in pose mode
 ``audio``) and render chunks (``render``/``render_enhanced``), scheduled by :class:`SadTalkerTimeline`; the face
 goes back into SadTalker's crop box with a feathered edge.
@@ -8,19 +9,27 @@ goes back into SadTalker's crop box with a feathered edge.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gateway.avatars.portrait import Portrait
 from gateway.avatars.store import AvatarState
+from gateway.engines.sadtalker.crop import CROP_SIZE, RECON_SIZE, SadTalkerCrop, sadtalker_crop
+from gateway.engines.sadtalker.options import SadTalkerOptions
+from gateway.engines.sadtalker.timeline import MotionRequest, PoseRequest, SadTalkerTimeline
 from gateway.errors import InferenceUnavailable
 from gateway.media.pasteback import PasteBack
 from gateway.session.options import SessionOptions
-from gateway.session.timeline import MotionRequest, PoseRequest, RenderRequest, SadTalkerTimeline
+from gateway.session.timeline import RenderRequest
 from gateway.triton.client import TritonClient
 from lipsync.timeline import source_semantics, source_window
+
+log = logging.getLogger(__name__)
 
 NAME = "sadtalker"
 
@@ -31,8 +40,8 @@ LOOKAHEAD_MS = {"still": 13 * 40 + 92.5 + 40, "audio": (31 + 6 + 13) * 40 + 92.5
 
 
 @dataclass(frozen=True, eq=False)
-class SadTalkerAvatar:
-    """The portrait as SadTalker's renderer sees it."""
+class SadTalkerCoefficients:
+    """The portrait as SadTalker's renderer sees it (from Triton, once)."""
 
     source: np.ndarray  # (70,) semantics: exp 64 | angles 3 | translation 3
     kp_canonical: np.ndarray  # (1, 15, 3)
@@ -42,20 +51,65 @@ class SadTalkerAvatar:
         for array in (self.source, self.kp_canonical, self.kp_source):
             array.setflags(write=False)
 
+
+_IMAGES: dict[str, tuple[int, ...]] = {"crop": (CROP_SIZE, CROP_SIZE, 3), "aligned": (RECON_SIZE, RECON_SIZE, 3)}
+_COEFFICIENTS: dict[str, tuple[int, ...]] = {"source": (70,), "kp_canonical": (1, 15, 3), "kp_source": (1, 15, 3)}
+
+
+@dataclass(frozen=True, eq=False)
+class SadTalkerAvatar:
+    """SadTalker's part of an avatar record: its crop, and once prepared the renderer's view of it."""
+
+    crop: SadTalkerCrop
+    coefficients: SadTalkerCoefficients | None = None
+
     @property
     def nbytes(self) -> int:
-        return sum(int(a.nbytes) for a in (self.source, self.kp_canonical, self.kp_source))
+        arrays = [self.crop.crop, self.crop.aligned]
+        if self.coefficients is not None:
+            arrays += [self.coefficients.source, self.coefficients.kp_canonical, self.coefficients.kp_source]
+        return sum(int(a.nbytes) for a in arrays)
+
+    def prepared(self) -> SadTalkerCoefficients:
+        if self.coefficients is None:
+            raise RuntimeError("SadTalker's avatar part is not prepared (Engine.prepare)")
+        return self.coefficients
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"source": self.source, "kp_canonical": self.kp_canonical, "kp_source": self.kp_source}
+        arrays = {"crop": self.crop.crop, "aligned": self.crop.aligned, "align_params": self.crop.align_params}
+        if self.coefficients is not None:
+            c = self.coefficients
+            arrays |= {"source": c.source, "kp_canonical": c.kp_canonical, "kp_source": c.kp_source}
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SadTalkerAvatar:
         """ValueError unless the arrays have the shapes and dtypes ``prepare`` gives them (they go to Triton)."""
-        for name, shape in (("source", (70,)), ("kp_canonical", (1, 15, 3)), ("kp_source", (1, 15, 3))):
+        for name, shape in _IMAGES.items():
+            if arrays[name].shape != shape or arrays[name].dtype != np.uint8:
+                raise ValueError(f"SadTalker {name} of {arrays[name].dtype} {arrays[name].shape}, not uint8 {shape}")
+        params = arrays["align_params"]
+        if params.shape != (5,) or params.dtype != np.float64 or not np.isfinite(params).all():
+            raise ValueError(f"SadTalker align_params of {params.dtype} {params.shape}, not 5 finite float64")
+        crop = SadTalkerCrop(arrays["crop"].copy(), arrays["aligned"].copy(), params.copy())
+        present = [name for name in _COEFFICIENTS if name in arrays]
+        if not present:
+            return cls(crop)
+        for name, shape in _COEFFICIENTS.items():
+            if name not in arrays:
+                raise ValueError(f"SadTalker coefficients without {name}")
             if arrays[name].shape != shape or arrays[name].dtype != np.float32:
                 raise ValueError(f"SadTalker {name} of {arrays[name].dtype} {arrays[name].shape}, not float32 {shape}")
-        return cls(arrays["source"].copy(), arrays["kp_canonical"].copy(), arrays["kp_source"].copy())
+        coefficients = SadTalkerCoefficients(*(arrays[name].copy() for name in _COEFFICIENTS))
+        return cls(crop, coefficients)
+
+
+def crop_from_framing(avatar: AvatarState) -> SadTalkerCrop:
+    """SadTalker's crop from the record's ``portrait`` framing, for an avatar made while this engine was not
+    served (the photo is gone by then): the same crop when the photo fits the framing's size, else cut from its
+    downscaled copy."""
+    framing = avatar.framings["portrait"]
+    return sadtalker_crop(framing.image, framing.box(avatar.box), framing.points(avatar.landmarks))
 
 
 def _chw(image: np.ndarray) -> np.ndarray:
@@ -64,25 +118,37 @@ def _chw(image: np.ndarray) -> np.ndarray:
 
 class SadTalker:
     name = NAME
+    options_model = SadTalkerOptions
 
-    def __init__(self, motion_block: int = 4) -> None:
-        self.motion_block = motion_block
+    def __init__(self, audio_block: int = 4) -> None:
+        self.motion_block = audio_block
 
     def models(self, options: SessionOptions) -> tuple[str, ...]:
         render = "render_enhanced" if options.enhance else "render"
-        return ("motion", render, *(("mel", "audio2pose") if options.pose == "audio" else ()))
+        pose = options.of(SadTalkerOptions).pose
+        return ("motion", render, *(("mel", "audio2pose") if pose == "audio" else ()))
+
+    def portrait_part(self, portrait: Portrait) -> SadTalkerAvatar:
+        return SadTalkerAvatar(sadtalker_crop(portrait.image, portrait.box, portrait.landmarks))
 
     async def prepare(self, avatar: AvatarState, triton: TritonClient) -> None:
-        if NAME in avatar.parts:
+        part = avatar.parts.get(NAME)
+        if isinstance(part, SadTalkerAvatar) and part.coefficients is not None:
             return
+        if not isinstance(part, SadTalkerAvatar):
+            log.info("avatar %s: SadTalker's crop from its portrait framing", avatar.id[:12])
+            part = SadTalkerAvatar(await asyncio.to_thread(crop_from_framing, avatar))
+        crop = part.crop
         out = await triton.infer(
-            "avatar", {"crop": _chw(avatar.crop), "aligned": _chw(avatar.aligned)}, ["coeffs", "kp_canonical"]
+            "avatar", {"crop": _chw(crop.crop), "aligned": _chw(crop.aligned)}, ["coeffs", "kp_canonical"]
         )
         source = source_semantics(out["coeffs"][0])
         kp = await triton.infer(
             "mapping", {"window": source_window(source), "kp_canonical": out["kp_canonical"]}, ["kp_driving"]
         )
-        avatar.add_part(NAME, SadTalkerAvatar(source, out["kp_canonical"], kp["kp_driving"]))
+        avatar.add_part(
+            NAME, SadTalkerAvatar(crop, SadTalkerCoefficients(source, out["kp_canonical"], kp["kp_driving"]))
+        )
 
     def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> SadTalkerAvatar:
         return SadTalkerAvatar.from_arrays(arrays)
@@ -96,14 +162,15 @@ class SadTalkerRun:
         self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int, motion_block: int
     ) -> None:
         part = avatar.part(NAME, SadTalkerAvatar)
-        self.part = part
+        self.part = part.prepared()
         self.options = options
+        self.sadtalker = sadtalker = options.of(SadTalkerOptions)
         self.triton = triton
         self.timeline = SadTalkerTimeline(
-            part.source,
-            options.pose,
-            options.expression_scale,
-            options.blink,
+            self.part.source,
+            sadtalker.pose,
+            sadtalker.expression_scale,
+            sadtalker.blink,
             seed,
             chunk_frames=options.chunk_frames,
             motion_block=motion_block,
@@ -111,9 +178,9 @@ class SadTalkerRun:
         )
         framing = avatar.framings[options.framing]
         self.paste = PasteBack(framing.image, framing.box(avatar.box))
-        self.lookahead_ms = LOOKAHEAD_MS[options.pose]
+        self.lookahead_ms = LOOKAHEAD_MS[sadtalker.pose]
         self.audio_block = motion_block
-        self._source_image = _chw(avatar.crop)
+        self._source_image = _chw(part.crop.crop)
 
     def calls(self) -> list[Coroutine[Any, Any, None]]:
         motion = [self._motion(request) for request in self.timeline.motion_requests()]
@@ -143,7 +210,7 @@ class SadTalkerRun:
             {
                 "mels": np.ascontiguousarray(windows),
                 "z": request.z,
-                "pose_style": np.array([[self.options.pose_style]], dtype=np.int64),  # (batch 1, 1)
+                "pose_style": np.array([[self.sadtalker.pose_style]], dtype=np.int64),  # (batch 1, 1)
                 "ref_pose": self.part.source[None, 64:70],
             },
             ["motion"],

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -30,18 +28,10 @@ import numpy as np
 from gateway.avatars.framing import Framing, portrait_framing
 from gateway.avatars.portrait import Box, decode_image, detect_face
 from gateway.avatars.store import AvatarState
-from gateway.errors import InferenceUnavailable
-from gateway.media.pasteback import FEATHER, MaskedPasteBack, feather_weights
-from gateway.session.options import DEFAULT_PADS, SessionOptions
-from gateway.session.timeline import MelRequest, RenderRequest, Wav2LipTimeline
-from gateway.triton.client import TritonClient
+from gateway.engines.wav2lip.options import DEFAULT_PADS, Wav2LipOptions
+from gateway.media.pasteback import FEATHER, feather_weights
 from lipsync.wav2lip import FACE_SIZE, face_input
 
-NAME = "wav2lip"
-
-# A frame's window ends 15 mel frames after int(80·i/25): 212.5 ms of audio after the frame starts (the STFT
-# reads 25 ms past its frame), plus the 40 ms granularity of whole frames.
-LOOKAHEAD_MS = 15 * 12.5 + 25 + 40
 # How far above the brows the box starts, as a fraction of the brow-to-chin height (S3FD's boxes include the
 # lower forehead).
 FOREHEAD = 0.2
@@ -159,71 +149,9 @@ class Wav2LipAvatar:
             faces[(framing, (top, bottom, left, right), blend)] = Wav2LipFace(face_input.copy(), box, weights.copy())
         return cls(faces)
 
-    def face(self, avatar: AvatarState, options: SessionOptions) -> Wav2LipFace:
+    def face(self, avatar: AvatarState, options: Wav2LipOptions) -> Wav2LipFace:
         key = (options.framing, options.pads, options.blend)
         if key not in self.faces:
             box = face_box(avatar.landmarks, avatar.width, avatar.height, options.pads)
             self.faces[key] = make_face(avatar.framings[options.framing], box, avatar.landmarks, options.blend)
         return self.faces[key]
-
-
-class Wav2Lip:
-    name = NAME
-
-    def __init__(self, mel_block: int = 4) -> None:
-        self.mel_block = mel_block
-
-    def models(self, options: SessionOptions) -> tuple[str, ...]:
-        return ("mel", "wav2lip_render_enhanced" if options.enhance else "wav2lip_render")
-
-    async def prepare(self, avatar: AvatarState, triton: TritonClient) -> None:
-        if NAME not in avatar.parts:
-            part = Wav2LipAvatar({})
-            part.face(avatar, SessionOptions(engine="wav2lip"))  # the default framing, pads and blend
-            avatar.add_part(NAME, part)
-
-    def part_from_arrays(self, arrays: dict[str, np.ndarray], avatar: AvatarState) -> Wav2LipAvatar:
-        return Wav2LipAvatar.from_arrays(arrays, avatar.framings)
-
-    def start(self, avatar: AvatarState, options: SessionOptions, triton: TritonClient, seed: int) -> Wav2LipRun:
-        face = avatar.part(NAME, Wav2LipAvatar).face(avatar, options)
-        return Wav2LipRun(face, avatar, options, triton, self.mel_block)
-
-
-class Wav2LipRun:
-    def __init__(
-        self, face: Wav2LipFace, avatar: AvatarState, options: SessionOptions, triton: TritonClient, mel_block: int
-    ) -> None:
-        self.face = face
-        self.model = "wav2lip_render_enhanced" if options.enhance else "wav2lip_render"
-        self.triton = triton
-        self.timeline = Wav2LipTimeline(
-            chunk_frames=options.chunk_frames, mel_block=mel_block, first_chunk_frames=options.first_chunk_frames
-        )
-        self.paste = MaskedPasteBack(avatar.framings[options.framing].image, face.box, face.weights)
-        self.lookahead_ms = LOOKAHEAD_MS
-        self.audio_block = mel_block
-
-    def calls(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._mel(request) for request in self.timeline.mel_requests()]
-
-    def render_requests(self) -> list[RenderRequest]:
-        return self.timeline.render_requests()
-
-    async def _mel(self, request: MelRequest) -> None:
-        mel = (await self.triton.infer("mel", {"signal": request.span.signal}, ["mel"]))["mel"][0]
-        self.timeline.set_mel(request, mel)
-
-    async def render(self, request: RenderRequest) -> np.ndarray:
-        """One chunk's faces, in as many requests as the served model takes frames (GFPGAN takes fewer)."""
-        k = len(request.frames)
-        limit = await self.triton.frame_limit(self.model) or k
-        faces = []
-        for start in range(0, k, limit):
-            windows = request.windows[start : start + limit]
-            inputs = {"mel_window": windows, "face_input": np.repeat(self.face.face_input, len(windows), axis=0)}
-            faces.append((await self.triton.infer(self.model, inputs, ["face"]))["face"])
-        result = np.concatenate(faces)
-        if result.shape[0] != k:
-            raise InferenceUnavailable(f"{self.model} answered {result.shape[0]} faces for {k} frames")
-        return result

@@ -1,6 +1,6 @@
 """Wav2Lip on this CPU: frames per second through the whole served path against raw ONNX Runtime.
 
-    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8]
+    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8] [--openvino]
 
 The full-size network (official layout, synthetic weights: the values do not change the cost) is exported
 with the mel front-end and its ensemble glue, served by the embedded Triton (cpu repository, as ``make up``
@@ -16,6 +16,11 @@ writes it) behind the real gateway on loopback. Measured:
 - ``--int8``: the same with Wav2Lip served from its int8 graph (export/quantize.py, as
   ``LIPSYNC_WAV2LIP_INT8=true`` serves it); the raw row then shows fp32 and int8, and GFLOP/s counts the fp32
   network's operations (the work done, whatever the arithmetic).
+- ``--openvino``: Wav2Lip run by OpenVINO in the Python backend (``LIPSYNC_OPENVINO_MODELS=wav2lip``); the raw
+  rows then show both runtimes on the same graph(s).
+
+The table's first line names the CPU class (``lscpu`` flags that decide the kernels: avx2, avx512f, avx512_vnni,
+avx512_bf16, amx). ``ONEDNN_MAX_CPU_ISA=AVX2`` holds OpenVINO (not ONNX Runtime) to AVX2 kernels on a larger CPU.
 
 Prints a Markdown table. Nothing here is a quality claim: the weights are synthetic.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
@@ -69,21 +75,31 @@ def export_full_size(out: Path) -> float:
     return gflop
 
 
-def raw_fps(onnx: Path, batch: int, threads: int, seconds: float = 20.0) -> float:
-    """Frames per second of the graph alone in ONNX Runtime (the Python backend's session options)."""
-    import onnxruntime as ort
+def cpu_class() -> str:
+    """The ``lscpu`` flags that decide which kernels run (and what ``ONEDNN_MAX_CPU_ISA`` holds OpenVINO to)."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    held = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return " ".join(shown) + (f" (OpenVINO held to {held})" if held else "")
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+
+def raw_fps(onnx: Path, batch: int, threads: int, runtime: str = "onnxruntime", seconds: float = 20.0) -> float:
+    """Frames per second of the graph alone, run as the Python backend runs it (same runtime and options)."""
+    from export.triton_model import OnnxRuntimeRunner, OpenVinoRunner
+
+    runner_type = OpenVinoRunner if runtime == "openvino" else OnnxRuntimeRunner
+    runner = runner_type(onnx, threads, ["prediction"])
     inputs = sample_inputs(STAGES["wav2lip"], batch, torch.Generator().manual_seed(1), TRACE_SIZES)
     feed = {t.name: x.numpy() for t, x in zip(STAGES["wav2lip"].inputs, inputs, strict=True)}
-    session.run(None, feed)  # warm-up
+    runner.run(feed)  # warm-up
     frames, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        session.run(None, feed)
+        runner.run(feed)
         frames += batch
     return frames / (time.perf_counter() - started)
 
@@ -110,6 +126,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="frames per ONNX Runtime run (raw)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = one per core")
     parser.add_argument("--int8", action="store_true", help="serve Wav2Lip from its int8 graph")
+    parser.add_argument("--openvino", action="store_true", help="serve Wav2Lip in OpenVINO instead of ONNX Runtime")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from gateway.settings import Settings
@@ -122,15 +139,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         onnx = Path(scratch) / "onnx"
         gflop = export_full_size(onnx)
-        fps = raw_fps(onnx / "wav2lip.onnx", args.batch, args.threads)
-        rows.append(f"| raw ONNX Runtime, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | {gflop * fps:.0f} |")
-        LOG.info("raw: %.1f frames/s (%.2f GFLOP/frame)", fps, gflop)
         if args.int8:
             quantize_stage(onnx, "wav2lip")
-            fps = raw_fps(int8_graph(onnx, "wav2lip"), args.batch, args.threads)
-            rows.append(f"| raw int8, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | {gflop * fps:.0f} |")
-            LOG.info("raw int8: %.1f frames/s", fps)
-        repository_settings = RepositorySettings(target="cpu", int8_models=("wav2lip",) if args.int8 else ())
+        graphs = {"fp32": onnx / "wav2lip.onnx", **({"int8": int8_graph(onnx, "wav2lip")} if args.int8 else {})}
+        runtimes = ("onnxruntime", "openvino") if args.openvino else ("onnxruntime",)
+        for precision, graph in graphs.items():
+            for runtime in runtimes:
+                fps = raw_fps(graph, args.batch, args.threads, runtime)
+                rows.append(
+                    f"| raw {runtime} {precision}, batch {args.batch} | 1 | {fps:.1f} | {fps:.1f} | – | "
+                    f"{gflop * fps:.0f} |"
+                )
+                LOG.info("raw %s %s: %.1f frames/s (%.2f GFLOP/frame)", runtime, precision, fps, gflop)
+        repository_settings = RepositorySettings(
+            target="cpu",
+            int8_models=("wav2lip",) if args.int8 else (),
+            openvino_models=("wav2lip",) if args.openvino else (),
+        )
+        served_as = " ".join([*(["int8"] if args.int8 else []), *(["openvino"] if args.openvino else [])])
         repository = write_repository(onnx, Path(scratch) / "repository", repository_settings)
         pcm = _speech(None, args.seconds)
         with EmbeddedTriton().start(repository.path, auto_complete_config=False) as triton:
@@ -150,12 +176,13 @@ def main() -> int:
                         total = sum(frames) / wall
                         first = statistics.median(r.first_fragment_s or 0.0 for r in results)
                         rows.append(
-                            f"| served{' int8' if args.int8 else ''} ({pace}) | {count} | {per_session:.1f} | "
+                            f"| served {served_as or 'fp32'} ({pace}) | {count} | {per_session:.1f} | "
                             f"{total:.1f} | {first:.2f} | {gflop * total:.0f} |"
                         )
                         LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
     cores = os.cpu_count()
-    print(f"Wav2Lip full size ({gflop:.2f} GFLOP/frame), {cores} CPU cores, {args.seconds:g} s of audio per session\n")
+    print(f"Wav2Lip full size ({gflop:.2f} GFLOP/frame), {cores} CPU cores, {args.seconds:g} s of audio per session")
+    print(f"CPU: {cpu_class()}\n")
     print("| path | sessions | frames/s per session | frames/s total | first fragment (s) | GFLOP/s |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

@@ -142,6 +142,7 @@ def _repository(args: argparse.Namespace) -> int:
             fp16_generator=args.fp16_generator,
             trt_cache_dir=args.trt_cache,
             int8_models=tuple(name for name in args.int8.split(",") if name),
+            openvino_models=tuple(name for name in args.openvino.split(",") if name),
             max_queue_size=args.max_queue_size,
             queue_gateways=args.queue_gateways,
         )
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     repository.add_argument("--trt-cache", default="/trt_cache", help="gpu: engine cache path in the container")
     repository.add_argument(
         "--int8", default="", help="cpu: comma-separated models to serve from their int8 graphs (`quantize`)"
+    )
+    repository.add_argument(
+        "--openvino", default="", help="cpu: comma-separated models run by OpenVINO instead of ONNX Runtime"
     )
     repository.set_defaults(run=_repository)
 

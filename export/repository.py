@@ -24,6 +24,7 @@ starts with a comment saying where it came from.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -127,6 +128,9 @@ class RepositorySettings:
     trt_opt_batch: int = 8  # gpu: the batch TensorRT tunes its kernels for
     # cpu: models served from their int8 graphs (export/quantize.py; `python -m export quantize` writes them).
     int8_models: tuple[str, ...] = ()
+    # cpu: models run by OpenVINO instead of ONNX Runtime inside the Python backend (same graph, fp32 arithmetic
+    # unless the graph is int8; its int8 convolutions are ≈ 2× ONNX Runtime's here: docs/measurements.md).
+    openvino_models: tuple[str, ...] = ()
     # Requests that may wait in a dynamically batched model's queue; Triton refuses the next one at once (the
     # gateway reports `busy`) instead of letting the queue, its memory and its latency grow without end.
     # None: sized per model for `queue_gateways` gateways at their default limits (queue_size()): 4 × 32 = 128
@@ -148,6 +152,12 @@ class RepositorySettings:
             raise ValueError("int8 graphs are for the cpu target (TensorRT calibrates its own int8)")
         if unknown := [name for name in self.int8_models if name not in QUANTIZABLE]:
             raise ValueError(f"no int8 form for {', '.join(unknown)} (these have one: {', '.join(QUANTIZABLE)})")
+        if self.openvino_models and self.target != "cpu":
+            raise ValueError("OpenVINO runs models of the cpu target (the gpu target uses TensorRT)")
+        if unknown := [name for name in self.openvino_models if name not in STAGES]:
+            raise ValueError(f"no stage named {', '.join(unknown)} to run with OpenVINO")
+        if self.openvino_models and importlib.util.find_spec("openvino") is None:
+            raise ValueError("OpenVINO is not installed here: pip install '.[openvino]' (the Triton stub imports it)")
         too_big = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.frame_batch]
         if too_big:
             raise ValueError(f"preferred batch sizes {too_big} are outside 1..frame_batch={self.frame_batch}")
@@ -464,6 +474,7 @@ def model_config(spec: StageSpec, settings: RepositorySettings) -> dict[str, Any
         config["parameters"] = _parameters(
             {
                 "onnx_file": "model.onnx",
+                "runtime": "openvino" if spec.name in settings.openvino_models else "onnxruntime",
                 "intra_op_thread_count": str(settings.intra_op_threads),
                 "max_rows_per_run": str(settings.cpu_rows_per_run),
             }

@@ -1,10 +1,15 @@
-"""The one Python-backend model of the embedded (cpu) repository: run ``model.onnx`` in ONNX Runtime.
+"""The one Python-backend model of the embedded (cpu) repository: run ``model.onnx`` in ONNX Runtime or
+OpenVINO.
 
 ``python -m export repository --target cpu`` copies this file as ``<model>/1/model.py`` beside the model's
 ``model.onnx``; everything model-specific comes from the generated ``config.pbtxt`` (tensor names, dtypes,
-``max_batch_size``, and the parameters ``onnx_file``, ``intra_op_thread_count`` and ``max_rows_per_run``).
-It imports only numpy, onnxruntime and the backend's ``triton_python_backend_utils``, so it runs in the stub
-without this project.
+``max_batch_size``, and the parameters ``onnx_file``, ``runtime``, ``intra_op_thread_count`` and
+``max_rows_per_run``). It imports only numpy, the runtime and the backend's ``triton_python_backend_utils``, so
+it runs in the stub without this project.
+
+``runtime`` is ``onnxruntime`` (the default) or ``openvino``, which reads the same ONNX graph. OpenVINO is held to
+fp32 arithmetic (``INFERENCE_PRECISION_HINT``: on CPUs with bf16 it would otherwise pick bf16 by itself), so an
+fp32 graph gives ONNX Runtime's results within float rounding, and a QDQ int8 graph runs on its int8 kernels.
 
 ``execute`` receives the requests the dynamic batcher merged; it concatenates those with equal per-row shapes
 along the batch axis, runs the graph once per group, and splits the outputs back. If a merged run fails, each
@@ -90,6 +95,70 @@ def split(outputs: Sequence[np.ndarray], rows: Sequence[int]) -> list[list[np.nd
     return [[output[start:stop] for output in outputs] for start, stop in itertools.pairwise(bounds)]
 
 
+class Runner:
+    """A graph loaded in one runtime: ``run(feed)`` → the config's outputs, in its order."""
+
+    def names(self) -> tuple[set[str], set[str]]:
+        raise NotImplementedError
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, path: Path, threads: int, outputs: list[str]) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
+        options.inter_op_num_threads = 1
+        # Idle threads must not spin: a dozen model processes share the cores of the embedded server.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session: Any = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.outputs = outputs
+
+    def names(self) -> tuple[set[str], set[str]]:
+        return {t.name for t in self.session.get_inputs()}, {t.name for t in self.session.get_outputs()}
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        return list(self.session.run(self.outputs, feed))
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, path: Path, threads: int, outputs: list[str]) -> None:
+        import openvino  # only where a model asks for it (an optional dependency)
+
+        core = openvino.Core()
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled: Any = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request: Any = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in outputs]
+
+    def names(self) -> tuple[set[str], set[str]]:
+        # A port may carry several tensor names: the graph's own (the ONNX name) is the one reported.
+        return {port.get_any_name() for port in self.compiled.inputs}, {
+            port.get_any_name() for port in self.compiled.outputs
+        }
+
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        results = self.request.infer(feed)
+        # Copies: the request's output buffers are reused by its next inference.
+        return [np.array(results[port]) for port in self.outputs]
+
+    def close(self) -> None:
+        self.request = self.compiled = None
+
+
 class TritonPythonModel:
     """Triton's Python-backend entry points: initialize, execute, finalize."""
 
@@ -104,20 +173,22 @@ class TritonPythonModel:
         # Rows per ONNX Runtime run (batched models only): bounds the instance's memory (see run_in_pieces).
         self.max_rows = int(parameter(config, "max_rows_per_run", "0")) if self.batched else 0
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (one per core)
-        options.inter_op_num_threads = 1
-        # Idle threads must not spin: a dozen model processes share the cores of the embedded server.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph_inputs = {tensor.name for tensor in self.session.get_inputs()}
-        graph_outputs = {tensor.name for tensor in self.session.get_outputs()}
+        runtime = parameter(config, "runtime", "onnxruntime")
+        if runtime == "openvino":
+            self.runner: Runner = OpenVinoRunner(path, threads, self.outputs)
+        elif runtime == "onnxruntime":
+            self.runner = OnnxRuntimeRunner(path, threads, self.outputs)
+        else:
+            raise RuntimeError(f"{self.name}: unknown runtime {runtime!r} (onnxruntime or openvino)")
+        graph_inputs, graph_outputs = self.runner.names()
         if graph_inputs != {name for name, _ in self.inputs} or graph_outputs != set(self.outputs):
             raise RuntimeError(
                 f"{self.name}: {path} has inputs {sorted(graph_inputs)} and outputs {sorted(graph_outputs)}, but the "
                 f"config names {[name for name, _ in self.inputs]} → {self.outputs}; regenerate the repository"
             )
-        pb_utils.Logger.log_info(f"{self.name}: loaded {path.name} (batched={self.batched}, threads={threads})")
+        pb_utils.Logger.log_info(
+            f"{self.name}: loaded {path.name} in {runtime} (batched={self.batched}, threads={threads})"
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -133,7 +204,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.session = None
+        self.runner.close()
 
     # ------------------------------------------------------------------------------------------------
     def _read(self, request: Any) -> Feed:
@@ -151,10 +222,10 @@ class TritonPythonModel:
     def _run_group(self, group: list[tuple[int, Feed]]) -> list[tuple[int, Any]]:
         feed, rows = concatenate([item[1] for item in group])
         try:
-            outputs = run_in_pieces(lambda piece: self.session.run(self.outputs, piece), feed, self.max_rows)
+            outputs = run_in_pieces(self.runner.run, feed, self.max_rows)
             # Without a batch axis a group is one request, whose outputs need not have its inputs' rows.
             parts = split(outputs, rows) if self.batched else [outputs]
-        except Exception as error:  # ONNX Runtime's errors have no common base class
+        except Exception as error:  # neither runtime's errors have a common base class
             if len(group) > 1:  # find the culprit: the others still get their results
                 return [result for item in group for result in self._run_group([item])]
             shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feed.items())

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     wav2lip_int8: bool = Field(
         False, description="embedded CPU server: Wav2Lip from its int8 graph (≈ 1.6× faster; export/quantize.py)"
     )
+    openvino_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="embedded CPU server: models run by OpenVINO instead of ONNX Runtime, comma-separated "
+        "(e.g. wav2lip: with the int8 graph ≈ 2× faster; docs/measurements.md)",
+    )
 
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
     triton_url: str | None = Field(
@@ -137,6 +142,11 @@ class Settings(BaseSettings):
         default_factory=list, description="host names clients may use besides IP addresses and localhost"
     )
     max_sockets_per_client: int = Field(4, ge=1, description="open WebSockets of one client address")
+
+    @field_validator("openvino_models", mode="before")
+    @classmethod
+    def _model_names(cls, value: Any) -> Any:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
     @field_validator("allowed_origins", "allowed_hosts", mode="before")
     @classmethod

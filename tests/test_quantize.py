@@ -176,6 +176,11 @@ def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFact
     assert prepare_repository(settings) is not None
     assert int8_is_current(onnx_dir, "wav2lip") and int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns != made
     assert served.read_bytes() == int8_graph(onnx_dir, "wav2lip").read_bytes()
+    # LIPSYNC_OPENVINO_MODELS: the same graph, run by OpenVINO.
+    config = settings.model_repository / "wav2lip" / "config.pbtxt"
+    assert 'string_value: "onnxruntime"' in config.read_text()
+    assert prepare_repository(settings.model_copy(update={"openvino_models": ["wav2lip"]})) is not None
+    assert 'string_value: "openvino"' in config.read_text()
 
 
 def test_calibration_from_real_speech_and_portraits(
@@ -217,3 +222,53 @@ def test_calibration_from_real_speech_and_portraits(
     with pytest.raises(ValueError, match=r"blank\.png: No face was found"):
         calibration.face_inputs([portrait, blank])
     assert calibration.main([str(portrait), str(blank), "--out", str(faces_file)]) == 1
+
+
+def test_openvino_runs_the_int8_graph_within_its_bound(full_size: Path) -> None:
+    """The cpu repository may serve the int8 graph in OpenVINO: its own int8 kernels, checked like ONNX Runtime's."""
+    from export.triton_model import OpenVinoRunner
+
+    sidecar = json.loads(int8_graph(full_size, "wav2lip").with_suffix(".json").read_text())
+    assert 0 < sidecar["int8_error"]["openvino_relative_to_variation"] <= INT8_TOLERANCE
+    feed = synthetic_inputs("wav2lip", rows=6, seed=11)
+    want = _run(full_size / "wav2lip.onnx", feed)
+    int8 = OpenVinoRunner(int8_graph(full_size, "wav2lip"), 2, ["prediction"]).run(feed)[0]
+    assert variation_error(int8, want) <= INT8_TOLERANCE
+    fp32 = OpenVinoRunner(full_size / "wav2lip.onnx", 2, ["prediction"]).run(feed)[0]
+    np.testing.assert_allclose(fp32, want, atol=1e-5)  # held to fp32: never bf16, even where the CPU has it
+
+
+@pytest.mark.triton
+def test_the_cpu_repository_serves_a_model_in_openvino(reduced_factory: StageFactory, tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from export.triton_model import OpenVinoRunner
+    from gateway.triton.server import EmbeddedTriton
+
+    onnx_dir = _export_wav2lip(reduced_factory, tmp_path / "onnx")
+    quantize_stage(onnx_dir, "wav2lip")
+    with pytest.raises(ValueError, match="cpu target"):
+        RepositorySettings(target="gpu", openvino_models=("wav2lip",))
+    with pytest.raises(ValueError, match="no stage named nothing"):
+        RepositorySettings(openvino_models=("nothing",))
+    settings = RepositorySettings(int8_models=("wav2lip",), openvino_models=("wav2lip",), intra_op_threads=1)
+    repository = write_repository(onnx_dir, tmp_path / "repo", settings)
+    config = (repository.path / "wav2lip" / "config.pbtxt").read_text()
+    assert 'key: "runtime"\n  value {\n    string_value: "openvino"' in config
+    feed = synthetic_inputs("wav2lip", rows=3, seed=5)
+    with EmbeddedTriton().start(repository.path, auto_complete_config=False) as running:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        try:
+            inputs = []
+            for name, array in feed.items():
+                tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            served = client.infer("wav2lip", inputs).as_numpy("prediction")
+        finally:
+            client.close()
+    # OpenVINO's int8 kernels round differently from ONNX Runtime's: the served frames are OpenVINO's.
+    graph = int8_graph(onnx_dir, "wav2lip")
+    np.testing.assert_allclose(served, OpenVinoRunner(graph, 1, ["prediction"]).run(feed)[0], atol=1e-6)
+    assert np.abs(served - _run(graph, feed)).max() > 1e-4
+    assert variation_error(served, _run(onnx_dir / "wav2lip.onnx", feed)) <= INT8_TOLERANCE

@@ -94,6 +94,8 @@ def _repository(settings: Settings) -> bool:
     command = [sys.executable, "-m", "export", "repository", "--target", "cpu"]
     if settings.wav2lip_int8:
         command += ["--int8", "wav2lip"]
+    if settings.openvino_models:
+        command += ["--openvino", ",".join(settings.openvino_models)]
     return _run(
         "model repository", [*command, "--onnx", str(_onnx_dir(settings)), "--out", str(settings.model_repository)]
     )

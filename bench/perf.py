@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_class
 
 from export.repository import ENSEMBLES, EnsembleSpec, RepositorySettings, triton_batched, write_repository
 from export.specs import STAGES, StageSpec, TensorIO
@@ -320,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     how = (
         f"Measured {datetime.date.today().isoformat()} with {version} (gRPC) against {served}, from "
-        f"{platform.node() or 'this host'} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+        f"{platform.node() or 'this host'} ({os.cpu_count()} CPUs, {cpu_class()}; "
         f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end).\n"
         f"Command: `python bench/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}`. Each request "
         f"carries {args.frames} video frames for per-frame models and ensembles (one item for avatar/mel/audio2pose); "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import statistics
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import Result, _portrait, _session, _speech
+from machine import cpu_class
 
 from export.onnx import TRACE_SIZES, export_and_check, sample_inputs
 from export.quantize import int8_graph, quantize_stage
@@ -73,19 +73,6 @@ def export_full_size(out: Path) -> float:
                 module(*inputs)
             gflop = counter.get_total_flops() / 1e9
     return gflop
-
-
-def cpu_class() -> str:
-    """The ``lscpu`` flags that decide which kernels run (and what ``ONEDNN_MAX_CPU_ISA`` holds OpenVINO to)."""
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    held = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return " ".join(shown) + (f" (OpenVINO held to {held})" if held else "")
 
 
 def raw_fps(onnx: Path, batch: int, threads: int, runtime: str = "onnxruntime", seconds: float = 20.0) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from PIL import Image
 from skimage import data
 from starlette.testclient import TestClient
 
+from export.quantize import INT8_TOLERANCE, quantize_stage, variation_error
 from export.reference import AvatarInputs, Options, ReferencePipeline, Wav2LipReference
 from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
@@ -146,6 +148,46 @@ def test_wav2lip_chunk_sizes_give_identical_frames_equal_to_the_offline_referenc
     # fp32 ONNX Runtime vs PyTorch, then truncation to uint8: a value may land one level lower or higher.
     assert difference.max() <= 1, difference.max()
     assert (difference == 0).mean() > 0.98
+
+
+def test_wav2lip_in_openvino_int8_gives_identical_frames_across_chunk_sizes(
+    triton_server: EmbeddedTriton, reduced_onnx_dir: Path, astronaut_jpeg: bytes, speech: np.ndarray, tmp_path: Path
+) -> None:
+    """The live CPU configuration (LIPSYNC_WAV2LIP_INT8 + LIPSYNC_OPENVINO_MODELS=wav2lip): the batcher merges
+    chunks of any size, and OpenVINO's int8 kernels must not make a frame depend on that."""
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    for stage in ("mel", "wav2lip", "wav2lip_to_uint8"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(reduced_onnx_dir / f"{stage}{suffix}", onnx / f"{stage}{suffix}")
+    quantize_stage(onnx, "wav2lip")
+    settings = RepositorySettings(int8_models=("wav2lip",), openvino_models=("wav2lip",), intra_op_threads=1)
+    repository = write_repository(onnx, tmp_path / "repo", settings)
+
+    async def wav2lip_avatar(url: str) -> AvatarState:
+        triton = TritonClient(url, timeout_s=60, metrics=Metrics())
+        try:
+            avatar = await AvatarStore(AvatarLimits(), capacity_bytes=2**30).add(astronaut_jpeg)
+            await engines()["wav2lip"].prepare(avatar, triton)
+            return avatar
+        finally:
+            await triton.close()
+
+    with EmbeddedTriton().start(repository.path, auto_complete_config=False) as running:
+        avatar = asyncio.run(wav2lip_avatar(running.grpc_url))
+        served = {
+            k: asyncio.run(
+                _served_faces(running.grpc_url, avatar, speech, session_options(engine="wav2lip", chunk_frames=k))
+            )
+            for k in (4, 8, 16)
+        }
+    np.testing.assert_array_equal(served[4], served[8])
+    np.testing.assert_array_equal(served[16], served[8])
+    fp32 = asyncio.run(
+        _served_faces(triton_server.grpc_url, avatar, speech, session_options(engine="wav2lip", chunk_frames=8))
+    )
+    assert served[8].shape == fp32.shape
+    assert variation_error(served[8].astype(np.float32), fp32.astype(np.float32)) <= INT8_TOLERANCE
 
 
 def _mirrored_jpeg() -> bytes:

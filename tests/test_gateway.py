@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import create_app
+from gateway.media import framecode
 from gateway.settings import Settings
 from gateway.triton.server import EmbeddedTriton
 
@@ -98,6 +99,14 @@ def test_stream_gives_a_valid_fragmented_mp4(client: TestClient, avatar_id: str,
     assert frames[0].shape[:2] == (result.ready["height"], result.ready["width"])
     assert result.stats and result.stats[-1]["frames"] == expected_frames
     assert result.stats[0]["first_fragment_ms"] > 0
+
+
+def test_frame_code_numbers_every_frame_of_a_stream(client: TestClient, avatar_id: str, speech: np.ndarray) -> None:
+    result = stream(client, avatar_id, speech, piece=1111, engine="wav2lip", frame_code=True)
+    frames, _, _, _ = decode_video(result.mp4)
+    assert [framecode.read(frame) for frame in frames] == list(range(speech.size // 640))
+    plain, _, _, _ = decode_video(stream(client, avatar_id, speech[:6400], engine="wav2lip").mp4)
+    assert all(framecode.read(frame) is None for frame in plain)
 
 
 def test_lipsync_compatible_protocol(client: TestClient, astronaut_jpeg: bytes, speech: np.ndarray) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 
 from gateway.avatars.store import AvatarState
 from gateway.engines import Engine
-from gateway.errors import first_error
+from gateway.errors import BadMessage, first_error
+from gateway.media import framecode
 from gateway.media.audio_input import to_int16
 from gateway.media.muxer import FragmentedMp4Writer
 from gateway.metrics import Metrics, RenderRates
@@ -97,6 +98,10 @@ class StreamSession:
         self.engine_run = engine.start(avatar, options, triton, self.seed)
         self.timeline = self.engine_run.timeline
         width, height = avatar.framings[options.framing].size
+        if options.frame_code and (width < framecode.WIDTH or height < framecode.CELL):
+            raise BadMessage(
+                f"options.frame_code needs a video at least {framecode.WIDTH} pixels wide ({width}×{height})."
+            )
         self.muxer = FragmentedMp4Writer(width, height, fps=FPS, sample_rate=SAMPLE_RATE)
         self._renders: asyncio.Queue[tuple[RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
             maxsize=max_inflight
@@ -263,7 +268,10 @@ class StreamSession:
             self.metrics.realtime_factor.observe(self.frames_sent / FPS / elapsed)
 
     def _encode(self, request: RenderRequest, faces: np.ndarray) -> bytes:
-        frames = [self.engine_run.paste(face) for face in faces]
+        frames = [self.engine_run.paste(face) for face in faces]  # fresh frames: drawing on them is safe
+        if self.options.frame_code:
+            for number, frame in zip(request.frames, frames, strict=True):
+                framecode.draw(frame, number)
         return self.muxer.write_chunk(frames, to_int16(request.audio))
 
     async def _deliver(self, send: Send, fragment: bytes, frames: range) -> None:

@@ -30,6 +30,8 @@ class EngineOptions(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**31)
     chunk_frames: int = Field(8, ge=1, le=25)  # frames per fragment (and per render call)
     framing: FramingName = "portrait"
+    # Debugging: each frame's number drawn in its top-left corner (gateway.media.framecode), for latency probes.
+    frame_code: bool = False
 
     def mode_problem(self, mode: Mode) -> str | None:
         """Why a session in ``mode`` cannot run with these options (the client is told), or None."""
@@ -72,6 +74,10 @@ class SessionOptions:
     @property
     def framing(self) -> FramingName:
         return self.engine_options.framing
+
+    @property
+    def frame_code(self) -> bool:
+        return self.engine_options.frame_code
 
     def of(self, kind: type[T]) -> T:
         """The engine options as the engine's own model (engines call this with theirs)."""

@@ -307,6 +307,35 @@ def test_microphone_stream_plays_live(web: WebPage, portrait_files: dict[str, Pa
     assert web.unexpected_console_errors() == []
 
 
+def test_the_page_measures_glass_to_glass_latency_from_the_frame_code(
+    web: WebPage, portrait_files: dict[str, Path]
+) -> None:
+    """Microphone → server → the frame on screen: the page reads each displayed frame's number (options.frame_code)
+    and times it against the capture of that frame's audio, on its own clock."""
+    page = web.page
+    page.wait_for_function("window.lipsync.info !== null")
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    page.get_by_role("combobox", name="Engine").select_option("wav2lip")
+    page.locator("details.more summary").click()
+    page.get_by_label("Measure glass-to-glass latency").check()
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "streaming", "error", timeout_ms=60_000) == "streaming", hook(page)["errors"]
+    page.wait_for_function(
+        "window.lipsync.stats.glassToGlass && window.lipsync.stats.glassToGlass.frames >= 25", timeout=120_000
+    )
+    page.get_by_role("button", name="Stop").click()
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+    state = hook(page)
+    assert state["options"]["frame_code"] is True
+    glass = state["stats"]["glassToGlass"]
+    LOG.info("glass to glass (wav2lip, demo models, fMP4 page): %s", glass)
+    # At least the look-ahead (≈ 0.25 s) and a chunk behind the speech; less than the whole stream.
+    assert 250 < glass["medianMs"] <= glass["p95Ms"] < 1000 * state["stats"]["audioSecondsSent"] + 5000, glass
+    assert "median" in page.locator("#stat-glass").inner_text()
+    screenshot(page, "glass-to-glass")
+    assert web.unexpected_console_errors() == []
+
+
 @pytest.mark.slow
 def test_audio_file_stream_plays_to_the_end(web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path) -> None:
     page = web.page

@@ -6,6 +6,7 @@
 //   "finishing" (end sent, server rendering the rest), "done", "cancelled", "error".
 
 import { MicCapture, PCM_RATE } from "./mic.js";
+import { FrameLatency } from "./latency.js";
 import { fileToPcm16k } from "./pcm.js";
 import { MsePlayer } from "./player.js";
 import { StreamSession, uploadAvatar } from "./stream.js";
@@ -32,6 +33,7 @@ function emptyStats() {
     serverRenderedSeconds: null,
     serverDelayMs: null,
     firstFragmentMs: null,
+    glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs} (microphone audio → frame displayed)
     audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket
     segments: 0, // media segments received
     bytes: 0, // media bytes received (init segment included)
@@ -65,6 +67,7 @@ const page = {
   mode: "mic",
   audioFile: null,
   downloadUrl: null,
+  latency: null, // FrameLatency while `frame_code` is measured
 };
 
 const player = new MsePlayer(video, {
@@ -228,6 +231,7 @@ function readOptions() {
     seed,
     chunk_frames: chunk,
     framing: $("opt-framing").value,
+    frame_code: $("opt-frame-code").checked,
   };
   if (engine === "wav2lip") return { ...common, blend: $("opt-blend").value };
   return {
@@ -266,6 +270,12 @@ async function start() {
   page.startedAt = performance.now();
   const mic = page.mode === "mic";
   const mode = $("opt-mode").value;
+  page.latency?.stop();
+  page.latency = options.frame_code && mic ? new FrameLatency(video) : null;
+  if (page.latency && !page.latency.start()) {
+    log.add("warn", "This browser cannot say when a frame is displayed: glass-to-glass latency is not measured.");
+    page.latency = null;
+  }
   video.muted = mic; // your own voice a second late, and echo into the microphone: start muted
   const audio = mic || mode === "conversation"
     ? { format: "pcm_s16le", sample_rate: PCM_RATE, channels: 1 }
@@ -295,6 +305,7 @@ async function start() {
     const capture = new MicCapture({
       onChunk: (pcm) => {
         if (page.session !== session) return;
+        page.latency?.noteAudio(pcm.byteLength / 2);
         if (session.ready) session.sendAudio(pcm);
         else page.pendingPcm.push(pcm);
         hook.stats.audioSecondsSent = capture.seconds;
@@ -509,6 +520,7 @@ function updateStats() {
     const liveEdge = page.mode === "mic" ? s.audioSecondsSent : (s.serverAudioSeconds ?? player.bufferedEnd);
     if (ACTIVE.has(hook.state)) s.delayBehindLiveS = Math.max(0, liveEdge - video.currentTime);
   }
+  if (page.latency) s.glassToGlass = page.latency.summary();
   renderStats(s);
 }
 

@@ -66,6 +66,11 @@ export function renderStats(stats) {
   $("stat-frames").textContent = stats.serverFrames === null ? "—" : String(stats.serverFrames);
   $("stat-server-delay").textContent = formatMs(stats.serverDelayMs);
   $("stat-first-fragment").textContent = formatMs(stats.firstFragmentMs);
+  const glass = stats.glassToGlass;
+  $("stat-glass").textContent =
+    glass && glass.frames > 0
+      ? `${formatMs(glass.medianMs)} median, ${formatMs(glass.p95Ms)} p95 (${glass.frames} frames)`
+      : "—";
 }
 
 // The message log: every notice and error in words, newest last; errors also go to the alert line.

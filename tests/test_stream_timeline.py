@@ -162,6 +162,48 @@ def test_wav2lip_frames_wait_only_for_their_own_window() -> None:
     assert [r.frames for r in timeline.render_requests()] == [range(0, 1)]
 
 
+@pytest.mark.parametrize("after_samples", [640 * 30 + 77, 640 * 2 + 10])
+def test_a_wav2lip_rewind_renders_as_if_the_audio_had_stopped_there(after_samples: int) -> None:
+    """An interrupt cuts the audio at the first frame not yet sent: from there, the frames are those of a timeline
+    that never heard the rest, whatever was requested or answered for them before. (A short rest: the clip
+    ends soon after the cut, so its last windows move back before where the longer audio's ended.)"""
+    from gateway.engines.wav2lip.timeline import Wav2LipTimeline
+
+    speech, after = _speechlike(640 * 60), 0.5 * _speechlike(after_samples)[::-1].copy()
+    cut = 2 + 8 * 3  # a chunk's first frame (first chunk 2 frames, then 8)
+
+    def fresh() -> Wav2LipTimeline:
+        return Wav2LipTimeline(chunk_frames=8, mel_block=4, first_chunk_frames=2)
+
+    streamed = fresh()
+    streamed.hold_from(cut)  # the session's writer committed the frames before it
+    streamed.add_audio(speech)
+    before = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
+    assert before[-1].frames.stop > cut + 8  # frames past the cut were requested with the speech
+    streamed.add_audio(speech[: 640 * 4])  # more audio, and a mel request for it, made before the cut
+    stale = streamed.mel_requests()
+    assert stale
+    with pytest.raises(ValueError, match="before what this timeline keeps"):
+        streamed.rewind(cut - 8)
+    assert streamed.rewind(cut)
+    assert streamed.samples_heard == cut * 640 and streamed.next_frame == cut
+    for request in stale:  # answered after the cut: ignored
+        streamed.set_mel(request, _fake_mel(request.span.signal))
+    streamed.add_audio(after)
+    streamed.finish()
+    rewound = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
+
+    never = fresh()
+    never.add_audio(np.concatenate([speech[: cut * 640], after]))
+    never.finish()
+    whole = _FakeModels.pump(never) + _FakeModels.pump(never)
+    expected = [r for r in whole if r.frames.start >= cut]
+    assert [r.frames for r in rewound] == [r.frames for r in expected]
+    for got, want in zip(rewound, expected, strict=True):
+        np.testing.assert_array_equal(got.windows, want.windows)
+        np.testing.assert_array_equal(got.audio, want.audio)
+
+
 # --------------------------------------------------------------------------------------- long sessions, memory
 
 

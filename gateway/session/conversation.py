@@ -9,8 +9,11 @@ played and when:
   never sped up or dropped, and an interrupt has little admitted audio left to play.
 - Frame ``n``'s audio is due at ``ready + n·40 ms + look-ahead + margin``. When it has not arrived by then,
   **silence** is played for it: the avatar idles (closed mouth, blinks) instead of freezing.
-- An **interrupt** drops the queue. Audio already admitted is played (the frames sent so far read it as their
-  look-ahead; playing it keeps every frame exact), so the first idle frame is the first after it.
+- An **interrupt** drops the queue and cuts the played audio at the first frame not yet committed to the
+  stream, where the engine's timeline can rewind (Wav2Lip's): the frames from there on are rendered again as
+  the avatar would with silence, so the lips stop at once. (The frames already sent whose look-ahead read the
+  audio that was cut keep it: at most the engine's look-ahead.) Where it cannot (SadTalker's), the audio
+  already admitted is played and the first idle frame is the first after it.
 
 The played timeline is recorded as segments — speech (which received samples) and silence — so a session's
 frames can be checked against an offline render of exactly that audio. It is compact: contiguous audio is one
@@ -103,14 +106,28 @@ class Conversation:
         self._queued += samples.size
         self.advance(now)
 
-    def interrupt(self, now: float) -> int:
-        """Drop the audio not yet admitted; the first frame that will be idle."""
+    def interrupt(self, now: float, cut: int) -> tuple[int, bool]:
+        """Drop the audio not yet admitted, and the admitted audio from frame ``cut`` on where the timeline can
+        rewind; the first frame that will be idle, and whether the timeline was rewound."""
         self._queue.clear()
         self._queued = 0
         self._utterance = None
+        rewound = cut * SAMPLES_PER_VIDEO_FRAME < self.timeline.samples_heard and self.timeline.rewind(cut)
+        if rewound:
+            self._forget_after(cut * SAMPLES_PER_VIDEO_FRAME)
         first_idle = math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
         self.advance(now)
-        return first_idle
+        return first_idle, rewound
+
+    def _forget_after(self, sample: int) -> None:
+        """The played record and the utterances after a rewind to ``sample``: nothing from there was played."""
+        while self.segments and self.segments[-1].start >= sample:
+            self.segments.pop()
+        if self.segments and self.segments[-1].end > sample:
+            self.segments[-1].end = sample
+        for utterance in list(self.utterances.values()):
+            if utterance.first_frame is not None and utterance.first_frame * SAMPLES_PER_VIDEO_FRAME >= sample:
+                del self.utterances[utterance.id]  # its first frame will never be shown
 
     def end(self, now: float) -> None:
         """No more audio: what is queued is still played, then the timeline ends."""

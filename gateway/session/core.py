@@ -103,9 +103,13 @@ class StreamSession:
                 f"options.frame_code needs a video at least {framecode.WIDTH} pixels wide ({width}×{height})."
             )
         self.muxer = FragmentedMp4Writer(width, height, fps=FPS, sample_rate=SAMPLE_RATE)
-        self._renders: asyncio.Queue[tuple[RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
+        # Render calls in chunk order, each with the generation it was made in: an interrupt that rewinds the
+        # timeline starts a new one, and the writer drops what an older one made.
+        self._renders: asyncio.Queue[tuple[int, RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
             maxsize=max_inflight
         )
+        self._generation = 0
+        self._committed = 0  # frames committed to the stream: being encoded, or sent
         self._wake = asyncio.Event()
         # The engine may make thousands of motion/mel calls ready at once (a long file): they wait here, so one
         # session never has more than this many at Triton.
@@ -148,9 +152,21 @@ class StreamSession:
 
     def interrupt(self) -> Interrupted:
         """Conversation mode: drop the audio not yet played; the `interrupted` message (its first idle frame)."""
-        first_idle = self.mode.interrupt()
+        first_idle, rewound = self.mode.interrupt(self._committed)
+        if rewound:  # the frames from the cut are rendered again: what was made for them is dropped
+            self._generation += 1
+            self._drop_renders()
         self._wake.set()
-        return Interrupted(frame=first_idle, next_frame=self.frames_sent)
+        return Interrupted(frame=first_idle, next_frame=self._committed if rewound else self.frames_sent)
+
+    def _drop_renders(self) -> None:
+        while not self._renders.empty():
+            item = self._renders.get_nowait()
+            if item is not None:
+                item[2].cancel()
+            else:  # the end marker stays last
+                self._renders.put_nowait(None)
+                break
 
     def played_segments(self) -> list[PlayedSegment]:
         """Conversation mode: the audio the session played, as speech and silence segments (16 kHz samples)."""
@@ -195,27 +211,32 @@ class StreamSession:
 
     async def _schedule(self) -> None:
         # Calls run as tasks of this scheduler; a failed one ends the session through _check.
-        pending: set[asyncio.Task[Any]] = set()
+        pending: dict[asyncio.Task[Any], Coroutine[Any, Any, None]] = {}
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 self._check(pending)
                 for call in self.engine_run.calls():
-                    pending.add(asyncio.create_task(self._then_wake(call)))
+                    pending[asyncio.create_task(self._then_wake(call))] = call
+                generation = self._generation
                 for render in self.engine_run.render_requests():
                     task = asyncio.create_task(self._render(render))
-                    await self._renders.put((render, task))
+                    await self._renders.put((generation, render, task))
                 if self.timeline.done:
                     await self._renders.put(None)
                     return
         finally:
-            for task in pending:
+            # Calls still out (an interrupt's rewind leaves some whose answers are no longer needed): a task
+            # cancelled before it ran never closes its call, so close those here.
+            for task, call in pending.items():
                 task.cancel()
+                if inspect.getcoroutinestate(call) == inspect.CORO_CREATED:
+                    call.close()
 
-    def _check(self, pending: set[asyncio.Task[Any]]) -> None:
+    def _check(self, pending: dict[asyncio.Task[Any], Coroutine[Any, Any, None]]) -> None:
         for task in [t for t in pending if t.done()]:
-            pending.discard(task)
+            del pending[task]
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 raise error
@@ -245,19 +266,27 @@ class StreamSession:
             while not self._renders.empty():  # render calls nobody will wait for any more
                 item = self._renders.get_nowait()
                 if item is not None:
-                    item[1].cancel()
+                    item[2].cancel()
 
     async def _write_in_order(self, send: Send) -> None:
         while (item := await self._renders.get()) is not None:
-            request, task = item
+            generation, request, task = item
             issued = time.perf_counter()
-            faces = await task
+            await asyncio.wait({task})
+            if generation == self._generation:  # waits for its send time (conversation mode)
+                await self.mode.before_send(request.frames.start)
+            if generation != self._generation or task.cancelled():  # an interrupt rewound past it while it waited
+                task.cancel()
+                continue
+            faces = task.result()  # the render's error, if it failed, ends the session
+            # Committed from here: an interrupt now cuts after these frames.
+            self._committed = request.frames.stop
+            self.mode.committed(self._committed)
             if self.observe is not None:
                 self.observe(request, faces)
             fragment = await asyncio.to_thread(self._encode, request, faces)
             if request.chunk == 0:
                 self._first_parts["encoded"] = time.perf_counter()
-            await self.mode.before_send(request.frames.start)
             await self._deliver(send, fragment, request.frames)
             self.metrics.chunk_latency.observe(time.perf_counter() - issued)
         tail = await asyncio.to_thread(self.muxer.finish, to_int16(self.timeline.audio_tail()))

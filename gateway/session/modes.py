@@ -45,8 +45,9 @@ class Mode(Protocol):
 
     def utterance(self, utterance_id: str) -> None: ...
 
-    def interrupt(self) -> int:
-        """Drop the audio not yet played; the first frame that will be idle."""
+    def interrupt(self, cut: int) -> tuple[int, bool]:
+        """Stop speaking at frame ``cut`` (the first not yet committed to the stream): the first frame that will
+        be idle, and whether the frames from ``cut`` on are rendered again (True: drop what was made for them)."""
         ...
 
     def timeline(self) -> list[PlayedSegment] | None:
@@ -72,6 +73,10 @@ class Mode(Protocol):
 
     async def before_send(self, first_frame: int) -> None:
         """Wait until the fragment starting at ``first_frame`` may be sent."""
+        ...
+
+    def committed(self, frame: int) -> None:
+        """Frames before ``frame`` are committed to the stream (encoding or sent): they will not change."""
         ...
 
     def annotate(self, stats: Stats, frames: range) -> Stats:
@@ -114,7 +119,7 @@ class ClipMode:
     def utterance(self, utterance_id: str) -> None:
         raise _clip_refuses("utterance")
 
-    def interrupt(self) -> int:
+    def interrupt(self, cut: int) -> tuple[int, bool]:
         raise _clip_refuses("interrupt")
 
     def timeline(self) -> None:
@@ -139,7 +144,10 @@ class ClipMode:
         return []
 
     async def before_send(self, first_frame: int) -> None:
-        return None  # as soon as it is encoded
+        return None  # as soon as it is rendered
+
+    def committed(self, frame: int) -> None:
+        return None  # nothing is ever rendered again
 
     def annotate(self, stats: Stats, frames: range) -> Stats:
         return stats
@@ -159,6 +167,7 @@ class ConversationMode:
         # The clock starts now, as `ready` goes out: audio may arrive before the run has begun, and frames are
         # counted from here (from 0, it would look like hours of overdue silence).
         conversation.start_time = clock.now()
+        conversation.timeline.hold_from(0)
 
     @property
     def queued_samples(self) -> int:
@@ -173,8 +182,8 @@ class ConversationMode:
     def utterance(self, utterance_id: str) -> None:
         self.conversation.utterance(utterance_id)
 
-    def interrupt(self) -> int:
-        return self.conversation.interrupt(self._clock.now())
+    def interrupt(self, cut: int) -> tuple[int, bool]:
+        return self.conversation.interrupt(self._clock.now(), cut)
 
     def timeline(self) -> list[PlayedSegment]:
         return [segment.describe() for segment in self.conversation.segments]
@@ -218,6 +227,9 @@ class ConversationMode:
     async def before_send(self, first_frame: int) -> None:
         # Never more than max_ahead_ms of video ahead of the wall clock.
         await self._clock.sleep_until(self.conversation.send_time(first_frame))
+
+    def committed(self, frame: int) -> None:
+        self.conversation.timeline.hold_from(frame)  # an interrupt may cut here: keep what a rewind needs
 
     def annotate(self, stats: Stats, frames: range) -> Stats:
         now = self._clock.now()

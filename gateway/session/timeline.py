@@ -127,6 +127,9 @@ class AudioTimeline:
         self._last_sample = 0.0
         self._final_frames: int | None = None
         self._next_chunk = 0
+        # Conversation mode: the first frame not yet committed to the stream; what a rewind to it (or later)
+        # needs is kept (see rewind). None: nothing is kept for rewinds (a clip).
+        self._hold: int | None = None
 
     # ------------------------------------------------------------------------------------------- audio in
 
@@ -232,6 +235,43 @@ class AudioTimeline:
         self._release()
         return requests
 
+    # ------------------------------------------------------------------------------------------ rewinds
+
+    def hold_from(self, frame: int) -> None:
+        """Keep what a rewind to ``frame`` or later needs (conversation mode: the first frame not yet sent)."""
+        self._hold = frame
+
+    def rewind(self, frame: int) -> bool:
+        """Forget the audio from frame ``frame`` on, and every request made for the frames from there, as if the
+        audio had stopped at that frame; audio added next follows it. ``frame`` starts a chunk and is at least
+        the last :meth:`hold_from`. False where this engine's timeline cannot rewind (nothing changes then)."""
+        return False
+
+    def _rewind_audio(self, frame: int) -> None:
+        """The part of a rewind every engine shares: the samples, the padded signal and the chunk grid."""
+        if self._final_frames is not None:
+            raise ValueError("the stream has ended: nothing to rewind")
+        if self._hold is None or frame < self._hold:
+            raise ValueError(f"frame {frame} is before what this timeline keeps (from {self._hold})")
+        first = self.first_chunk_frames
+        if frame == 0:
+            chunk = 0
+        elif frame >= first and (frame - first) % self.chunk_frames == 0:
+            chunk = 1 + (frame - first) // self.chunk_frames
+        else:
+            raise ValueError(f"frame {frame} does not start a chunk")
+        start = frame * SAMPLES_PER_VIDEO_FRAME
+        if start < len(self._samples):
+            # Pre-emphasis continues from the sample before the cut (the padded signal holds its output).
+            self._last_sample = float(self._samples.view(start - 1, start)[0]) if start > 0 else 0.0
+            self._samples.truncate(start)
+            self._padded.truncate(PAD + start)
+        self._next_chunk = min(self._next_chunk, chunk)
+
+    def _kept_frame(self) -> int:
+        """The first frame whose audio is kept: the next to request, or the held one if earlier."""
+        return self.next_frame if self._hold is None else min(self.next_frame, self._hold)
+
     # ------------------------------------------------------------------------------------------ memory
 
     @property
@@ -248,7 +288,8 @@ class AudioTimeline:
         """Let go of what no request still to be made can read: the samples before the next chunk (a chunk's
         audio, the tail), the padded signal before the lowest mel frame a later span reads. A conversation of
         hours keeps a few seconds."""
-        self._samples.discard_before(self.next_frame * SAMPLES_PER_VIDEO_FRAME)
+        # A held frame keeps the sample before it too: a rewind continues the pre-emphasis from it.
+        self._samples.discard_before(max(0, self._kept_frame() * SAMPLES_PER_VIDEO_FRAME - 1))
         self._padded.discard_before(self._first_mel_needed() * HOP)
 
     @property

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.session.timeline import AudioTimeline, MelSpan, RenderRequest, Samples
-from lipsync.audio import FPS, MEL_FRAMES_PER_SECOND, MEL_STEPS, NUM_MELS, num_mel_frames
+from lipsync.audio import FPS, MEL_FRAMES_PER_SECOND, MEL_STEPS, NUM_MELS, SAMPLES_PER_VIDEO_FRAME, num_mel_frames
 from lipsync.wav2lip import wav2lip_mel_window_indices
 
 
@@ -20,6 +20,7 @@ class MelRequest:
     block: int
     frames: range
     span: MelSpan
+    generation: int = 0  # the timeline's rewinds before it was made: an answer to an older one is stale
 
 
 class Wav2LipTimeline(AudioTimeline):
@@ -40,6 +41,7 @@ class Wav2LipTimeline(AudioTimeline):
         self._pending: dict[int, np.ndarray] = {}  # block → its windows, until the blocks before it are in
         self._next_block = 0  # the next block to ask for
         self._next_window_block = 0  # the next block whose windows are appended
+        self._generation = 0  # rewinds so far
 
     def mel_requests(self) -> list[MelRequest]:
         """Blocks whose mel windows can no longer change and have not been asked for yet."""
@@ -53,12 +55,14 @@ class Wav2LipTimeline(AudioTimeline):
             span = self.span(self._indices(frames))
             if span is None:
                 break
-            requests.append(MelRequest(self._next_block, frames, span))
+            requests.append(MelRequest(self._next_block, frames, span, self._generation))
             self._next_block += 1
         return requests
 
     def set_mel(self, request: MelRequest, mel: np.ndarray) -> None:
-        """The ``mel`` model's answer (T, 80) for the request's span."""
+        """The ``mel`` model's answer (T, 80) for the request's span (ignored if a rewind made it stale)."""
+        if request.generation != self._generation:
+            return
         windows = mel[request.span.mel_index].transpose(0, 2, 1)  # (K, 80, 16)
         self._pending[request.block] = windows.reshape(len(request.frames), -1)
         while self._next_window_block in self._pending:
@@ -77,16 +81,38 @@ class Wav2LipTimeline(AudioTimeline):
 
         return self._next_requests(make)
 
+    def rewind(self, frame: int) -> bool:
+        """Mel windows are made again from the block holding ``frame`` (the frames before it in that block read
+        audio past it); answers to the requests made before are ignored."""
+        self._rewind_audio(frame)
+        block = frame // self.mel_block
+        # Every frame before `frame` was rendered, so every block before `block` has its windows.
+        self._next_block = self._next_window_block = block
+        self._windows.truncate(block * self.mel_block)
+        self._pending.clear()
+        self._generation += 1
+        return True
+
+    def _held_block_start(self) -> int | None:
+        return None if self._hold is None else self._hold // self.mel_block * self.mel_block
+
     def _first_mel_needed(self) -> int:
         # Later blocks read from int(80·f/25) of their first frame f on, or (moved back at the end) from
-        # T − 16, where T (the clip's mel frames) is at least what the audio heard so far makes.
+        # T − 16, where T (the clip's mel frames) is at least what the audio heard so far makes. With a held
+        # frame, its block may be made again (rewind), and the clip may end soon after it: T is then at least
+        # what the audio up to the held frame makes.
         first = self._next_block * self.mel_block
-        mel_frames = max(num_mel_frames(self._clip_samples()), MEL_STEPS)
+        samples = self._clip_samples()
+        if (held := self._held_block_start()) is not None and self._hold is not None:
+            first = min(first, held)
+            samples = min(samples, self._hold * SAMPLES_PER_VIDEO_FRAME)
+        mel_frames = max(num_mel_frames(samples), MEL_STEPS)
         return max(0, min(MEL_FRAMES_PER_SECOND * first // FPS, mel_frames - MEL_STEPS))
 
     def _release(self) -> None:
         super()._release()
-        self._windows.discard_before(self.next_frame)
+        held = self._held_block_start()
+        self._windows.discard_before(self.next_frame if held is None else min(self.next_frame, held))
 
     @property
     def retained_bytes(self) -> int:

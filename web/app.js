@@ -231,7 +231,7 @@ function readOptions() {
     seed,
     chunk_frames: chunk,
     framing: $("opt-framing").value,
-    frame_code: $("opt-frame-code").checked,
+    ...($("opt-frame-code").checked ? { frame_code: true } : {}), // sent only when measuring
   };
   if (engine === "wav2lip") return { ...common, blend: $("opt-blend").value };
   return {

@@ -64,6 +64,15 @@ async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
                 coroutine.close()
 
 
+def _discard(task: asyncio.Task[Any]) -> None:
+    """A render nobody will use: cancelled if still running, its error (if any) retrieved and dropped."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
+
+
 class StreamSession:
     """One session: audio in, the engine's Triton calls, fMP4 fragments out, in order."""
 
@@ -163,7 +172,7 @@ class StreamSession:
         while not self._renders.empty():
             item = self._renders.get_nowait()
             if item is not None:
-                item[2].cancel()
+                _discard(item[2])
             else:  # the end marker stays last
                 self._renders.put_nowait(None)
                 break
@@ -266,7 +275,7 @@ class StreamSession:
             while not self._renders.empty():  # render calls nobody will wait for any more
                 item = self._renders.get_nowait()
                 if item is not None:
-                    item[2].cancel()
+                    _discard(item[2])
 
     async def _write_in_order(self, send: Send) -> None:
         while (item := await self._renders.get()) is not None:
@@ -276,7 +285,7 @@ class StreamSession:
             if generation == self._generation:  # waits for its send time (conversation mode)
                 await self.mode.before_send(request.frames.start)
             if generation != self._generation or task.cancelled():  # an interrupt rewound past it while it waited
-                task.cancel()
+                _discard(task)
                 continue
             faces = task.result()  # the render's error, if it failed, ends the session
             # Committed from here: an interrupt now cuts after these frames.

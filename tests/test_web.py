@@ -402,6 +402,8 @@ def test_conversation_idles_speaks_a_file_burst_and_takes_an_interrupt(
     page.get_by_role("combobox", name="Engine").select_option("wav2lip")
     page.get_by_role("radio", name="Audio file").check()
     page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+    page.locator("details.more summary").click()
+    page.get_by_label("Measure glass-to-glass latency").check()  # times the interrupt below
     page.get_by_role("button", name="Start").click()
     assert wait_for_state(page, "streaming", "error") == "streaming", hook(page)["errors"]
     # The avatar appears and idles before anyone speaks.
@@ -412,6 +414,15 @@ def test_conversation_idles_speaks_a_file_burst_and_takes_an_interrupt(
     assert hook(page)["utterances"][0]["utterance_id"] == "file-1"
     page.get_by_role("button", name="Interrupt").click()
     page.wait_for_function("window.lipsync.interrupted.length > 0", timeout=STREAM_TIMEOUT_MS)
+    # The first idle frame the server named was displayed: the page timed it from the click.
+    page.wait_for_function(
+        "window.lipsync.stats.glassToGlass && window.lipsync.stats.glassToGlass.interruptsMs.length > 0",
+        timeout=STREAM_TIMEOUT_MS,
+    )
+    interrupt_ms = hook(page)["stats"]["glassToGlass"]["interruptsMs"][0]
+    LOG.info("interrupt → first idle frame displayed (wav2lip, demo models, fMP4 page): %.0f ms", interrupt_ms)
+    assert 0 < interrupt_ms < 10_000
+    assert hook(page)["interrupted"][0]["frame"] == hook(page)["interrupted"][0]["next_frame"]  # cut at once
     page.get_by_role("button", name="Stop").click()
     assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
     state = hook(page)

@@ -33,7 +33,7 @@ function emptyStats() {
     serverRenderedSeconds: null,
     serverDelayMs: null,
     firstFragmentMs: null,
-    glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs} (microphone audio → frame displayed)
+    glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs, interruptsMs} (see latency.js)
     audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket
     segments: 0, // media segments received
     bytes: 0, // media bytes received (init segment included)
@@ -271,7 +271,7 @@ async function start() {
   const mic = page.mode === "mic";
   const mode = $("opt-mode").value;
   page.latency?.stop();
-  page.latency = options.frame_code && mic ? new FrameLatency(video) : null;
+  page.latency = options.frame_code ? new FrameLatency(video) : null;
   if (page.latency && !page.latency.start()) {
     log.add("warn", "This browser cannot say when a frame is displayed: glass-to-glass latency is not measured.");
     page.latency = null;
@@ -394,6 +394,7 @@ function onMedia(session, data) {
 function onInterrupted(session, msg) {
   if (page.session !== session) return;
   hook.interrupted.push(msg);
+  page.latency?.interruptedAt(msg.frame);
   player.cutAhead(msg.next_frame / (hook.ready?.fps || 25));
   log.add("info", `Interrupted: idle from frame ${msg.frame}.`);
 }
@@ -415,7 +416,10 @@ async function speakFile() {
 }
 
 function interrupt() {
-  if (page.session && hook.state === "streaming") page.session.interrupt();
+  if (page.session && hook.state === "streaming") {
+    page.latency?.markInterrupt();
+    page.session.interrupt();
+  }
 }
 
 function onStats(session, msg) {

@@ -2,6 +2,7 @@
 // frame's number in its top-left corner (docs/protocol.md); when a frame is displayed, the page reads that number
 // back and compares the display time with the time the frame's audio was captured (its last sample handed over
 // by the microphone). Frames whose audio this page did not capture (a file, an utterance) are not measured.
+// An interrupt is timed the same way: from the click to the display of the first idle frame the server names.
 
 const CELL = 8; // pixels per cell side
 const BITS = 16;
@@ -23,6 +24,17 @@ export class FrameLatency {
     this.latencies = [];
     this.lastFrame = null;
     this.running = false;
+    this.interrupt = null; // {at: click time, frame: the first idle frame, once the server said}
+    this.interrupts = []; // ms from each interrupt to its first idle frame displayed
+  }
+
+  // The user interrupted at `time`; the server's `interrupted` names the first idle frame later.
+  markInterrupt(time = performance.now()) {
+    this.interrupt = { at: time, frame: null };
+  }
+
+  interruptedAt(frame) {
+    if (this.interrupt && this.interrupt.frame === null) this.interrupt.frame = frame;
   }
 
   // The microphone handed over `count` more samples (16 kHz) at `time`.
@@ -49,6 +61,11 @@ export class FrameLatency {
     const frame = this.read();
     if (frame !== null && frame !== this.lastFrame) {
       this.lastFrame = frame;
+      const pending = this.interrupt;
+      if (pending && pending.frame !== null && frame >= pending.frame) {
+        this.interrupts.push(meta.expectedDisplayTime - pending.at);
+        this.interrupt = null;
+      }
       const captured = this.capturedAt((frame + 1) * SAMPLES_PER_FRAME);
       if (captured !== null) {
         this.latencies.push(meta.expectedDisplayTime - captured);
@@ -85,11 +102,11 @@ export class FrameLatency {
     return marks[low][1];
   }
 
-  // {frames, medianMs, p95Ms, lastMs} of the frames measured so far (null figures before the first).
+  // {frames, medianMs, p95Ms, lastMs, interruptsMs} of the frames measured so far (null before the first).
   summary() {
     const sorted = [...this.latencies].sort((a, b) => a - b);
     const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null);
     const last = this.latencies.length ? this.latencies[this.latencies.length - 1] : null;
-    return { frames: sorted.length, medianMs: at(0.5), p95Ms: at(0.95), lastMs: last };
+    return { frames: sorted.length, medianMs: at(0.5), p95Ms: at(0.95), lastMs: last, interruptsMs: [...this.interrupts] };
   }
 }

@@ -67,10 +67,14 @@ export function renderStats(stats) {
   $("stat-server-delay").textContent = formatMs(stats.serverDelayMs);
   $("stat-first-fragment").textContent = formatMs(stats.firstFragmentMs);
   const glass = stats.glassToGlass;
-  $("stat-glass").textContent =
-    glass && glass.frames > 0
-      ? `${formatMs(glass.medianMs)} median, ${formatMs(glass.p95Ms)} p95 (${glass.frames} frames)`
-      : "—";
+  const parts = [];
+  if (glass && glass.frames > 0) {
+    parts.push(`${formatMs(glass.medianMs)} median, ${formatMs(glass.p95Ms)} p95 (${glass.frames} frames)`);
+  }
+  if (glass && glass.interruptsMs.length > 0) {
+    parts.push(`interrupt → idle ${formatMs(glass.interruptsMs[glass.interruptsMs.length - 1])}`);
+  }
+  $("stat-glass").textContent = parts.length ? parts.join("; ") : "—";
 }
 
 // The message log: every notice and error in words, newest last; errors also go to the alert line.

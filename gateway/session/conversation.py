@@ -115,7 +115,10 @@ class Conversation:
         rewound = cut * SAMPLES_PER_VIDEO_FRAME < self.timeline.samples_heard and self.timeline.rewind(cut)
         if rewound:
             self._forget_after(cut * SAMPLES_PER_VIDEO_FRAME)
-        first_idle = math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
+            # Silence now for every frame that may be sent, not when each becomes overdue: the idle frames
+            # replace the cut ones at once. (Audio that follows is spoken after it, as after any silence.)
+            self._silence(until=self._admit_limit(now))
+        first_idle = cut if rewound else math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
         self.advance(now)
         return first_idle, rewound
 
@@ -151,14 +154,18 @@ class Conversation:
         """Admit queued audio up to the horizon, then play silence for frames whose audio is overdue."""
         if self.timeline.finished:
             return
-        horizon_frames = math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S)
-        lookahead_frames = math.ceil(self.lookahead_ms / 1000 / FRAME_S)
-        self._admit(limit=(horizon_frames + 1 + lookahead_frames) * SAMPLES_PER_VIDEO_FRAME)
+        self._admit(limit=self._admit_limit(now))
         overdue = math.floor(self.frames_shown_by(now) - (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S)
         if not self._queue and not self._ending and overdue >= 0:
             self._silence(until=(overdue + 1) * SAMPLES_PER_VIDEO_FRAME)
         if self._ending and not self._queue:
             self.timeline.finish()
+
+    def _admit_limit(self, now: float) -> int:
+        """Samples the timeline may hold now: the audio of the frames that may be sent, and their look-ahead."""
+        horizon_frames = math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S)
+        lookahead_frames = math.ceil(self.lookahead_ms / 1000 / FRAME_S)
+        return (horizon_frames + 1 + lookahead_frames) * SAMPLES_PER_VIDEO_FRAME
 
     def _admit(self, limit: int) -> None:
         while self._queue and self.timeline.samples_heard < limit:

@@ -20,6 +20,7 @@ takes the model's own inputs (one array per input name).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import tempfile
@@ -183,16 +184,14 @@ def _run(graph: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(session.run(None, dict(inputs))[0])
 
 
-def _run_openvino(graph: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The graph's first output under OpenVINO in fp32 arithmetic, as the cpu repository runs it; None where
-    OpenVINO is not installed."""
-    try:
-        import openvino
-    except ImportError:
+def _run_openvino(graph: Path, stage: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The stage's first output under OpenVINO, run as the cpu repository runs it; None where OpenVINO is not
+    installed."""
+    if importlib.util.find_spec("openvino") is None:
         return None
-    core = openvino.Core()
-    compiled = core.compile_model(core.read_model(str(graph)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return np.array(compiled.create_infer_request().infer(dict(inputs))[compiled.outputs[0]])
+    from export.triton_model import OpenVinoRunner
+
+    return OpenVinoRunner(graph, 0, [STAGES[stage].outputs[0].name]).run(dict(inputs))[0]
 
 
 def quantize_stage(
@@ -241,7 +240,7 @@ def quantize_stage(
         error = variation_error(have, want)
         levels = float(np.abs(have.astype(np.float64) - want).max() * 255)
         # The cpu repository may run the graph in OpenVINO (its own int8 kernels): checked the same way.
-        openvino_have = _run_openvino(quantized, held_out)
+        openvino_have = _run_openvino(quantized, stage, held_out)
         openvino_error = None if openvino_have is None else variation_error(openvino_have, want)
         for runtime, off in (("ONNX Runtime", error), ("OpenVINO", openvino_error)):
             if off is not None and not off <= INT8_TOLERANCE:

@@ -272,10 +272,7 @@ class StreamSession:
         try:
             await self._write_in_order(send)
         finally:
-            while not self._renders.empty():  # render calls nobody will wait for any more
-                item = self._renders.get_nowait()
-                if item is not None:
-                    _discard(item[2])
+            self._drop_renders()  # render calls nobody will wait for any more
 
     async def _write_in_order(self, send: Send) -> None:
         while (item := await self._renders.get()) is not None:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from gateway.avatars.portrait import DEFAULT_LIMITS, AvatarLimits, Box, Portrait, read_portrait
+from gateway.avatars.portrait import DEFAULT_LIMITS, AvatarLimits, Box, read_portrait
 
 CROP_SIZE = 256  # the official renderer's source image (its 512 checkpoints are not exported)
 # face_recon input (Deep3DFaceRecon): 224² crop, standard face scaled to 102 px per unit.
@@ -116,45 +116,29 @@ def sadtalker_crop(image: np.ndarray, box: Box, landmarks: np.ndarray) -> SadTal
 
 @dataclass(frozen=True, eq=False)
 class CroppedPortrait:
-    """A portrait and SadTalker's crop of it (tests, benchmarks and tools)."""
+    """A portrait and SadTalker's crop of it, side by side (tests, benchmarks and tools)."""
 
-    portrait: Portrait
-    crops: SadTalkerCrop
-
-    @property
-    def image(self) -> np.ndarray:
-        return self.portrait.image
-
-    @property
-    def box(self) -> Box:
-        return self.portrait.box
-
-    @property
-    def landmarks(self) -> np.ndarray:
-        return self.portrait.landmarks
-
-    @property
-    def faces_seen(self) -> int:
-        return self.portrait.faces_seen
-
-    @property
-    def key(self) -> str:
-        return self.portrait.key
-
-    @property
-    def crop(self) -> np.ndarray:
-        return self.crops.crop
-
-    @property
-    def aligned(self) -> np.ndarray:
-        return self.crops.aligned
-
-    @property
-    def align_params(self) -> np.ndarray:
-        return self.crops.align_params
+    key: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB, upright
+    box: Box  # the face square, photo coordinates
+    landmarks: np.ndarray  # (68, 2) float64, photo coordinates
+    faces_seen: int
+    crop: np.ndarray  # (256, 256, 3) uint8 RGB
+    aligned: np.ndarray  # (224, 224, 3) uint8 RGB
+    align_params: np.ndarray  # (5,) float64 [w0, h0, s, tx, ty]
 
 
 def prepare_avatar(data: bytes, *, limits: AvatarLimits = DEFAULT_LIMITS) -> CroppedPortrait:
     """Portrait bytes → the portrait and SadTalker's crop of it; raises the errors of :mod:`gateway.errors`."""
     portrait = read_portrait(data, limits)
-    return CroppedPortrait(portrait, sadtalker_crop(portrait.image, portrait.box, portrait.landmarks))
+    crop = sadtalker_crop(portrait.image, portrait.box, portrait.landmarks)
+    return CroppedPortrait(
+        portrait.key,
+        portrait.image,
+        portrait.box,
+        portrait.landmarks,
+        portrait.faces_seen,
+        crop.crop,
+        crop.aligned,
+        crop.align_params,
+    )

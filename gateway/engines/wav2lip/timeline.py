@@ -94,6 +94,7 @@ class Wav2LipTimeline(AudioTimeline):
         return True
 
     def _held_block_start(self) -> int | None:
+        """The first frame of the held frame's block (its windows may be made again), if a frame is held."""
         return None if self._hold is None else self._hold // self.mel_block * self.mel_block
 
     def _first_mel_needed(self) -> int:
@@ -103,8 +104,8 @@ class Wav2LipTimeline(AudioTimeline):
         # what the audio up to the held frame makes.
         first = self._next_block * self.mel_block
         samples = self._clip_samples()
-        if (held := self._held_block_start()) is not None and self._hold is not None:
-            first = min(first, held)
+        if self._hold is not None:
+            first = min(first, self._hold // self.mel_block * self.mel_block)
             samples = min(samples, self._hold * SAMPLES_PER_VIDEO_FRAME)
         mel_frames = max(num_mel_frames(samples), MEL_STEPS)
         return max(0, min(MEL_FRAMES_PER_SECOND * first // FPS, mel_frames - MEL_STEPS))

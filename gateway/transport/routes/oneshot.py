@@ -71,7 +71,8 @@ async def lipsync(
         sound = await read_limited(
             audio, audio_limit, TooLarge(f"The audio file is larger than the limit of {audio_limit:,} bytes.")
         )
-        own = {key: value for key, value in request.query_params.items() if key in engine_only_options()}
+        engines_own = engine_only_options()
+        own = {key: value for key, value in request.query_params.items() if key in engines_own}
         options = parse_options(engine=engine or default_engine(), enhance=enhance, seed=seed, framing=framing, **own)
         state = await ctx.avatars.add(portrait, [ctx.engines[options.engine]])
         wav = await asyncio.to_thread(decode_upload_audio, sound, settings)

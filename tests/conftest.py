@@ -105,6 +105,21 @@ def triton_server(reduced_onnx_dir: Path, tmp_path_factory: pytest.TempPathFacto
     repository = write_repository(reduced_onnx_dir, tmp_path_factory.mktemp("repository"), settings)
     with EmbeddedTriton().start(repository.path, auto_complete_config=False) as server:
         yield server
+    if server.crash is not None:
+        _CRASHES.append(server.crash)
+
+
+# The shared server's crash, if any, said after everything else: every test after it fails only with
+# "unreachable", and the last lines are the part of a long log people read.
+_CRASHES: list[str] = []
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for crash in _CRASHES:
+        if reporter is not None:
+            reporter.section("the session's embedded Triton crashed", sep="!", red=True, bold=True)
+            reporter.write_line(crash)
 
 
 @pytest.fixture(scope="session")

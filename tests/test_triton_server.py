@@ -186,11 +186,27 @@ def test_second_server_runs_alongside_and_stop_leaves_nothing(
     finally:
         second.stop()
     second.stop()  # idempotent
+    assert second.crash is None  # stopped, not crashed
 
     assert processes_mentioning(str(repo)) == []
     assert not any(region.exists() for region in shm_regions)
     # The first server is untouched.
     np.testing.assert_array_equal(add_one(server.grpc_url, np.ones((1, 3), np.float32)), np.full((1, 3), 2.0))
+
+
+def test_a_server_that_crashes_is_reported_with_its_signal_and_last_log_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
+    with caplog.at_level(logging.ERROR, logger="gateway.triton.server"):
+        with EmbeddedTriton().start(repo) as crashing:
+            os.kill(crashing.pid, signal.SIGSEGV)
+            assert crashing.wait() == -signal.SIGSEGV
+        assert processes_mentioning(str(repo)) == []
+    assert crashing.crash is not None
+    assert crashing.crash.startswith("tritonserver (pid ") and "exited by itself with signal SIGSEGV" in crashing.crash
+    assert "Signal (11) received" in crashing.crash  # its last log lines (here its own backtrace) come with it
+    assert any("exited by itself" in record.getMessage() for record in caplog.records)
 
 
 def test_model_failing_in_initialize_fails_start_with_its_message(tmp_path: Path) -> None:

@@ -427,3 +427,43 @@ def test_a_full_triton_queue_is_answered_busy_and_never_retried_elsewhere(one_pl
         for endpoint in triton.endpoints
     )
     assert busy == len(refused)
+
+
+def test_a_caller_that_stops_waiting_abandons_its_call_and_never_cancels_it(
+    client: grpcclient.InferenceServerClient, server: EmbeddedTriton
+) -> None:
+    """An interrupt or a vanished session stops waiting for its renders; the gateway must not cancel their gRPC
+    calls (Triton 2.51 can crash on a cancellation racing an answer), so the server finishes each one."""
+    import asyncio
+
+    from gateway.metrics import Metrics
+    from gateway.triton.client import TritonClient
+
+    def successes() -> tuple[int, int]:
+        stats = client.get_inference_statistics("wav2lip_render", as_json=True)["model_stats"][0]["inference_stats"]
+        return int(stats.get("success", {}).get("count", 0)), int(stats.get("fail", {}).get("count", 0))
+
+    rng = np.random.default_rng(11)
+    feed = {
+        "mel_window": rng.normal(size=(8, 1, 80, 16)).astype(np.float32),
+        "face_input": rng.random((8, 6, 96, 96), dtype=np.float32),
+    }
+    before = successes()
+
+    async def abandon() -> int:
+        triton = TritonClient(server.grpc_url, timeout_s=60, metrics=Metrics())
+        (endpoint,) = triton.endpoints
+        caller = asyncio.create_task(triton.infer("wav2lip_render", feed, ["face"]))
+        while endpoint.in_flight == 0:  # the call is out
+            await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        abandoned = len(endpoint.abandoned)
+        await triton.close()  # waits for the abandoned call to end before closing the channel
+        assert not endpoint.abandoned
+        return abandoned
+
+    assert asyncio.run(abandon()) == 1
+    succeeded, failed = successes()
+    assert (succeeded - before[0], failed - before[1]) == (1, 0)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -55,6 +55,8 @@ _GONE_WORDS = ("connection refused", "connection reset", "socket closed", "shutt
 # status as a server that went away, with the words "[request id: …] Exceeds maximum queue size" (prefixed by
 # "in ensemble 'NAME', " when an ensemble's step was refused). Checked before the gone rule.
 _QUEUE_FULL_WORDS = "exceeds maximum queue size"
+# How long closing the client waits for abandoned calls to end before it closes their channel anyway.
+_SETTLE_TIMEOUT_S = 10.0
 
 
 class EndpointGone(Exception):
@@ -101,14 +103,28 @@ class Endpoint:
     healthy: bool = True  # until a check or a call says otherwise
     in_flight: int = 0
     reason: str = "not checked yet"
+    # Calls whose caller stopped waiting (an interrupt, a session that ended), left to finish on the server.
+    abandoned: set[asyncio.Future[InferResult]] = field(default_factory=set)
 
     async def infer(
         self, model: str, request: list[InferInput], wanted: list[str], timeout_s: float
     ) -> dict[str, np.ndarray]:
-        try:
-            result = await self.client.infer(
+        # The call is never cancelled from here: Triton 2.51 can crash (SIGSEGV) when a gRPC call is cancelled
+        # as its answer completes (triton-inference-server/server#7368, fixed in 24.12), and that one crash would
+        # end every session on the server. A caller that stops waiting abandons the call instead; it ends
+        # within its deadline and its answer is dropped.
+        call = asyncio.ensure_future(
+            self.client.infer(
                 model, request, outputs=[InferRequestedOutput(name) for name in wanted], client_timeout=timeout_s
             )
+        )
+        try:
+            result = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if not call.done():
+                self.abandoned.add(call)
+                call.add_done_callback(self._settled)
+            raise
         except InferenceServerException as err:
             text = f"{err.status()} {err.message() or err}".lower()
             if _QUEUE_FULL_WORDS in text:
@@ -131,6 +147,16 @@ class Endpoint:
                 raise InferenceUnavailable(f"The inference server's answer from {model!r} has no {name!r}.")
             answer[name] = array
         return answer
+
+    def _settled(self, call: asyncio.Future[InferResult]) -> None:
+        self.abandoned.discard(call)
+        if not call.cancelled() and call.exception() is not None:
+            log.debug("an abandoned call to %s ended with: %s", self.url, call.exception())
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the abandoned calls to end, so that closing cancels none of them."""
+        if self.abandoned:
+            await asyncio.wait(set(self.abandoned), timeout=timeout_s)
 
     async def check(self) -> None:
         try:
@@ -180,7 +206,7 @@ class TritonClient:
                 self._add(address)
         for address in [a for a in self._endpoints if a not in addresses]:
             endpoint = self._endpoints[address]
-            if endpoint.in_flight == 0:
+            if endpoint.in_flight == 0 and not endpoint.abandoned:
                 log.info("Triton endpoint %s left (%s)", address, self._dns_name)
                 del self._endpoints[address]
                 await endpoint.client.close()
@@ -216,6 +242,7 @@ class TritonClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         for endpoint in self._endpoints.values():
+            await endpoint.settle(timeout_s=_SETTLE_TIMEOUT_S)
             await endpoint.client.close()
 
     @property

@@ -177,6 +177,8 @@ class EmbeddedTriton:
         self._tail: collections.deque[str] = collections.deque(maxlen=25)
         self._error_lines: collections.deque[str] = collections.deque(maxlen=20)
         self._lock = threading.RLock()  # stop() may come from atexit, a failed start and other threads at once
+        self._serving = False  # ready, and not being stopped: an exit now is a crash
+        self.crash: str | None = None  # how the server ended if it ended by itself after it was ready
 
     # ----------------------------------------------------------------- start
     def start(
@@ -283,7 +285,7 @@ class EmbeddedTriton:
         atexit.register(self.stop)
         assert self._process.stdout is not None
         self._reader = threading.Thread(
-            target=self._forward_logs, args=(self._process.stdout,), name="tritonserver-log", daemon=True
+            target=self._forward_logs, args=(self._process, self._process.stdout), name="tritonserver-log", daemon=True
         )
         self._reader.start()
 
@@ -310,7 +312,7 @@ class EmbeddedTriton:
         env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", os.defpath)])
         return env
 
-    def _forward_logs(self, stream: IO[str]) -> None:
+    def _forward_logs(self, process: subprocess.Popen[str], stream: IO[str]) -> None:
         level = logging.INFO
         for raw in stream:
             line = raw.rstrip("\n")
@@ -322,6 +324,13 @@ class EmbeddedTriton:
                 self._error_lines.append(line)  # "error: creating server: ..." is how a failed start ends
             self._tail.append(line)
             SERVER_LOG.log(logging.DEBUG if noise else level, "%s", line)
+        # The log ends when the server does. If nobody was stopping it, it crashed: say so where people look.
+        code = process.wait()
+        if self._serving:
+            self._serving = False
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+            self.crash = self._with_logs(f"tritonserver (pid {process.pid}) exited by itself with {how}")
+            LOG.error("%s", self.crash)
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         import tritonclient.grpc  # imported late: only needed while starting
@@ -336,6 +345,7 @@ class EmbeddedTriton:
                     # The port check makes sure the answer came from our server, not one that took the port first.
                     if client.is_server_ready(client_timeout=2.0) and _listens_on(self._process.pid, self.ports.grpc):
                         LOG.info("tritonserver ready in %.1f s (grpc %s)", time.monotonic() - started, self.grpc_url)
+                        self._serving = True
                         return
                 try:
                     # The pause between polls; returns at once if the server dies meanwhile.
@@ -403,6 +413,8 @@ class EmbeddedTriton:
         """
         with self._lock:
             process = self._process
+            if process is None or process.poll() is None:
+                self._serving = False  # its exit from here on is ours, not a crash
             if process is not None:
                 pgid = process.pid
                 if process.poll() is None:

@@ -209,6 +209,22 @@ def test_a_server_that_crashes_is_reported_with_its_signal_and_last_log_lines(
     assert any("exited by itself" in record.getMessage() for record in caplog.records)
 
 
+def test_a_supervised_server_is_restarted_on_its_own_ports_after_a_crash(tmp_path: Path) -> None:
+    repo = write_repository(tmp_path / "repo", ADD_ONE_MODEL)
+    x = np.ones((1, 3), np.float32)
+    with EmbeddedTriton().start(repo) as server:
+        supervisor = server.supervise(max_restarts=1)
+        first, url = server.pid, server.grpc_url
+        os.kill(first, signal.SIGSEGV)
+        assert server.wait_for_restart(1, timeout_s=120)
+        assert server.pid != first and server.grpc_url == url and server.crash is None
+        np.testing.assert_array_equal(add_one(url, x), x + 1)  # the same address serves again
+        os.kill(server.pid, signal.SIGSEGV)  # a second crash within the window: left down
+        supervisor.join(timeout=60)
+        assert not supervisor.is_alive() and server.restarts == 1 and not server.is_running()
+    assert processes_mentioning(str(repo)) == []
+
+
 def test_model_failing_in_initialize_fails_start_with_its_message(tmp_path: Path) -> None:
     repo = write_repository(tmp_path / "broken", BROKEN_MODEL)
     launcher = EmbeddedTriton()

@@ -160,6 +160,7 @@ def _bring_up(settings: Settings, sock: socket.socket) -> int:
         if settings.triton_url is None:
             log.info("starting the embedded Triton (CPU, Python backend + ONNX Runtime)")
             triton = EmbeddedTriton().start(settings.model_repository, auto_complete_config=False)
+            triton.supervise()
             settings = settings.model_copy(update={"triton_url": triton.grpc_url})
         app = create_app(settings)
         label = " (DEMO: not the official weights, not a result)" if settings.demo else ""

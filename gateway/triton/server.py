@@ -17,6 +17,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import logging
 import os
@@ -179,6 +180,10 @@ class EmbeddedTriton:
         self._lock = threading.RLock()  # stop() may come from atexit, a failed start and other threads at once
         self._serving = False  # ready, and not being stopped: an exit now is a crash
         self.crash: str | None = None  # how the server ended if it ended by itself after it was ready
+        self._start_again: Callable[..., Self] | None = None  # start() with this start's options, for restarts
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0
+        self._restarted = threading.Condition()
 
     # ----------------------------------------------------------------- start
     def start(
@@ -210,6 +215,18 @@ class EmbeddedTriton:
         with self._lock:
             if self._process is not None:
                 raise RuntimeError(f"tritonserver is already running (pid {self._process.pid})")
+        self._start_again = functools.partial(
+            self.start,
+            model_repository,
+            address=address,
+            log_verbose=log_verbose,
+            model_control_mode=model_control_mode,
+            load_models=load_models,
+            auto_complete_config=auto_complete_config,
+            ready_timeout_s=ready_timeout_s,
+            exit_timeout_s=exit_timeout_s,
+            extra_args=extra_args,
+        )
         repository = Path(model_repository).resolve()
         if not repository.is_dir():
             raise FileNotFoundError(f"model repository {repository} is not a directory")
@@ -269,6 +286,7 @@ class EmbeddedTriton:
         LOG.debug("command: %s", " ".join(command))
         self._tail.clear()
         self._error_lines.clear()
+        self.crash = None
         self._process = subprocess.Popen(
             command,
             env=self._environment(),
@@ -279,7 +297,10 @@ class EmbeddedTriton:
             errors="replace",
             bufsize=1,
             start_new_session=True,  # own process group: stop() signals server and stubs together
-            preexec_fn=_die_with_parent_thread() if threading.current_thread() is threading.main_thread() else None,
+            # The main thread lives as long as the process; the supervisor as long as the server it restarts.
+            preexec_fn=_die_with_parent_thread()
+            if threading.current_thread() in (threading.main_thread(), self._supervisor)
+            else None,
         )
         self._ports = ports
         atexit.register(self.stop)
@@ -404,6 +425,57 @@ class EmbeddedTriton:
         if self._process is None:
             raise RuntimeError("tritonserver is not running")
         return self._process.wait()
+
+    # ------------------------------------------------------------- supervise
+    def supervise(self, max_restarts: int = 3, window_s: float = 600.0) -> threading.Thread:
+        """Restart the server on its own ports whenever it crashes, at most ``max_restarts`` times in any
+        ``window_s`` seconds (a server that keeps crashing is left down, and says why in the log).
+
+        For ``gateway up``: one crash of the embedded server (see :attr:`crash`) must not leave the gateway
+        answering "unreachable" until someone restarts it by hand; the gateway's client reconnects by itself.
+        Returns the supervising thread, which ends when the server is stopped or left down.
+        """
+        if self._supervisor is not None:
+            return self._supervisor
+        self._supervisor = threading.Thread(
+            target=self._keep_serving, args=(max_restarts, window_s), name="tritonserver-supervisor", daemon=True
+        )
+        self._supervisor.start()
+        return self._supervisor
+
+    def _keep_serving(self, max_restarts: int, window_s: float) -> None:
+        recent: collections.deque[float] = collections.deque()
+        while True:
+            with self._lock:
+                process = self._process
+            if process is None:
+                return
+            process.wait()
+            self.stop()  # reaps the stubs and the log reader, which records the crash (if it was one)
+            if self.crash is None or self._start_again is None:
+                return  # stopped on purpose
+            now = time.monotonic()
+            while recent and now - recent[0] > window_s:
+                recent.popleft()
+            if len(recent) >= max_restarts:
+                LOG.error("tritonserver crashed %d times in %.0f s: leaving it down", len(recent) + 1, window_s)
+                return
+            recent.append(now)
+            ports = self.ports
+            LOG.warning("restarting tritonserver on the same ports (grpc %d) after its crash", ports.grpc)
+            try:
+                self._start_again(http_port=ports.http, grpc_port=ports.grpc, metrics_port=ports.metrics)
+            except TritonStartError as error:
+                LOG.error("tritonserver could not be restarted: %s", error)
+                return
+            with self._restarted:
+                self.restarts += 1
+                self._restarted.notify_all()
+
+    def wait_for_restart(self, count: int, timeout_s: float) -> bool:
+        """Whether the server has been restarted ``count`` times by :meth:`supervise` (waiting ``timeout_s``)."""
+        with self._restarted:
+            return self._restarted.wait_for(lambda: self.restarts >= count, timeout=timeout_s)
 
     # ------------------------------------------------------------------ stop
     def stop(self, timeout_s: float = 30.0) -> None:

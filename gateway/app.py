@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from gateway.settings import Settings
 from gateway.transport.access import PUBLIC_PATHS, AccessControl
 from gateway.transport.http_errors import FRAMEWORK_CODES, body_response, error_response
 from gateway.transport.page import Page
-from gateway.transport.routes import avatars, compat, oneshot, operations, stream
+from gateway.transport.routes import avatars, compat, oneshot, operations, stream, webrtc
 from gateway.triton.client import TritonClient
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ Every refusal has the body `{"error": {"code", "message"}}`."""
 
 # A multipart form's boundaries and part headers, on top of the files it carries.
 FORM_OVERHEAD = 64 * 1024
+# A WebRTC offer: its SDP (at most 32 KiB) and the start fields.
+OFFER_LIMIT = 64 * 1024
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
@@ -84,9 +87,13 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
         app.state.ctx = Context(settings, metrics, triton, store, slots, served, clock or LoopClock())
+        app.state.webrtc_peers = set()  # the tasks of WebRTC sessions, which outlive their offer's request
         if settings.demo:
             log.warning("DEMO: the models do not run the official weights; the video is not a result of the models")
         yield
+        for peer in list(app.state.webrtc_peers):
+            peer.cancel()
+        await asyncio.gather(*app.state.webrtc_peers, return_exceptions=True)
         await triton.close()
         if shared is not None:
             await shared.close()
@@ -112,6 +119,10 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         public_paths=PUBLIC_PATHS | page_paths,
         body_limits={
             "/v1/avatars": (portrait_limit + FORM_OVERHEAD, lambda: ImageTooLarge.for_limit(portrait_limit)),
+            "/v1/webrtc/offer": (
+                OFFER_LIMIT,
+                lambda: TooLarge(f"The offer is over the limit of {OFFER_LIMIT:,} bytes."),
+            ),
             "/v1/lipsync": (
                 portrait_limit + settings.max_message_bytes + FORM_OVERHEAD,
                 lambda: TooLarge(
@@ -144,7 +155,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         context_of(request).metrics.errors.labels(code).inc()
         return body_response(code, f"{error.detail}.".replace("..", "."), error.status_code, error.headers)
 
-    for router in (operations.router, avatars.router, oneshot.router, stream.router, compat.router):
+    for router in (operations.router, avatars.router, oneshot.router, stream.router, compat.router, webrtc.router):
         app.include_router(router)
     if page_paths:
         app.mount("/", Page(directory=settings.web_dir, html=True), name="web")

@@ -17,7 +17,7 @@ from gateway.engines import Engine
 from gateway.errors import Busy, EngineUnavailable, SessionLimit
 from gateway.metrics import Metrics, RenderRates
 from gateway.session.clock import Clock, LoopClock
-from gateway.session.core import StreamSession
+from gateway.session.core import FrameSink, StreamSession
 from gateway.session.options import SessionOptions
 from gateway.settings import Settings
 from gateway.transport.access import client_of
@@ -94,7 +94,9 @@ class Context:
         if avatar.parts.get(engine.name) is not before:
             await self.avatars.updated(avatar)
 
-    async def new_session(self, avatar: AvatarState, options: SessionOptions) -> StreamSession:
+    async def new_session(
+        self, avatar: AvatarState, options: SessionOptions, sink: FrameSink | None = None
+    ) -> StreamSession:
         engine = self.engines[options.engine]
         await self.served(engine, options)
         await self.prepare(avatar, engine)
@@ -113,6 +115,7 @@ class Context:
             max_ahead_ms=self.settings.max_ahead_ms,
             audio_margin_ms=self.settings.audio_margin_ms,
             rates=self.rates,
+            sink=sink,
         )
 
 

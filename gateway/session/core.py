@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,6 +38,25 @@ log = logging.getLogger(__name__)
 
 
 Send = Callable[[bytes | Message], Awaitable[None]]  # a media segment, or a message for the transport to send
+
+
+class FrameSink(Protocol):
+    """Where a transport that sends frames itself (WebRTC) takes the session's video and audio, instead of fMP4
+    fragments. It plays them in real time, so it can still drop what it has not begun to play."""
+
+    mime_type: str  # what `ready` announces in place of the fMP4 codecs
+
+    async def put(self, first_frame: int, frames: list[np.ndarray], audio: np.ndarray) -> None:
+        """Queue one chunk (RGB frames, int16 16 kHz audio: 640 samples a frame); waits while the queue is full."""
+
+    def finish(self, audio_tail: np.ndarray) -> None:
+        """The audio after the last whole frame; nothing follows."""
+
+    def cut_point(self, committed: int) -> int:
+        """The first frame of the first chunk not yet begun (``committed`` when every chunk has begun)."""
+
+    def drop_from(self, frame: int) -> int:
+        """Drop the chunks from ``frame`` on (none begun); the number of frames dropped."""
 
 
 async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
@@ -92,12 +111,15 @@ class StreamSession:
         max_ahead_ms: float = 500.0,
         audio_margin_ms: float = 120.0,
         rates: RenderRates | None = None,
+        sink: FrameSink | None = None,
     ) -> None:
         """The avatar's part for ``engine`` must be prepared (``Engine.prepare``). ``observe`` sees each chunk's
         rendered faces before paste-back and encoding (tests, debugging). Conversation mode runs on ``clock``
         (the event loop's by default), sends at most ``max_ahead_ms`` of video ahead of it, and plays silence
-        for audio ``audio_margin_ms`` past its due time (see ``gateway.session.conversation``)."""
+        for audio ``audio_margin_ms`` past its due time (see ``gateway.session.conversation``). With a ``sink``
+        the frames and audio go there, and ``send`` gets only messages."""
         self.avatar = avatar
+        self.sink = sink
         self.observe = observe
         self.options = options
         self.engine = engine
@@ -161,10 +183,15 @@ class StreamSession:
 
     def interrupt(self) -> Interrupted:
         """Conversation mode: drop the audio not yet played; the `interrupted` message (its first idle frame)."""
-        first_idle, rewound = self.mode.interrupt(self._committed)
+        # A sink can still take back the chunks it has not begun to play: the cut may be before what it holds.
+        cut = self._committed if self.sink is None else self.sink.cut_point(self._committed)
+        first_idle, rewound = self.mode.interrupt(cut)
         if rewound:  # the frames from the cut are rendered again: what was made for them is dropped
             self._generation += 1
             self._drop_renders()
+            if self.sink is not None:
+                self.frames_sent -= self.sink.drop_from(cut)
+            self._committed = cut
         self._wake.set()
         return Interrupted(frame=first_idle, next_frame=self._committed if rewound else self.frames_sent)
 
@@ -189,7 +216,7 @@ class StreamSession:
         return Ready(
             engine=self.engine.name,
             seed=self.seed,
-            mime_type=self.muxer.mime_type,
+            mime_type=self.muxer.mime_type if self.sink is None else self.sink.mime_type,
             width=self.muxer.width,
             height=self.muxer.height,
             fps=FPS,
@@ -212,7 +239,7 @@ class StreamSession:
 
     async def run(self, send: Send, *, init: bool = True) -> int:
         """Render until the end of the audio; returns the number of frames sent."""
-        if init:
+        if init and self.sink is None:
             await send(self.muxer.init_segment())
         await run_together(self._schedule(), self._write(send), *self.mode.begin(self._wake.set))
         self.finished.set()
@@ -285,33 +312,53 @@ class StreamSession:
                 _discard(task)
                 continue
             faces = task.result()  # the render's error, if it failed, ends the session
-            # Committed from here: an interrupt now cuts after these frames.
-            self._committed = request.frames.stop
-            self.mode.committed(self._committed)
+            if self.sink is None:
+                # Committed from here: an interrupt now cuts after these frames.
+                self._committed = request.frames.stop
+                self.mode.committed(self._committed)
             if self.observe is not None:
                 self.observe(request, faces)
-            fragment = await asyncio.to_thread(self._encode, request, faces)
+            if self.sink is None:
+                fragment: bytes | None = await asyncio.to_thread(self._encode, request, faces)
+            else:
+                frames = await asyncio.to_thread(self._paste, request, faces)
+                if generation != self._generation:  # an interrupt cut before these frames while they were pasted
+                    continue
+                await self.sink.put(request.frames.start, frames, to_int16(request.audio))
+                if generation != self._generation:  # cut while put() waited for room: take them back, unplayed
+                    self.sink.drop_from(request.frames.start)
+                    continue
+                fragment = None
+                # Committed: an interrupt now cuts at the first chunk the sink has not begun to play.
+                self._committed = request.frames.stop
+                self.mode.committed(self.sink.cut_point(self._committed))
             if request.chunk == 0:
                 self._first_parts["encoded"] = time.perf_counter()
             await self._deliver(send, fragment, request.frames)
             self.metrics.chunk_latency.observe(time.perf_counter() - issued)
-        tail = await asyncio.to_thread(self.muxer.finish, to_int16(self.timeline.audio_tail()))
-        if tail:
+        tail_audio = to_int16(self.timeline.audio_tail())
+        if self.sink is not None:
+            self.sink.finish(tail_audio)
+        elif tail := await asyncio.to_thread(self.muxer.finish, tail_audio):
             await send(tail)
         elapsed = time.perf_counter() - self._started
         if self.frames_sent and elapsed > 0:
             self.metrics.realtime_factor.observe(self.frames_sent / FPS / elapsed)
 
-    def _encode(self, request: RenderRequest, faces: np.ndarray) -> bytes:
+    def _paste(self, request: RenderRequest, faces: np.ndarray) -> list[np.ndarray]:
         frames = [self.engine_run.paste(face) for face in faces]  # fresh frames: drawing on them is safe
         if self.options.frame_code:
             for number, frame in zip(request.frames, frames, strict=True):
                 framecode.draw(frame, number)
-        return self.muxer.write_chunk(frames, to_int16(request.audio))
+        return frames
 
-    async def _deliver(self, send: Send, fragment: bytes, frames: range) -> None:
+    def _encode(self, request: RenderRequest, faces: np.ndarray) -> bytes:
+        return self.muxer.write_chunk(self._paste(request, faces), to_int16(request.audio))
+
+    async def _deliver(self, send: Send, fragment: bytes | None, frames: range) -> None:
         first = self._first_fragment_ms is None
-        await send(fragment)
+        if fragment is not None:
+            await send(fragment)
         now = time.perf_counter()
         if first:
             self._first_fragment_ms = 1e3 * (now - self._started)

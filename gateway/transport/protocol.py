@@ -126,7 +126,7 @@ class LipsyncRequest(BaseModel):
         return options_model(self.engine).for_lipsync_request(self.model_dump())
 
 
-def _describe(err: ValidationError) -> str:
+def describe_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "message"
     return f"{where}: {first['msg'].removeprefix('Value error, ')}"
@@ -136,7 +136,7 @@ def parse_start(text: str) -> Start:
     try:
         return Start.model_validate_json(text)
     except ValidationError as err:
-        raise BadMessage(f"The first message must be a valid `start` message ({_describe(err)}).") from err
+        raise BadMessage(f"The first message must be a valid `start` message ({describe_error(err)}).") from err
 
 
 def parse_options(**fields: object) -> EngineOptions:
@@ -144,7 +144,7 @@ def parse_options(**fields: object) -> EngineOptions:
     try:
         return parse_engine_options(fields)
     except ValidationError as err:
-        raise BadMessage(f"Invalid options ({_describe(err)}).") from err
+        raise BadMessage(f"Invalid options ({describe_error(err)}).") from err
     except ValueError as err:
         raise BadMessage(f"Invalid options ({err}).") from err
 
@@ -155,7 +155,7 @@ def parse_control(text: str) -> End | Interrupt | Utterance:
     except ValidationError as err:
         raise BadMessage(
             f"After `start` only audio and the messages `end`, `interrupt` and `utterance` are expected "
-            f"({_describe(err)})."
+            f"({describe_error(err)})."
         ) from err
 
 
@@ -163,4 +163,4 @@ def parse_lipsync(text: str) -> LipsyncRequest:
     try:
         return LipsyncRequest.model_validate_json(text)
     except ValidationError as err:
-        raise BadMessage(f"Invalid request: {_describe(err)}") from err
+        raise BadMessage(f"Invalid request: {describe_error(err)}") from err

@@ -34,14 +34,12 @@ class InternalError(LipsyncError):
 Handler = Callable[["Channel"], Awaitable[None]]
 
 
-class Channel:
-    """An accepted WebSocket with its limits: every receive is size-checked and may have a deadline, and the
-    connection as a whole has a lifetime (:meth:`last_for`)."""
+class Link:
+    """A session's connection to its client, whatever carries it (a WebSocket, a WebRTC data channel): messages
+    both ways, and a lifetime on the app's clock (:meth:`last_for`) that ends it whatever it waits on."""
 
-    def __init__(self, websocket: WebSocket, ctx: Context) -> None:
-        self.websocket = websocket
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._sending = asyncio.Lock()  # the session's writer and its receiver both send
         self.opened = ctx.clock.now()
         settings = ctx.settings
         self.expires = self.opened + settings.start_timeout_s + settings.drain_timeout_s
@@ -50,10 +48,10 @@ class Channel:
         """End the connection ``seconds`` from now (on the app's clock), whatever it is waiting on then."""
         self.expires = self.ctx.clock.now() + seconds
 
-    async def run_until_expired(self, handler: Handler) -> None:
-        """Run ``handler``; cancel it and raise SessionExpired if it is still running when the channel expires."""
+    async def run_until_expired(self, handler: Callable[[], Awaitable[None]]) -> None:
+        """Run ``handler()``; cancel it and raise SessionExpired if it still runs when the link expires."""
         clock = self.ctx.clock
-        work = asyncio.ensure_future(handler(self))
+        work = asyncio.ensure_future(handler())
         try:
             while not work.done():
                 alarm = asyncio.ensure_future(clock.sleep_until(self.expires))
@@ -69,6 +67,32 @@ class Channel:
             work.cancel()  # serve() itself was cancelled (the server is stopping)
 
     async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
+        """The next message, ``{"text": …}`` or ``{"bytes": …}``; raises ``on_timeout`` if none arrives within
+        ``timeout`` seconds, TooLarge if it is over the message size limit."""
+        raise NotImplementedError
+
+    async def send(self, item: bytes | Message) -> None:
+        """A media segment (binary) or a message (its JSON, as text)."""
+        raise NotImplementedError
+
+    def check_size(self, message: dict[str, Any]) -> dict[str, Any]:
+        limit = self.ctx.settings.max_message_bytes
+        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+        if size > limit:
+            raise TooLarge(f"A message of {size:,} bytes is over the limit of {limit:,} bytes.")
+        return message
+
+
+class Channel(Link):
+    """An accepted WebSocket with its limits: every receive is size-checked and may have a deadline, and the
+    connection as a whole has a lifetime (:meth:`last_for`)."""
+
+    def __init__(self, websocket: WebSocket, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.websocket = websocket
+        self._sending = asyncio.Lock()  # the session's writer and its receiver both send
+
+    async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
         """The next text or binary message; raises ``on_timeout`` if none arrives within ``timeout`` seconds."""
         try:
             message = await asyncio.wait_for(self.websocket.receive(), timeout)
@@ -78,11 +102,7 @@ class Channel:
             raise on_timeout from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
-        limit = self.ctx.settings.max_message_bytes
-        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
-        if size > limit:
-            raise TooLarge(f"A message of {size:,} bytes is over the limit of {limit:,} bytes.")
-        return dict(message)
+        return self.check_size(dict(message))
 
     async def first(self) -> dict[str, Any]:
         """The first message, which must come within the start deadline."""
@@ -90,7 +110,6 @@ class Channel:
         return await self.receive(seconds, StartTimeout(seconds))
 
     async def send(self, item: bytes | Message) -> None:
-        """A media segment (binary) or a message (its JSON, as text)."""
         async with self._sending:
             if isinstance(item, bytes):
                 await self.websocket.send_bytes(item)
@@ -107,7 +126,7 @@ async def serve(websocket: WebSocket, handler: Handler, error_format: ErrorForma
     await websocket.accept()
     channel = Channel(websocket, context_of(websocket))
     try:
-        await channel.run_until_expired(handler)
+        await channel.run_until_expired(lambda: handler(channel))
     except WebSocketDisconnect:
         log.info("client left %s", websocket.url.path)
     except LipsyncError as error:

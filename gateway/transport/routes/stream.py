@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, WebSocket
 
@@ -14,8 +15,8 @@ from gateway.media.audio_input import PcmDecoder
 from gateway.session.core import StreamSession, run_together
 from gateway.session.messages import Limits, StreamError
 from gateway.session.offline import decode_upload_audio
-from gateway.transport.protocol import Interrupt, Utterance, parse_control, parse_start
-from gateway.transport.ws import Channel, serve
+from gateway.transport.protocol import Interrupt, Start, Utterance, parse_control, parse_start
+from gateway.transport.ws import Channel, Link, serve
 from lipsync.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ async def stream(websocket: WebSocket) -> None:
 
 
 async def _stream(channel: Channel) -> None:
-    ctx, settings = channel.ctx, channel.ctx.settings
+    ctx = channel.ctx
     first = await channel.first()
     if first.get("text") is None:
         raise BadMessage("The first message must be a JSON `start` message, not binary data.")
@@ -38,23 +39,33 @@ async def _stream(channel: Channel) -> None:
         raise UnknownAvatar(start.avatar_id)
     with ctx.slots.hold(client_key(channel.websocket)):
         session = await ctx.new_session(state, start.session_options())
-        session_id = uuid.uuid4().hex
-        limits = session.mode.limits(settings)
-        length = session.mode.max_seconds(settings)
-        deadline = session.clock.now() + length  # from `ready` on, in wall time
-        channel.last_for(length + settings.drain_timeout_s)  # whatever it waits on
-        await channel.send(session.ready_message(session_id, limits))
-        log.info("session %s: avatar %s, %s %s", session_id, state.id[:12], start.mode, start.options)
-        await run_together(
-            _receive_audio(channel, session, start.audio.format, start.audio.sample_rate, deadline, limits),
-            session.run(channel.send),
-        )
-        await channel.send(session.end_message())
+        await converse(channel, session, start, uuid.uuid4().hex)
         await channel.websocket.close(code=1000)
 
 
+async def converse(
+    channel: Link, session: StreamSession, start: Start, session_id: str, played: Awaitable[object] | None = None
+) -> None:
+    """A started session on any link: `ready`, audio and control messages in, media and stats out, `end`
+    (sent once ``played`` is done, where the media plays after it is sent: WebRTC)."""
+    settings = channel.ctx.settings
+    limits = session.mode.limits(settings)
+    length = session.mode.max_seconds(settings)
+    deadline = session.clock.now() + length  # from `ready` on, in wall time
+    channel.last_for(length + settings.drain_timeout_s)  # whatever it waits on
+    await channel.send(session.ready_message(session_id, limits))
+    log.info("session %s: avatar %s, %s %s", session_id, session.avatar.id[:12], start.mode, start.options)
+    await run_together(
+        _receive_audio(channel, session, start.audio.format, start.audio.sample_rate, deadline, limits),
+        session.run(channel.send),
+    )
+    if played is not None:
+        await played
+    await channel.send(session.end_message())
+
+
 async def _receive_audio(
-    channel: Channel, session: StreamSession, audio_format: str, rate: int, deadline: float, limits: Limits
+    channel: Link, session: StreamSession, audio_format: str, rate: int, deadline: float, limits: Limits
 ) -> None:
     settings = channel.ctx.settings
     decoder = PcmDecoder(rate) if audio_format == "pcm_s16le" else None
@@ -108,7 +119,7 @@ async def _receive_audio(
         return
 
 
-async def _nothing_after_end(channel: Channel, session: StreamSession) -> None:
+async def _nothing_after_end(channel: Link, session: StreamSession) -> None:
     """While the session renders what it has, any message from the client is a mistake worth saying."""
     receiving = asyncio.ensure_future(channel.receive())
     finishing = asyncio.ensure_future(session.finished.wait())

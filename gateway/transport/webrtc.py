@@ -189,7 +189,7 @@ class PeerSession:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as err:  # aiortc raises ValueError and others for SDP it cannot use
-            raise BadMessage(f"The SDP offer could not be used: {err}") from err
+            raise BadMessage(f"The SDP offer could not be used: {str(err) or 'it is malformed'}.") from err
         if video.mid is None:
             raise BadMessage("The SDP offer has no video: offer to receive a video track (and an audio track).")
         # (An offer without audio leaves our audio transceiver out of the answer: the video plays alone.)
@@ -208,7 +208,10 @@ class PeerSession:
                 await asyncio.wait_for(link.open.wait(), settings.start_timeout_s)
             except TimeoutError:
                 raise StartTimeout(settings.start_timeout_s) from None
-            played = asyncio.wait_for(media.drained.wait(), settings.drain_timeout_s)
+
+            async def played() -> None:
+                await asyncio.wait_for(media.drained.wait(), settings.drain_timeout_s)
+
             await link.run_until_expired(lambda: converse(link, session, self.start, self.session_id, played))
             with contextlib.suppress(TimeoutError):  # the client closes first, so that `end` reaches it
                 await asyncio.wait_for(self._closed(), CLOSE_GRACE_S)

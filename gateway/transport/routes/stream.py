@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 
@@ -44,10 +44,14 @@ async def _stream(channel: Channel) -> None:
 
 
 async def converse(
-    channel: Link, session: StreamSession, start: Start, session_id: str, played: Awaitable[object] | None = None
+    channel: Link,
+    session: StreamSession,
+    start: Start,
+    session_id: str,
+    played: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """A started session on any link: `ready`, audio and control messages in, media and stats out, `end`
-    (sent once ``played`` is done, where the media plays after it is sent: WebRTC)."""
+    (sent once ``played()`` is done, where the media plays after it is sent: WebRTC)."""
     settings = channel.ctx.settings
     limits = session.mode.limits(settings)
     length = session.mode.max_seconds(settings)
@@ -60,7 +64,7 @@ async def converse(
         session.run(channel.send),
     )
     if played is not None:
-        await played
+        await played()
     await channel.send(session.end_message())
 
 

@@ -65,6 +65,7 @@ class DataChannelLink(Link):
         self._channel: RTCDataChannel | None = None
         self.open = asyncio.Event()
         self._track_reader: asyncio.Task[None] | None = None
+        self._ended = False  # the client said `end`: its microphone's last packets are not audio after it
 
     # ------------------------------------------------------------------------------------------- in
 
@@ -103,8 +104,8 @@ class DataChannelLink(Link):
                 return  # the track ended: the data channel says how the session ends
             assert isinstance(frame, av.AudioFrame)
             pcm = b"".join(bytes(out.to_ndarray().astype(np.int16).tobytes()) for out in resampler.resample(frame))
-            if pcm:
-                await self._inbox.put({"bytes": pcm})
+            if pcm and not self._ended:
+                await self._inbox.put({"bytes": pcm, "track": True})
 
     def _push(self, message: dict[str, Any]) -> None:
         try:
@@ -117,7 +118,8 @@ class DataChannelLink(Link):
 
     async def receive(self, timeout: float | None = None, on_timeout: LipsyncError | None = None) -> dict[str, Any]:
         try:
-            message = await asyncio.wait_for(self._inbox.get(), timeout)
+            async with asyncio.timeout(timeout):
+                message = await self._next()
         except TimeoutError:
             if on_timeout is None:
                 raise
@@ -126,7 +128,15 @@ class DataChannelLink(Link):
             raise PeerGone(message["gone"])
         if "error" in message:
             raise message["error"]
-        return self.check_size(message)
+        if message.get("text") is not None and _is_end(message["text"]):
+            self._ended = True
+        return self.check_size({key: message[key] for key in ("text", "bytes") if key in message})
+
+    async def _next(self) -> dict[str, Any]:
+        while True:
+            message = await self._inbox.get()
+            if not (message.get("track") and self._ended):  # the microphone trails `end` by a packet or two
+                return message
 
     # ------------------------------------------------------------------------------------------- out
 
@@ -237,6 +247,14 @@ class PeerSession:
         if self.media is not None:
             self.media.stop()
         await self.pc.close()
+
+
+def _is_end(text: str) -> bool:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "end"
 
 
 def _h264_first() -> list[Any]:

@@ -143,12 +143,20 @@ class Settings(BaseSettings):
     )
     max_sockets_per_client: int = Field(4, ge=1, description="open WebSockets of one client address")
 
+    # WebRTC across NAT: STUN/TURN servers both sides use (docs/protocol.md §5). With a TURN secret (coturn's
+    # static-auth-secret), each client gets credentials of its own that expire (the TURN REST API).
+    ice_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="stun:/turn:/turns: URLs for WebRTC, comma-separated (none: host candidates)"
+    )
+    turn_secret: str | None = Field(None, description="coturn's static-auth-secret: time-limited TURN credentials")
+    turn_ttl_s: int = Field(3600, ge=60, description="how long a client's TURN credentials last, seconds")
+
     @field_validator("openvino_models", mode="before")
     @classmethod
     def _model_names(cls, value: Any) -> Any:
         return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
-    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @field_validator("allowed_origins", "allowed_hosts", "ice_servers", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         """``a,b`` in the environment (a JSON list works too); normalised without a trailing slash."""
@@ -184,6 +192,15 @@ class Settings(BaseSettings):
                 f"LIPSYNC_AVATAR_SIGNING_KEY has {len(key)} characters: use a secret of at least {MIN_TOKEN_LENGTH} "
                 "(e.g. `openssl rand -hex 32`)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ice_servers_are_urls(self) -> Settings:
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"LIPSYNC_ICE_SERVERS: {url!r} is not a stun:, turn: or turns: URL")
+        if self.turn_secret is not None and len(self.turn_secret) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"LIPSYNC_TURN_SECRET must have at least {MIN_TOKEN_LENGTH} characters")
         return self
 
 

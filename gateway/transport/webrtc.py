@@ -13,20 +13,32 @@ closes ends its session and frees its slot.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import time
 from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.context import Context
 from gateway.errors import BadMessage, LipsyncError, StartTimeout
 from gateway.session.core import StreamSession
 from gateway.session.messages import Message, StreamError
+from gateway.settings import Settings
 from gateway.transport.protocol import Start
 from gateway.transport.webrtc_media import AvatarMedia
 from gateway.transport.ws import InternalError, Link
@@ -169,7 +181,8 @@ class PeerSession:
         self.ctx = ctx
         self.start = start
         self.session_id = session_id
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates; STUN/TURN: docs/webrtc.md
+        # Host candidates, and the operator's STUN/TURN servers if any (docs/protocol.md §5).
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers(ctx.settings)))
         self.link = DataChannelLink(ctx, start.audio.sample_rate)
         self.media: AvatarMedia | None = None
         self.session: StreamSession | None = None
@@ -247,6 +260,31 @@ class PeerSession:
         if self.media is not None:
             self.media.stop()
         await self.pc.close()
+
+
+def ice_servers(settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
+    """The STUN/TURN servers for one client, as RTCIceServer dictionaries (the browser's and aiortc's form).
+
+    TURN servers get credentials of the TURN REST API when a secret is set: the user name is the expiry time,
+    the credential its HMAC-SHA1 under the secret (coturn's `use-auth-secret`), so nothing long-lived leaves
+    the server.
+    """
+    stun = [url for url in settings.ice_servers if url.startswith("stun:")]
+    turn = [url for url in settings.ice_servers if not url.startswith("stun:")]
+    servers: list[dict[str, Any]] = [{"urls": stun}] if stun else []
+    if turn:
+        server: dict[str, Any] = {"urls": turn}
+        if settings.turn_secret is not None:
+            expires = int(time.time() if now is None else now) + settings.turn_ttl_s
+            username = f"{expires}:lipsync"
+            digest = hmac.new(settings.turn_secret.encode(), username.encode(), hashlib.sha1).digest()
+            server |= {"username": username, "credential": base64.b64encode(digest).decode()}
+        servers.append(server)
+    return servers
+
+
+def rtc_configuration(servers: list[dict[str, Any]]) -> RTCConfiguration:
+    return RTCConfiguration(iceServers=[RTCIceServer(**server) for server in servers])
 
 
 def _is_end(text: str) -> bool:

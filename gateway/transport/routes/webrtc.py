@@ -16,7 +16,7 @@ from gateway.context import Ctx, client_key
 from gateway.errors import BadMessage, UnknownAvatar
 from gateway.transport.http_errors import error_responses
 from gateway.transport.protocol import Start, describe_error
-from gateway.transport.webrtc import PeerSession
+from gateway.transport.webrtc import PeerSession, ice_servers
 from gateway.transport.webrtc_media import AvatarMedia
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,23 @@ class Answer(BaseModel):
     sdp: str
     type: Literal["answer"]
     session_id: str
+
+
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServers(BaseModel):
+    ice_servers: list[IceServer]
+
+
+@router.get("/v1/webrtc/ice-servers", responses=error_responses(401, 403))
+async def get_ice_servers(ctx: Ctx) -> IceServers:
+    """The STUN/TURN servers to give the client's peer connection before it makes its offer (empty: host
+    candidates only); TURN credentials, when the server has a TURN secret, are this client's and expire."""
+    return IceServers.model_validate({"ice_servers": ice_servers(ctx.settings)})
 
 
 @router.post("/v1/webrtc/offer", responses=error_responses(400, 401, 403, 404, 413, 429, 503))

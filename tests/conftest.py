@@ -27,6 +27,10 @@ anyio.open_file  # noqa: B018
 os.environ.setdefault("LIPSYNC_ALLOWED_HOSTS", "testserver")
 
 
+# Run in the agents' own environment by tests/test_agent_frameworks.py, not collected here.
+collect_ignore = ["frameworks"]
+
+
 def _has_nvidia_gpu() -> bool:
     smi = shutil.which("nvidia-smi")
     if smi is None:

@@ -1,0 +1,5 @@
+"""Placeholder until the LiveKit generator lands."""
+
+
+def test_nothing_yet() -> None:
+    pass

@@ -135,7 +135,8 @@ class LipsyncVideoService(AIService):
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         sound = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
         sound.sample_rate = frame.sample_rate
-        return np.concatenate([out.to_ndarray().reshape(-1) for out in self._resampler.resample(sound)] or [[]])
+        pieces = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(sound)]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
 
     # ------------------------------------------------------------------------------------------ frames out
 

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # The gateway's AAC encoder starts with this many samples of priming, which its edit list skips
 # (gateway/media/muxer.py; a test checks that both say the same).
 AAC_PRIMING_SAMPLES = 1024
+# After an interrupt's cut, AAC's overlap leaves the speech's decay in the next frames' audio (≈ 35 RMS, less
+# than 1024 samples): the server played silence there, so those frames' audio is silence here too.
+CUT_DECAY_FRAMES = 2
 # Frames decoded and not yet taken: more than this and the agent is not playing them (a bug, or stopped).
 MAX_QUEUED_FRAMES = 10 * FPS
 
@@ -47,7 +50,7 @@ class AvatarFrame:
 
     @property
     def speaking(self) -> bool:
-        """Whether this frame's audio is speech rather than the idle silence between utterances."""
+        """Whether this frame's audio is speech rather than the idle silence (digital zeros) between utterances."""
         return bool(np.abs(self.audio.astype(np.int32)).max(initial=0) > 1)
 
 
@@ -204,6 +207,7 @@ class AvatarSession:
     _frames: asyncio.Queue[AvatarFrame | None] = field(default_factory=lambda: asyncio.Queue(maxsize=MAX_QUEUED_FRAMES))
     _reader: asyncio.Task[None] | None = None
     _cut_below: int | None = None  # after an interrupt: frames below this are the cut speech
+    _silent_from: int | None = None  # after an interrupt: the first idle frame (its decay is silenced)
     _awaiting_interrupted: bool = False
     end_message: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
@@ -283,7 +287,7 @@ class AvatarSession:
                 if kind == "stats" and self.events.on_stats is not None:
                     self.events.on_stats(event)
                 elif kind == "interrupted":
-                    self._cut_below = int(event["next_frame"])
+                    self._cut_below, self._silent_from = int(event["next_frame"]), int(event["frame"])
                     self._awaiting_interrupted = False
                     while not self._frames.empty():  # decoded before the answer: the cut speech
                         self._frames.get_nowait()
@@ -303,6 +307,8 @@ class AvatarSession:
     async def _offer(self, frame: AvatarFrame) -> None:
         if self._awaiting_interrupted or (self._cut_below is not None and frame.number < self._cut_below):
             return  # the speech an interrupt cut, still on its way when it came
+        if self._silent_from is not None and 0 <= frame.number - self._silent_from < CUT_DECAY_FRAMES:
+            frame = AvatarFrame(frame.number, frame.image, np.zeros_like(frame.audio))
         await self._frames.put(frame)
 
 

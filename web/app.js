@@ -1,7 +1,9 @@
-// The page: portrait → avatar, speech (microphone or file) → WS /ws/stream session → MSE playback and stats.
+// The page: portrait → avatar, speech (microphone or file) → a session → playback and stats. The session runs
+// over WS /ws/stream (fMP4 played through Media Source Extensions) or over WebRTC (tracks played as the video's
+// srcObject), as the Transport option says.
 //
-// Test hook: `window.lipsync` = {state, stats, errors, info, avatar, options, ready, end}, kept up to date, so tests read
-// the page's state without scraping the DOM. `state` is one of:
+// Test hook: `window.lipsync` = {state, stats, errors, info, avatar, options, ready, end, transport}, kept up to date,
+// so tests read the page's state without scraping the DOM. `state` is one of:
 //   "idle" (no portrait), "uploading", "ready" (portrait accepted), "connecting", "streaming",
 //   "finishing" (end sent, server rendering the rest), "done", "cancelled", "error".
 
@@ -10,7 +12,8 @@ import { FrameLatency } from "./latency.js";
 import { fileToPcm16k } from "./pcm.js";
 import { MsePlayer } from "./player.js";
 import { StreamSession, uploadAvatar } from "./stream.js";
-import { $, MessageLog, drawPortrait, formatBytes, renderStats } from "./ui.js";
+import { $, MessageLog, drawPortrait, formatBytes, formatMs, renderStats } from "./ui.js";
+import { RtcSession } from "./webrtc.js";
 
 const STATS_INTERVAL_MS = 250;
 const ACTIVE = new Set(["connecting", "streaming", "finishing"]);
@@ -34,10 +37,14 @@ function emptyStats() {
     serverDelayMs: null,
     firstFragmentMs: null,
     glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs, interruptsMs} (see latency.js)
-    audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket
+    displayedFrame: null, // with frame_code: the number of the last frame displayed (read from its corner)
+    audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket (WebRTC: captured while the track was sent)
     segments: 0, // media segments received
     bytes: 0, // media bytes received (init segment included)
     statsMessages: 0,
+    // WebRTC sessions: the browser's own figures (RtcSession.webrtcStats: codec, framesDecoded, freezeCount…);
+    // null over the WebSocket
+    webrtc: null,
   };
 }
 
@@ -52,6 +59,7 @@ const hook = {
   end: null, // the server's `end` message
   interrupted: [], // conversation mode: the server's `interrupted` messages
   utterances: [], // conversation mode: per-utterance figures from the stats (utterance_id, first_frame_ms)
+  transport: null, // the transport of the last start: "websocket" or "webrtc"
 };
 window.lipsync = hook;
 
@@ -68,18 +76,24 @@ const page = {
   audioFile: null,
   downloadUrl: null,
   latency: null, // FrameLatency while `frame_code` is measured
+  micSamples: 0, // WebRTC microphone: 16 kHz samples captured since the data channel opened (the server's count)
+  rtcStatsPending: false, // a getStats() call is under way (one at a time)
+  firstRenderedWatched: false, // WebRTC: waiting for the first rendered frame to be presented
 };
 
 const player = new MsePlayer(video, {
   onError: (message) => reportError("player", "media_error", message),
   onNotice: (message) => log.add("warn", message),
-  onFirstFrame: () => {
-    hook.stats.timeToFirstFrameMs = performance.now() - page.startedAt;
-    $("video-placeholder").hidden = true;
-    log.add("info", `First frame after ${Math.round(hook.stats.timeToFirstFrameMs)} ms.`);
-    updateStats();
-  },
+  onFirstFrame: () => firstFrameShown(),
 });
+
+// The first frame of a session is on screen (MSE: the player says so; WebRTC: onTrack watches for it).
+function firstFrameShown() {
+  hook.stats.timeToFirstFrameMs = performance.now() - page.startedAt;
+  $("video-placeholder").hidden = true;
+  log.add("info", `First frame after ${Math.round(hook.stats.timeToFirstFrameMs)} ms.`);
+  updateStats();
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // State, status line, controls
@@ -108,7 +122,8 @@ function updateControls() {
   $("speak").disabled = !talking || page.audioFile === null;
   $("interrupt").disabled = !talking;
   for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
-    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend", "opt-mode"]) {
+    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend", "opt-mode",
+    "opt-transport"]) {
     $(id).disabled = active;
   }
   for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
@@ -255,18 +270,23 @@ async function start() {
     reportError("client", "bad_option", err.message);
     return;
   }
+  const rtc = $("opt-transport").value === "webrtc";
   log.clearAlert();
   resetDownload();
   hook.options = options;
+  hook.transport = rtc ? "webrtc" : "websocket";
   hook.stats = emptyStats();
   hook.ready = null;
   hook.end = null;
   hook.interrupted = [];
   hook.utterances = [];
   player.reset();
+  detachStream();
   showPlaceholder("Waiting for the first frames…");
   page.pendingPcm = [];
   page.micFlushed = false;
+  page.micSamples = 0;
+  page.firstRenderedWatched = false;
   page.startedAt = performance.now();
   const mic = page.mode === "mic";
   const mode = $("opt-mode").value;
@@ -277,46 +297,41 @@ async function start() {
     page.latency = null;
   }
   video.muted = mic; // your own voice a second late, and echo into the microphone: start muted
-  const audio = mic || mode === "conversation"
+  // WebRTC takes live PCM only (a file is decoded in the page); over the WebSocket the server decodes a file.
+  const audio = mic || mode === "conversation" || rtc
     ? { format: "pcm_s16le", sample_rate: PCM_RATE, channels: 1 }
     : { format: "file" };
   setState("connecting", mic ? "Connecting… (allow the microphone if asked)" : "Connecting…");
 
-  const session = new StreamSession({
-    avatarId: hook.avatar.avatar_id,
-    audio,
-    options,
-    mode,
-    handlers: {
-      onReady: (msg) => onReady(session, msg),
-      onInit: (data) => onMedia(session, data),
-      onSegment: (data) => onMedia(session, data),
-      onStats: (msg) => onStats(session, msg),
-      onInterrupted: (msg) => onInterrupted(session, msg),
-      onEnd: (msg) => onEnd(session, msg),
-      onError: (err) => onSessionError(session, err),
-      onClose: () => onClose(session),
-    },
-  });
+  const handlers = {
+    onReady: (msg) => onReady(session, msg),
+    onInit: (data) => onMedia(session, data),
+    onSegment: (data) => onMedia(session, data),
+    onTrack: (stream) => onTrack(session, stream),
+    onStats: (msg) => onStats(session, msg),
+    onInterrupted: (msg) => onInterrupted(session, msg),
+    onEnd: (msg) => onEnd(session, msg),
+    onError: (err) => onSessionError(session, err),
+    onClose: () => onClose(session),
+  };
+  const fields = { avatarId: hook.avatar.avatar_id, audio, options, mode, handlers };
+  const session = rtc ? new RtcSession(fields) : new StreamSession(fields);
   page.session = session;
 
-  const opening = session.open();
+  // Over the WebSocket the socket opens while the microphone starts (what it captures before `ready` is held
+  // back); over WebRTC the microphone's track must be in the offer, so the device comes first.
+  let opening = rtc ? null : session.open();
+  let microphone = null; // WebRTC: the stream whose track is sent
   if (mic) {
     const capture = new MicCapture({
-      onChunk: (pcm) => {
-        if (page.session !== session) return;
-        page.latency?.noteAudio(pcm.byteLength / 2);
-        if (session.ready) session.sendAudio(pcm);
-        else page.pendingPcm.push(pcm);
-        hook.stats.audioSecondsSent = capture.seconds;
-      },
+      onChunk: (pcm) => onMicChunk(session, capture, pcm),
       onLevel: (level) => {
         $("mic-level").value = Math.min(1, level * 4); // speech RMS is small; scaled so it is visible
       },
     });
     page.mic = capture;
     try {
-      await capture.start();
+      microphone = await startMicrophone(capture, rtc);
     } catch (err) {
       capture.release();
       page.mic = null;
@@ -329,15 +344,63 @@ async function start() {
     }
     if (page.mic !== capture) capture.release(); // the session ended (error, cancel) while the device started
   }
+  if (rtc) {
+    if (page.session !== session || !ACTIVE.has(hook.state)) {
+      for (const track of microphone?.getTracks() || []) track.stop(); // cancelled while the device started
+      return;
+    }
+    opening = session.open({ microphone });
+  }
   try {
     await opening;
   } catch (err) {
     if (page.session === session && ACTIVE.has(hook.state)) {
       stopMic(false);
       reportError(err.source || "connection", err.code || "connect_failed", err.message);
-      setState("error", "Could not connect to the server.");
+      const refused = err.source === "server"; // WebRTC: the offer was refused, in the server's words
+      setState("error", refused ? "The server refused the session (see Messages)." : "Could not connect to the server.");
     }
   }
+}
+
+// The microphone: MicCapture gives the level meter, the seconds sent, the glass-to-glass marks and, over the
+// WebSocket, the PCM itself. Over WebRTC a second stream of the same device is returned, whose track the browser
+// encodes (Opus) with its own echo cancellation, noise suppression and gain control. Throws an Error whose
+// message says what to do when the microphone is refused or missing.
+async function startMicrophone(capture, rtc) {
+  const asks = [capture.start()];
+  if (rtc) {
+    asks.push((async () => navigator.mediaDevices.getUserMedia({
+      // channelCount as MicCapture asks, so that the browser can share one capture of the device
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    }))());
+  }
+  const [captured, sent] = await Promise.allSettled(asks);
+  if (captured.status === "rejected" || (sent && sent.status === "rejected")) {
+    if (sent && sent.status === "fulfilled") for (const track of sent.value.getTracks()) track.stop();
+    if (captured.status === "rejected") throw captured.reason; // MicCapture's message says what to do
+    throw new Error(`The microphone could not be started for WebRTC: ${sent.reason.message || sent.reason}`);
+  }
+  return sent ? sent.value : null;
+}
+
+function onMicChunk(session, capture, pcm) {
+  if (page.session !== session) return;
+  const samples = pcm.byteLength / 2;
+  if (session.transport === "webrtc") {
+    // The track carries the audio. The server counts its samples from the first packets, which flow as the
+    // data channel opens: the page counts from then on too, so that frame n's audio is the n-th 640 samples
+    // here as there (glass-to-glass marks). Nothing counts after `end` (the server ignores what trails it).
+    if (!session.isOpen || session.endSent) return;
+    page.micSamples += samples;
+    page.latency?.noteAudio(samples);
+    hook.stats.audioSecondsSent = page.micSamples / PCM_RATE;
+    return;
+  }
+  page.latency?.noteAudio(samples);
+  if (session.ready) session.sendAudio(pcm);
+  else page.pendingPcm.push(pcm);
+  hook.stats.audioSecondsSent = capture.seconds;
 }
 
 function onReady(session, msg) {
@@ -347,14 +410,17 @@ function onReady(session, msg) {
   if (msg.width > 0 && msg.height > 0) $("video-wrap").style.aspectRatio = `${msg.width} / ${msg.height}`;
   const mic = page.mode === "mic";
   const conversation = msg.mode === "conversation";
-  player.open(msg.mime_type, { live: mic || conversation }).catch((err) => {
-    reportError("player", "unsupported_media", err.message);
-    session.cancel();
-    stopMic(false);
-    setState("error", "This browser cannot play the stream.");
-  });
+  if (session.transport === "websocket") {
+    player.open(msg.mime_type, { live: mic || conversation }).catch((err) => {
+      reportError("player", "unsupported_media", err.message);
+      session.cancel();
+      stopMic(false);
+      setState("error", "This browser cannot play the stream.");
+    });
+  }
   const lookahead = msg.lookahead_ms ? ` Lookahead ${Math.round(msg.lookahead_ms)} ms.` : "";
-  log.add("info", `Session ${msg.session_id}: ${msg.width}×${msg.height} at ${msg.fps} fps, seed ${msg.seed}.${lookahead}`);
+  const over = session.transport === "webrtc" ? " over WebRTC" : "";
+  log.add("info", `Session ${msg.session_id}${over}: ${msg.width}×${msg.height} at ${msg.fps} fps, seed ${msg.seed}.${lookahead}`);
   if (msg.warning) log.add("warn", msg.warning);
   if (conversation && !mic) {
     setState("streaming", "Conversation: the avatar waits. Speak file pushes the audio file; Stop ends.");
@@ -384,6 +450,53 @@ function onReady(session, msg) {
   }
 }
 
+// WebRTC: the server's tracks, in one stream. The <video> plays it as it comes (no buffer to manage). Until its
+// first rendered frame the server shows the portrait itself: that picture ends the placeholder, but the time to
+// first frame waits for the avatar's own (watchFirstRendered).
+function onTrack(session, stream) {
+  if (page.session !== session || video.srcObject === stream) return;
+  video.srcObject = stream;
+  onNextFrame(() => {
+    if (page.session !== session || hook.stats.timeToFirstFrameMs !== null) return;
+    $("video-placeholder").hidden = true;
+    log.add("info", `The portrait is on screen after ${Math.round(performance.now() - page.startedAt)} ms.`);
+  });
+  video.play().catch((err) => {
+    if (page.session !== session) return;
+    if (err.name === "NotAllowedError" && !video.muted) {
+      // Autoplay with sound refused: play muted; the viewer can unmute with the video's controls.
+      video.muted = true;
+      log.add("warn", "The browser blocked playback with sound: the video plays muted (unmute it in the player).");
+      video.play().catch((again) => log.add("warn", `Playback did not start: ${again.message}`));
+    } else if (err.name !== "AbortError") {
+      log.add("warn", `Playback did not start: ${err.message}`);
+    }
+  });
+}
+
+// WebRTC: the server's first `stats` says its first rendered frames were queued for the video track, which takes
+// the next one within a frame's time: the next frame presented after it is the first rendered one (a frame or two
+// early at worst, where a picture of the portrait was already on its way).
+function watchFirstRendered(session, msg) {
+  if (page.firstRenderedWatched || !(msg.frames > 0)) return;
+  page.firstRenderedWatched = true;
+  onNextFrame(() => {
+    if (page.session === session && hook.stats.timeToFirstFrameMs === null) firstFrameShown();
+  });
+}
+
+// Calls `then` once, when the video presents its next frame ('playing' where the browser cannot say).
+function onNextFrame(then) {
+  if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(() => then());
+  else if (!video.paused && video.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA) then();
+  else video.addEventListener("playing", () => then(), { once: true });
+}
+
+// The video leaves the previous WebRTC session's stream (its tracks ended with the connection).
+function detachStream() {
+  if (video.srcObject) video.srcObject = null;
+}
+
 function onMedia(session, data) {
   if (page.session !== session) return;
   player.push(data);
@@ -395,7 +508,8 @@ function onInterrupted(session, msg) {
   if (page.session !== session) return;
   hook.interrupted.push(msg);
   page.latency?.interruptedAt(msg.frame);
-  player.cutAhead(msg.next_frame / (hook.ready?.fps || 25));
+  // MSE has the next seconds buffered: cut them. WebRTC plays what comes (the server dropped what it held).
+  if (session.transport === "websocket") player.cutAhead(msg.next_frame / (hook.ready?.fps || 25));
   log.add("info", `Interrupted: idle from frame ${msg.frame}.`);
 }
 
@@ -424,6 +538,7 @@ function interrupt() {
 
 function onStats(session, msg) {
   if (page.session !== session) return;
+  if (session.transport === "webrtc") watchFirstRendered(session, msg);
   for (const figure of msg.utterances || []) {
     hook.utterances.push(figure);
     log.add("info", `Utterance ${figure.utterance_id}: first frame ${Math.round(figure.first_frame_ms)} ms after its audio.`);
@@ -443,10 +558,15 @@ function onEnd(session, msg) {
   if (page.session !== session) return;
   hook.end = msg;
   hook.stats.streamEndMs = performance.now() - page.startedAt;
-  player.finish();
   stopMic(false);
   const duration = typeof msg.duration === "number" ? `${msg.duration.toFixed(2)} s` : "?";
   log.add("info", `Stream complete: ${msg.frames} frames, ${duration}.`);
+  if (session.transport === "webrtc") {
+    // Played live, nothing recorded: no replay, no download. The session closes the connection itself.
+    setState("done", "Done. (WebRTC plays live: nothing was recorded to replay or download.)");
+    return;
+  }
+  player.finish();
   setState("done", "Done. Play it again with the video's controls, or download it.");
 }
 
@@ -458,12 +578,14 @@ function onSessionError(session, err) {
   setState("error", "The session stopped with an error (see Messages).");
 }
 
-// After an error or a cancel: what arrived stays playable; with no media at all, the video panel is cleared.
+// After an error or a cancel: what arrived stays playable; with no media at all (and always over WebRTC, whose
+// tracks end with the connection), the video panel is cleared.
 function keepWhatArrived() {
   if (player.segments > 0) {
     player.finish();
   } else {
     player.reset();
+    detachStream();
     showPlaceholder("The talking portrait appears here.");
   }
 }
@@ -483,6 +605,13 @@ async function stop() {
   const session = page.session;
   if (!session || !(hook.state === "connecting" || hook.state === "streaming")) return;
   setState("finishing", "Stopped: rendering the rest…");
+  if (session.transport === "webrtc") {
+    // The track carries the audio: nothing to flush; `end` goes at once and the track stops after it.
+    stopMic(false);
+    page.micFlushed = true;
+    if (session.ready) session.end();
+    return;
+  }
   await stopMic(true);
   page.micFlushed = true;
   // Stopped before the server answered: onReady sends what was captured, then `end`.
@@ -495,7 +624,8 @@ async function stopMic(flush) {
   page.mic = null;
   if (flush) await mic.stop();
   else mic.release();
-  hook.stats.audioSecondsSent = mic.seconds;
+  // WebRTC: onMicChunk counted what the server hears (from the data channel's opening on), not all captured.
+  if (page.session?.transport !== "webrtc") hook.stats.audioSecondsSent = mic.seconds;
 }
 
 function cancel() {
@@ -524,8 +654,46 @@ function updateStats() {
     const liveEdge = page.mode === "mic" ? s.audioSecondsSent : (s.serverAudioSeconds ?? player.bufferedEnd);
     if (ACTIVE.has(hook.state)) s.delayBehindLiveS = Math.max(0, liveEdge - video.currentTime);
   }
-  if (page.latency) s.glassToGlass = page.latency.summary();
+  const session = page.session;
+  if (session && session.transport === "webrtc") {
+    if (video.srcObject && typeof video.getVideoPlaybackQuality === "function") {
+      const quality = video.getVideoPlaybackQuality();
+      s.droppedFrames = quality.droppedVideoFrames;
+      s.decodedFrames = quality.totalVideoFrames;
+    }
+    refreshWebrtcStats(session);
+  }
+  if (page.latency) {
+    s.glassToGlass = page.latency.summary();
+    s.displayedFrame = page.latency.lastFrame;
+  }
   renderStats(s);
+  $("stat-webrtc-row").hidden = hook.transport !== "webrtc";
+  $("stat-webrtc").textContent = describeWebrtc(s.webrtc);
+}
+
+// getStats() is asynchronous: one call at a time; its figures land in the stats of the session that asked.
+function refreshWebrtcStats(session) {
+  if (page.rtcStatsPending) return;
+  page.rtcStatsPending = true;
+  session
+    .webrtcStats()
+    .then((figures) => {
+      if (page.session === session && figures) hook.stats.webrtc = figures;
+    })
+    .catch(() => {}) // a connection closing under the call: the last figures stay
+    .finally(() => {
+      page.rtcStatsPending = false;
+    });
+}
+
+function describeWebrtc(w) {
+  if (!w) return "—";
+  const codec = w.codec ? w.codec.replace(/^video\//, "") : "?";
+  const parts = [`${codec}, ${w.framesDecoded} frames decoded`];
+  if (w.freezeCount !== null) parts.push(`${w.freezeCount} freezes`);
+  if (w.jitterBufferMs !== null) parts.push(`jitter buffer ${formatMs(w.jitterBufferMs)}`);
+  return parts.join(", ");
 }
 
 function resetDownload() {

@@ -318,19 +318,32 @@ class AvatarError(Exception):
         self.code = code
 
 
-async def upload_portrait(base_url: str, image: bytes, token: str | None = None) -> str:
-    """POST the portrait to ``base_url`` (``http://host:port``); its avatar id."""
-
+async def upload_avatar(base_url: str, image: bytes, token: str | None = None) -> dict[str, Any]:
+    """POST the portrait to ``base_url`` (``http://host:port``); the answer (``avatar_id``, ``framings`` sizes…)."""
     headers = {"Content-Type": "application/octet-stream"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
 
-    def post() -> str:
+    def post() -> dict[str, Any]:
         request = urllib.request.Request(f"{base_url}/v1/avatars", data=image, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=120) as response:
-            return str(json.loads(response.read())["avatar_id"])
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
 
     return await asyncio.to_thread(post)
 
 
-__all__ = ["AvatarError", "AvatarFrame", "AvatarSession", "FragmentDecoder", "SessionEvents", "upload_portrait"]
+async def upload_portrait(base_url: str, image: bytes, token: str | None = None) -> str:
+    """POST the portrait to ``base_url``; its avatar id."""
+    return str((await upload_avatar(base_url, image, token))["avatar_id"])
+
+
+__all__ = [
+    "AvatarError",
+    "AvatarFrame",
+    "AvatarSession",
+    "FragmentDecoder",
+    "SessionEvents",
+    "upload_avatar",
+    "upload_portrait",
+]

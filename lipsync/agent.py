@@ -211,6 +211,7 @@ class AvatarSession:
     _awaiting_interrupted: bool = False
     end_message: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    bytes_received: int = 0  # everything the server sent: fMP4 and messages
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -278,6 +279,7 @@ class AvatarSession:
     async def _read(self, decoder: FragmentDecoder) -> None:
         try:
             async for message in self.websocket:
+                self.bytes_received += len(message)
                 if isinstance(message, bytes):
                     for frame in decoder.decode(message):
                         await self._offer(frame)

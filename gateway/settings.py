@@ -194,6 +194,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("turn_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # compose passes an unset variable through as ""
+
     @model_validator(mode="after")
     def _ice_servers_are_urls(self) -> Settings:
         for url in self.ice_servers:

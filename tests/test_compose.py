@@ -73,7 +73,8 @@ def triton_arguments(compose: dict[str, Any]) -> list[str]:
 
 def test_services_and_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"export", "triton", "gateway"}
+    assert set(services) == {"export", "triton", "gateway", "turn"}
+    assert services["turn"]["profiles"] == ["turn"]  # optional: only with --profile turn
     assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
     assert "--model-repository=/models" in triton_arguments(compose)
     assert services["export"]["restart"] == "no"  # a one-shot job
@@ -166,6 +167,19 @@ def test_volumes_are_writable_by_the_containers_that_write_them(compose: dict[st
                 continue
             assert export_mounts.get(source) in owned, f"{name} writes {source}, which starts out owned by root"
             assert str(service["user"]).partition(":")[0] == str(stage_uid(export_stage)), name
+
+
+def test_the_turn_relay_shares_the_gateways_secret_and_relays_no_private_peer(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    command = services["turn"]["command"]
+    secret = next(arg for arg in command if arg.startswith("--static-auth-secret="))
+    assert "--use-auth-secret" in command
+    with pytest.raises(InterpolationError, match="at least 16 characters"):
+        interpolate(secret, {})
+    assert services["gateway"]["environment"]["LIPSYNC_TURN_SECRET"] == "${LIPSYNC_TURN_SECRET:-}"
+    # A relay open to the internet must not reach into the host's private networks.
+    denied = {arg.partition("=")[2] for arg in command if arg.startswith("--denied-peer-ip=")}
+    assert {"10.0.0.0-10.255.255.255", "172.16.0.0-172.31.255.255", "192.168.0.0-192.168.255.255"} <= denied
 
 
 def test_images_are_pinned(compose: dict[str, Any]) -> None:

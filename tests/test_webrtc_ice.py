@@ -46,6 +46,8 @@ def test_ice_settings_are_checked() -> None:
         settings(ice_servers="http://turn.example.org")
     with pytest.raises(ValidationError, match="LIPSYNC_TURN_SECRET must have at least"):
         settings(ice_servers="turn:x:3478", turn_secret="short")
+    # Compose passes unset variables through as empty strings: they mean "none".
+    assert settings(ice_servers="", turn_secret="").turn_secret is None
 
 
 def free_udp_port() -> int:

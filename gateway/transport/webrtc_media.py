@@ -53,9 +53,10 @@ class AvatarMedia:
 
     mime_type = "webrtc"
 
-    def __init__(self, still: np.ndarray, max_frames: int = 2 * FPS) -> None:
-        """``still`` (the framing's picture) is shown until the first frame; ``max_frames`` bounds the queue."""
-        self.max_frames = max_frames
+    def __init__(self, still: np.ndarray, max_seconds: float = 2.0, max_bytes: int = 48 << 20) -> None:
+        """``still`` (the framing's picture) is shown until the first frame. The queue holds at most
+        ``max_seconds`` of frames and ``max_bytes`` of pictures (a 1280-pixel framing: about half a second)."""
+        self.max_frames = max(2, min(round(max_seconds * FPS), max_bytes // max(still.nbytes, 1)))
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._queued_frames = 0
         self._room = asyncio.Event()  # set while fewer than max_frames are queued

@@ -144,7 +144,8 @@ async def over_webrtc(url: str, avatar_id: str, pcm: np.ndarray, engine: str) ->
     channel.send(json.dumps({"type": "end"}))
     await ended.wait()
     stats = await pc.getStats()
-    received = sum(int(getattr(s, "bytesReceived", 0)) for s in stats.values() if s.type == "inbound-rtp")
+    # aiortc counts bytes per transport (one: everything is bundled), not per RTP stream.
+    received = sum(int(getattr(s, "bytesReceived", 0)) for s in stats.values() if s.type == "transport")
     elapsed_cpu, elapsed = time.process_time() - cpu, time.perf_counter() - wall
     await pc.close()
     for reader in readers:

@@ -15,8 +15,10 @@ from the displayed picture: web/latency.js):
 - with ``--server-pid`` (the gateway's process), its CPU time per second of session (encoding included).
 
 The issue's targets are checked at the end: the last speaking frame on screen ≤ 200 ms after the interrupt
-over WebRTC, ≤ 300 ms over fMP4 (here: the first idle frame displayed, a frame later). The exit status is 1
-when one is missed (``--no-assert``: report only). Each figure names the CPU it was taken on.
+over WebRTC, ≤ 300 ms over fMP4. What the page times is the *first idle frame* displayed, which replaces the
+last speaking one a frame (40 ms) after it appeared, so the check is first idle ≤ target + 40 ms (the click
+reaching the server is part of it: ≈ 1 ms on loopback). The exit status is 1 when one is missed
+(``--no-assert``: report only). Each figure names the CPU it was taken on.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from machine import cpu_class
 CHROMIUM = "/usr/bin/chromium"
 TARGET_INTERRUPT_MS = {"webrtc": 200.0, "websocket": 300.0}
 TIMEOUT_MS = 240_000
+FRAME_MS = 40.0
 
 
 def speech_files(folder: Path) -> tuple[Path, Path]:
@@ -78,7 +81,7 @@ def hook(page: Any) -> dict[str, Any]:
     return value
 
 
-def prepare(page: Any, url: str, portrait: Path, transport: str, engine: str, mode: str) -> None:
+def prepare(page: Any, url: str, portrait: Path, transport: str, engine: str, mode: str, chunk: int) -> None:
     page.goto(f"{url}/")
     page.wait_for_function("window.lipsync && window.lipsync.info !== null", timeout=60_000)
     page.get_by_label("Choose a portrait…").set_input_files(str(portrait))
@@ -87,11 +90,12 @@ def prepare(page: Any, url: str, portrait: Path, transport: str, engine: str, mo
     page.get_by_role("combobox", name="Engine").select_option(engine)
     page.get_by_role("combobox", name="Session").select_option(mode)
     page.locator("details.more summary").click()
+    page.get_by_label("Frames per fragment (1–25)").fill(str(chunk))
     page.get_by_label("Measure glass-to-glass latency").check()
 
 
-def microphone_session(page: Any, url: str, portrait: Path, transport: str, engine: str) -> dict[str, Any]:
-    prepare(page, url, portrait, transport, engine, "clip")
+def microphone_session(page: Any, url: str, portrait: Path, transport: str, engine: str, chunk: int) -> dict[str, Any]:
+    prepare(page, url, portrait, transport, engine, "clip", chunk)
     page.get_by_role("button", name="Start").click()
     page.wait_for_function("window.lipsync.state === 'streaming'", timeout=TIMEOUT_MS)
     page.wait_for_function(
@@ -112,9 +116,9 @@ def microphone_session(page: Any, url: str, portrait: Path, transport: str, engi
 
 
 def interrupt_session(
-    page: Any, url: str, portrait: Path, speech: Path, transport: str, engine: str, count: int
+    page: Any, url: str, portrait: Path, speech: Path, transport: str, engine: str, count: int, chunk: int
 ) -> dict[str, Any]:
-    prepare(page, url, portrait, transport, engine, "conversation")
+    prepare(page, url, portrait, transport, engine, "conversation", chunk)
     page.get_by_role("radio", name="Audio file").check()
     page.get_by_label("Choose an audio file…").set_input_files(str(speech))
     page.get_by_role("button", name="Start").click()
@@ -145,6 +149,7 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8765")
     parser.add_argument("--engine", default="wav2lip")
     parser.add_argument("--interrupts", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=8, help="frames per fragment (the page's option)")
     parser.add_argument("--portrait", type=Path, default=None, help="default: the astronaut photo")
     parser.add_argument("--server-pid", type=int, default=None, help="the gateway's pid: its CPU per session")
     parser.add_argument("--no-assert", action="store_true", help="report without checking the targets")
@@ -172,18 +177,20 @@ def main() -> int:
             "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-audio-capture={microphone}",
         ]
-        results: dict[str, Any] = {"cpu": cpu_class(), "engine": args.engine, "url": args.url}
+        results: dict[str, Any] = {"cpu": cpu_class(), "engine": args.engine, "chunk": args.chunk, "url": args.url}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
             for transport in ("websocket", "webrtc"):
                 context = browser.new_context(bypass_csp=True)
                 page = context.new_page()
                 cpu_before, started = cpu_seconds(args.server_pid), time.perf_counter()
-                mic = microphone_session(page, args.url, portrait, transport, args.engine)
+                mic = microphone_session(page, args.url, portrait, transport, args.engine, args.chunk)
                 cpu_after, elapsed = cpu_seconds(args.server_pid), time.perf_counter() - started
                 if cpu_before is not None and cpu_after is not None:
                     mic["gateway_cpu_share"] = round((cpu_after - cpu_before) / elapsed, 3)
-                talk = interrupt_session(page, args.url, portrait, speech, transport, args.engine, args.interrupts)
+                talk = interrupt_session(
+                    page, args.url, portrait, speech, transport, args.engine, args.interrupts, args.chunk
+                )
                 results[transport] = {"microphone": mic, "conversation": talk}
                 context.close()
             browser.close()
@@ -192,12 +199,13 @@ def main() -> int:
     for transport, target in TARGET_INTERRUPT_MS.items():
         times = results[transport]["conversation"]["interrupts_ms"]
         median = statistics.median(times) if times else float("inf")
-        verdict = "met" if median <= target else "NOT met"
+        last_speaking = median - FRAME_MS  # the frame the first idle one replaced appeared a frame earlier
+        verdict = "met" if last_speaking <= target else "NOT met"
         print(
-            f"{transport}: interrupt → first idle frame displayed, median {median:.0f} ms "
-            f"(target ≤ {target:.0f}): {verdict}"
+            f"{transport}: interrupt → first idle frame displayed, median {median:.0f} ms: the last speaking "
+            f"frame appeared ≈ {last_speaking:.0f} ms after it (target ≤ {target:.0f}): {verdict}"
         )
-        if median > target:
+        if last_speaking > target:
             missed.append(transport)
     return 1 if missed and not args.no_assert else 0
 

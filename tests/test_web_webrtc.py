@@ -40,7 +40,10 @@ MAX_FREEZES = 2
 def use_webrtc(page: Page) -> None:
     transport = page.get_by_role("combobox", name="Transport")
     assert transport.input_value() == "websocket"  # the default
+    chunk = page.get_by_label("Frames per fragment (1–25)")
+    assert chunk.input_value() == "8"
     transport.select_option("webrtc")
+    assert chunk.input_value() == "4"  # WebRTC's own default: an interrupt cuts at the next chunk
 
 
 def webrtc_stats(page: Page) -> dict[str, Any]:
@@ -238,6 +241,7 @@ def test_cancel_over_webrtc_releases_everything_and_a_websocket_session_follows(
 
     # The next session, over the WebSocket, plays through Media Source Extensions as before.
     page.get_by_role("combobox", name="Transport").select_option("websocket")
+    assert page.get_by_label("Frames per fragment (1–25)").input_value() == "8"  # back to the WebSocket's
     page.get_by_role("button", name="Start").click()
     started = wait_for_state(page, "streaming", "error", timeout_ms=CONNECT_TIMEOUT_MS)
     assert started == "streaming", hook(page)["errors"]

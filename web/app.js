@@ -739,6 +739,15 @@ $("opt-expression").addEventListener("input", (e) => {
   $("opt-expression-value").textContent = Number(e.target.value).toFixed(1);
 });
 $("opt-engine").addEventListener("change", showEngineOptions);
+// Each transport's own default chunk (frames per render call): over WebRTC an interrupt takes back the chunks
+// not begun, so smaller ones stop the lips sooner (the server's default there is 4 too); over the WebSocket each
+// chunk is an fMP4 fragment starting with a keyframe, so 8. A value the user typed is kept.
+const CHUNK_DEFAULTS = { websocket: "8", webrtc: "4" };
+let transportShown = $("opt-transport").value;
+$("opt-transport").addEventListener("change", (e) => {
+  if ($("opt-chunk").value === CHUNK_DEFAULTS[transportShown]) $("opt-chunk").value = CHUNK_DEFAULTS[e.target.value];
+  transportShown = e.target.value;
+});
 $("start").addEventListener("click", start);
 $("speak").addEventListener("click", speakFile);
 $("interrupt").addEventListener("click", interrupt);

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 MAX_SDP_CHARS = 32_768  # a browser's offer with audio, video and a data channel is 3-6 KB
+# Frames per render call unless the options say otherwise. An interrupt takes back what the tracks have not
+# begun from the next chunk on, so smaller chunks cut sooner: with 4 the lips stopped ≈ 120 ms after the click
+# in Chromium here, with 8 (the WebSocket's default, where every chunk is also a keyframe) ≈ 220 ms.
+CHUNK_FRAMES = 4
 
 
 class Offer(BaseModel):
@@ -60,8 +64,12 @@ async def get_ice_servers(ctx: Ctx) -> IceServers:
 async def offer(body: Offer, request: Request, ctx: Ctx) -> Answer:
     """Start a session over WebRTC: audio in on the client's track or data channel, video and audio out on
     tracks, control messages on the client's data channel."""
+    fields = dict(body.start)
+    options = fields.get("options")
+    if options is None or (isinstance(options, dict) and "chunk_frames" not in options):
+        fields["options"] = {**(options or {}), "chunk_frames": CHUNK_FRAMES}
     try:
-        start = Start.model_validate({**body.start, "type": "start"})
+        start = Start.model_validate({**fields, "type": "start"})
     except ValidationError as err:
         raise BadMessage(f"Invalid `start` fields ({describe_error(err)}).") from err
     if start.audio.format != "pcm_s16le":

@@ -32,6 +32,7 @@ from gateway.session.core import StreamSession
 from gateway.session.timeline import RenderRequest
 from gateway.settings import Settings
 from gateway.triton.client import TritonClient
+from gateway.transport.webrtc_media import AvatarMedia
 from gateway.triton.server import EmbeddedTriton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -55,6 +56,7 @@ class Conversing:
     stats: list[dict[str, Any]] = field(default_factory=list)
     fragments: int = 0
     sent: list[np.ndarray] = field(default_factory=list)  # the audio given to the session, in order
+    sink: AvatarMedia | None = None  # WebRTC's queue: played frame by frame as the clock moves
 
     async def until(self, frames: int, timeout_s: float = 120.0) -> None:
         """Wait (real time: Triton renders) until at least ``frames`` frames were sent."""
@@ -63,10 +65,24 @@ class Conversing:
             assert asyncio.get_running_loop().time() < deadline, f"only {self.session.frames_sent} of {frames} frames"
             await asyncio.sleep(0.02)  # polling what the session sent, against a deadline
 
+    async def play_until(self, frames: int, timeout_s: float = 120.0) -> None:
+        """Move the clock until the sink has played ``frames`` frames (Triton renders in real time meanwhile)."""
+        assert self.sink is not None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.sink.frames_played < frames:
+            assert asyncio.get_running_loop().time() < deadline, f"only {self.sink.frames_played} of {frames} played"
+            if self.sink.queued_frames == 0:  # nothing to play yet: wait for the renderer, not the clock
+                await asyncio.sleep(0.02)
+            else:
+                await self.walk(FRAME)
+
     async def walk(self, seconds: float) -> None:
         """Move the clock frame by frame, letting the session act at each step."""
         for _ in range(round(seconds / FRAME)):
             self.clock.advance(FRAME)
+            if self.sink is not None:  # a track takes a frame and its audio per frame of the clock
+                self.sink.next_frame()
+                self.sink.next_audio(640)
             for _ in range(5):
                 await asyncio.sleep(0)
 
@@ -93,7 +109,9 @@ async def _avatar(triton: TritonClient, portrait: bytes) -> AvatarState:
     return avatar
 
 
-async def _converse(url: str, portrait: bytes, script: Callable[[Conversing], Awaitable[None]]) -> Conversing:
+async def _converse(
+    url: str, portrait: bytes, script: Callable[[Conversing], Awaitable[None]], sink: bool = False
+) -> Conversing:
     triton = TritonClient(url, timeout_s=120, metrics=Metrics())
     clock = ManualClock()
     try:
@@ -110,8 +128,11 @@ async def _converse(url: str, portrait: bytes, script: Callable[[Conversing], Aw
             else:
                 holder[0].stats.append(item)
 
-        session = StreamSession(avatar, OPTIONS, engines()["wav2lip"], triton, Metrics(), observe=observe, clock=clock)
-        conversing = Conversing(session, clock)
+        media = AvatarMedia(avatar.framings[OPTIONS.framing].image) if sink else None
+        session = StreamSession(
+            avatar, OPTIONS, engines()["wav2lip"], triton, Metrics(), observe=observe, clock=clock, sink=media
+        )
+        conversing = Conversing(session, clock, sink=media)
         holder.append(conversing)
         running = asyncio.create_task(session.run(collect))
         await asyncio.sleep(0)
@@ -221,6 +242,36 @@ def test_an_interrupt_drops_the_rest_and_the_next_utterance_is_spoken(
     assert replies[0]["received"] == long_answer.size  # the dropped rest of the answer is skipped
     played = _check_exact(c, reduced_factory, cut_at=interrupted["frame"])
     assert np.abs(played[interrupted["frame"] * 640 : replies[0]["start"]]).max() == 0  # idle is silence
+
+
+def test_over_webrtc_an_interrupt_takes_back_what_was_not_played_and_the_frames_stay_exact(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """With a frame sink (WebRTC's tracks) the cut may fall before frames already rendered and handed over: they
+    are dropped and rendered again from silence, and the played frames are still the offline render of the
+    played audio (the exception as over the WebSocket: frames before the cut whose look-ahead read past it)."""
+    interrupted: dict[str, Any] = {}
+    handed_over: list[int] = []
+
+    async def script(c: Conversing) -> None:
+        assert c.sink is not None
+        await c.walk(0.6)
+        c.session.utterance("answer")
+        c.feed(speech[: 16000 * 3])
+        first = c.session.conversation.utterances["answer"].first_frame  # type: ignore[union-attr]
+        assert first is not None
+        await c.play_until(first + 10)  # 0.4 s of the answer on screen
+        handed_over.append(c.session.frames_sent)
+        interrupted.update(c.session.interrupt())
+        await c.walk(1.5)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script, sink=True))
+    assert c.sink is not None
+    cut = interrupted["next_frame"]
+    assert interrupted["frame"] == cut < handed_over[0]  # frames already handed to the tracks were taken back
+    answer = [s for s in c.session.played_segments() if s.get("utterance") == "answer"]
+    assert answer[-1]["end"] == cut * 640  # the played answer ends at the cut
+    _check_exact(c, reduced_factory, cut_at=cut)
 
 
 def test_conversation_over_the_socket_with_the_wall_clock(

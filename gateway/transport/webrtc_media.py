@@ -68,6 +68,11 @@ class AvatarMedia:
         self.audio = AvatarAudioTrack(self)
         self.frames_played = 0
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames handed over and not yet played."""
+        return self._queued_frames
+
     # ------------------------------------------------------------------------------------ the session's side
 
     async def put(self, first_frame: int, frames: list[np.ndarray], audio: np.ndarray) -> None:

@@ -31,8 +31,8 @@ from gateway.metrics import Metrics
 from gateway.session.core import StreamSession
 from gateway.session.timeline import RenderRequest
 from gateway.settings import Settings
-from gateway.triton.client import TritonClient
 from gateway.transport.webrtc_media import AvatarMedia
+from gateway.triton.client import TritonClient
 from gateway.triton.server import EmbeddedTriton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

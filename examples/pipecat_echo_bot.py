@@ -109,7 +109,10 @@ async def bot(runner_args: RunnerArguments) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="An echo bot with a face (Pipecat + lipsync-triton)")
+    # No abbreviations: the runner adds --port, which would otherwise be taken for --portrait here.
+    parser = argparse.ArgumentParser(
+        description="An echo bot with a face (Pipecat + lipsync-triton)", allow_abbrev=False
+    )
     parser.add_argument("--portrait", type=Path, required=True, help="a photo with one face (JPEG, PNG, WebP)")
     parser.add_argument("--gateway", default="http://localhost:8000", help="the lipsync-triton gateway")
     parser.add_argument("--token", default="", help="the gateway's LIPSYNC_AUTH_TOKEN, if it has one")

@@ -38,6 +38,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.ai_service import AIService
+from pipecat.services.settings import ServiceSettings
 
 from lipsync.agent import AvatarFrame, AvatarSession
 from lipsync.audio import FPS, SAMPLE_RATE
@@ -62,6 +63,7 @@ class LipsyncVideoService(AIService):
     ) -> None:
         """``url``: the gateway (``http://host:port``); ``avatar_id``: a portrait uploaded to it
         (``lipsync.agent.upload_portrait``); ``options``: the session's options (engine, framing, …)."""
+        kwargs.setdefault("settings", ServiceSettings(model=None))  # no model to choose: the gateway serves it
         super().__init__(**kwargs)
         self._url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         self._avatar_id = avatar_id

@@ -95,17 +95,22 @@ class BlinkSchedule:
         self._frame = 0  # the frame after the last blink drawn: the next gap counts from here
         self._starts: deque[int] = deque()  # drawn blinks that may still touch a frame asked for
         self._first = 0  # frames before this were asked for and are let go
+        self._kept: int | None = None  # frames from here may be asked for again (a timeline that can rewind)
+
+    def keep_from(self, frame: int) -> None:
+        """Frames from ``frame`` on may be asked for again (an interrupt rewinds to a frame at or after it)."""
+        self._kept = frame
 
     def ratios(self, first: int, count: int) -> np.ndarray:
         if first < self._first or count < 0:
             raise ValueError(f"need first ≥ {self._first} (frames are asked for in order) and count ≥ 0")
-        self._first = first
+        self._first = first if self._kept is None else min(first, max(self._first, self._kept))
         end = first + count
         while self._frame < end:
             start = self._frame + int(self._rng.integers(*BLINK_GAP))
             self._starts.append(start)
             self._frame = start + len(BLINK_SHAPE)
-        while self._starts and self._starts[0] + len(BLINK_SHAPE) <= first:
+        while self._starts and self._starts[0] + len(BLINK_SHAPE) <= self._first:
             self._starts.popleft()
         ratios = np.zeros(count, dtype=np.float32)
         for start in self._starts:

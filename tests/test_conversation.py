@@ -29,6 +29,7 @@ from gateway.engines.wav2lip.face import Wav2LipAvatar
 from gateway.engines.wav2lip.options import Wav2LipOptions
 from gateway.metrics import Metrics
 from gateway.session.core import StreamSession
+from gateway.session.options import SessionOptions
 from gateway.session.timeline import RenderRequest
 from gateway.settings import Settings
 from gateway.transport.webrtc_media import AvatarMedia
@@ -103,19 +104,23 @@ class Conversing:
         return np.concatenate(parts)
 
 
-async def _avatar(triton: TritonClient, portrait: bytes) -> AvatarState:
+async def _avatar(triton: TritonClient, portrait: bytes, engine: str = "wav2lip") -> AvatarState:
     avatar = await AvatarStore(AvatarLimits(), capacity_bytes=2**30).add(portrait)
-    await engines()["wav2lip"].prepare(avatar, triton)
+    await engines()[engine].prepare(avatar, triton)
     return avatar
 
 
 async def _converse(
-    url: str, portrait: bytes, script: Callable[[Conversing], Awaitable[None]], sink: bool = False
+    url: str,
+    portrait: bytes,
+    script: Callable[[Conversing], Awaitable[None]],
+    sink: bool = False,
+    options: SessionOptions = OPTIONS,
 ) -> Conversing:
     triton = TritonClient(url, timeout_s=120, metrics=Metrics())
     clock = ManualClock()
     try:
-        avatar = await _avatar(triton, portrait)
+        avatar = await _avatar(triton, portrait, options.engine)
         holder: list[Conversing] = []
 
         def observe(request: RenderRequest, chunk: np.ndarray) -> None:
@@ -128,9 +133,9 @@ async def _converse(
             else:
                 holder[0].stats.append(item)
 
-        media = AvatarMedia(avatar.framings[OPTIONS.framing].image) if sink else None
+        media = AvatarMedia(avatar.framings[options.framing].image) if sink else None
         session = StreamSession(
-            avatar, OPTIONS, engines()["wav2lip"], triton, Metrics(), observe=observe, clock=clock, sink=media
+            avatar, options, engines()[options.engine], triton, Metrics(), observe=observe, clock=clock, sink=media
         )
         conversing = Conversing(session, clock, sink=media)
         holder.append(conversing)
@@ -272,6 +277,35 @@ def test_over_webrtc_an_interrupt_takes_back_what_was_not_played_and_the_frames_
     answer = [s for s in c.session.played_segments() if s.get("utterance") == "answer"]
     assert answer[-1]["end"] == cut * 640  # the played answer ends at the cut
     _check_exact(c, reduced_factory, cut_at=cut)
+
+
+def test_a_sadtalker_conversation_stops_speaking_at_once_too(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """SadTalker's conversation timeline rewinds as Wav2Lip's does (its requests after the cut equal those of a
+    timeline that never heard the rest: tests/test_stream_timeline.py): the interrupt is hard there too."""
+    interrupted: dict[str, Any] = {}
+    options = session_options(engine="sadtalker", mode="conversation", chunk_frames=4, first_chunk_frames=2)
+
+    async def script(c: Conversing) -> None:
+        await c.walk(0.2)
+        c.session.utterance("answer")
+        c.feed(speech[: 16000 * 2])
+        first = c.session.conversation.utterances["answer"].first_frame  # type: ignore[union-attr]
+        assert first is not None
+        await c.walk(0.6)
+        await c.until(first + 6)
+        interrupted.update(c.session.interrupt())
+        await c.walk(0.6)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script, options=options))
+    cut = interrupted["next_frame"]
+    assert interrupted["frame"] == cut  # the first idle frame is the first one not yet sent: hard
+    segments = c.session.played_segments()
+    answer = [s for s in segments if s.get("utterance") == "answer"]
+    assert answer and answer[-1]["end"] == cut * 640  # the answer's played audio ends at the cut
+    assert all(s["kind"] == "silence" for s in segments if s["start"] >= cut * 640)
+    assert sorted(c.faces) == list(range(c.session.frames_sent))
 
 
 def test_conversation_over_the_socket_with_the_wall_clock(

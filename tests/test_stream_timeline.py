@@ -204,6 +204,55 @@ def test_a_wav2lip_rewind_renders_as_if_the_audio_had_stopped_there(after_sample
         np.testing.assert_array_equal(got.audio, want.audio)
 
 
+@pytest.mark.parametrize("after_samples", [640 * 30 + 77, 640 * 2 + 10])
+def test_a_sadtalker_rewind_renders_as_if_the_audio_had_stopped_there(after_samples: int) -> None:
+    """As for Wav2Lip: from the cut on, every render request (its mapping windows of 27 frames of coefficients)
+    is that of a timeline that never heard the rest; the expression blocks that read past the cut are made
+    again, and answers to the ones asked before it are ignored."""
+    speech, after = _speechlike(640 * 60), 0.5 * _speechlike(after_samples)[::-1].copy()
+    cut = 2 + 4 * 6  # a chunk's first frame (first chunk 2 frames, then 4)
+
+    def fresh() -> Timeline:
+        timeline = _timeline("sadtalker", chunk_frames=4)
+        assert isinstance(timeline, Timeline)
+        return timeline
+
+    streamed = fresh()
+    streamed.hold_from(cut)
+    streamed.add_audio(speech)
+    before = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
+    assert before[-1].frames.stop > cut + 8  # frames past the cut were requested with the speech
+    streamed.add_audio(speech[: 640 * 8])  # more audio, and an expression request for it, made before the cut
+    stale = streamed.motion_requests()
+    assert stale
+    with pytest.raises(ValueError, match="before what this timeline keeps"):
+        streamed.rewind(cut - 4)
+    assert streamed.rewind(cut)
+    assert streamed.samples_heard == cut * 640 and streamed.next_frame == cut
+    for request in stale:  # answered after the cut: ignored
+        streamed.set_exp(request, np.full((len(request.frames), 64), 99.0, np.float32))
+    streamed.add_audio(after)
+    streamed.finish()
+    rewound = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
+
+    never = fresh()
+    never.add_audio(np.concatenate([speech[: cut * 640], after]))
+    never.finish()
+    whole = _FakeModels.pump(never) + _FakeModels.pump(never)
+    expected = [r for r in whole if r.frames.start >= cut]
+    assert [r.frames for r in rewound] == [r.frames for r in expected]
+    for got, want in zip(rewound, expected, strict=True):
+        np.testing.assert_array_equal(got.windows, want.windows)
+        np.testing.assert_array_equal(got.audio, want.audio)
+
+
+def test_a_sadtalker_timeline_with_a_moving_head_cannot_be_rewound() -> None:
+    timeline = _timeline("sadtalker-audio")
+    timeline.hold_from(0)
+    timeline.add_audio(_speechlike(640 * 10))
+    assert timeline.rewind(2) is False and timeline.samples_heard == 640 * 10  # nothing changed
+
+
 # --------------------------------------------------------------------------------------- long sessions, memory
 
 

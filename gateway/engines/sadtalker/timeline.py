@@ -5,6 +5,9 @@
 - pose (mode ``audio``): the 32-frame windows of :func:`lipsync.timeline.pose_windows`; the last, partial one
   after the end; a smoothed pose is final once 6 frames after it are known (or at the end);
 - render: a frame needs the coefficients of the 13 frames after it.
+
+A conversation (pose ``still``) can be rewound (an interrupt): the expression blocks whose windows read the
+audio after the cut are computed again from the new audio, and every coefficient from them on with them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class MotionRequest:
     span: MelSpan
     ref_exp: np.ndarray  # (K, 64)
     ratio: np.ndarray  # (K, 1)
+    generation: int = 0  # the timeline's rewinds when it was made: an answer to an older one is ignored
+
+
+# A frame's expression window reads up to 16 mel frames from int(80·(i − 2)/25), each 400 samples either side
+# of its centre: ≈ 3.3 frames of audio after the frame. So a cut at frame F changes the expression of the frames
+# from F − 4 on; this many frames back is a safe margin.
+REWIND_LOOKBACK_FRAMES = 6
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class SadTalkerTimeline(AudioTimeline):
         self._raw_poses = Samples(self.source[None, EXP_DIM : EXP_DIM + 6], width=6)  # frame 0 = the source
         self._next_pose_window = 0
         self._rows = Samples(width=self.source.size)  # final per-frame semantics
+        self._generation = 0  # rewinds so far
 
     def _window_span(self, frames: np.ndarray) -> MelSpan | None:
         """The mel span of these frames' SadTalker windows (each index clamped to the clip)."""
@@ -102,11 +113,13 @@ class SadTalkerTimeline(AudioTimeline):
                 break
             ratio = self._blinks.ratios(frames.start, len(frames)) if self.blink else np.zeros(len(frames), np.float32)
             ref_exp = np.repeat(self.source[None, :EXP_DIM], len(frames), axis=0).astype(np.float32)
-            requests.append(MotionRequest(block, frames, span, ref_exp, ratio[:, None]))
+            requests.append(MotionRequest(block, frames, span, ref_exp, ratio[:, None], self._generation))
             self._next_motion_block += 1
         return requests
 
     def set_exp(self, request: MotionRequest, exp: np.ndarray) -> None:
+        if request.generation != self._generation:
+            return  # made before a rewind: its audio was cut
         if exp.shape != (len(request.frames), EXP_DIM):
             raise ValueError(f"motion answered shape {exp.shape} for {len(request.frames)} frames")
         for row, frame in enumerate(request.frames):
@@ -204,10 +217,39 @@ class SadTalkerTimeline(AudioTimeline):
 
         return self._next_requests(make)
 
+    # ------------------------------------------------------------------------------------------ rewinds
+
+    def rewind(self, frame: int) -> bool:
+        """Pose ``still`` (every conversation): the expression is computed again from the first block whose
+        windows read audio from ``frame`` on, and the coefficients with it; answers to older requests are
+        ignored. Pose ``audio`` cannot be rewound (its windows and smoothing span 32 frames)."""
+        if self.pose_mode != "still":
+            return False
+        self._rewind_audio(frame)
+        first = self._rewound_from(frame)
+        self._next_motion_block = min(self._next_motion_block, first // self.motion_block)
+        self._exp = {f: exp for f, exp in self._exp.items() if f < first}
+        self._exp_count = min(self._exp_count, first)
+        self._rows.truncate(first)
+        self._generation += 1
+        return True
+
+    def hold_from(self, frame: int) -> None:
+        super().hold_from(frame)
+        if self.pose_mode == "still":
+            self._blinks.keep_from(self._rewound_from(frame))  # a rewind asks for these frames' blinks again
+
+    def _rewound_from(self, frame: int) -> int:
+        """The first frame of the first expression block a rewind to ``frame`` computes again."""
+        return max(0, frame - REWIND_LOOKBACK_FRAMES) // self.motion_block * self.motion_block
+
     def _first_mel_needed(self) -> int:
         # The next expression block, and in pose mode `audio` the next pose window: a grid window, or the last
-        # one, which starts 32 frames before the end (at least 32 before the frames heard so far).
+        # one, which starts 32 frames before the end (at least 32 before the frames heard so far). With a held
+        # frame, the block a rewind to it would compute again.
         first = self._next_motion_block * self.motion_block
+        if self._hold is not None and self.pose_mode == "still":
+            first = min(first, self._rewound_from(self._hold))
         if self.pose_mode == "audio":
             pose_first = 1 + self._next_pose_request * POSE_WINDOW
             first = min(first, pose_first, max(1, self.frames_heard - POSE_WINDOW))
@@ -218,8 +260,11 @@ class SadTalkerTimeline(AudioTimeline):
     def _release(self) -> None:
         super()._release()
         # A frame's mapping window reads 13 frames back; smoothing a pose reads 6 raw poses back, or the
-        # clip's last 13 at its end.
-        self._rows.discard_before(self.next_frame - MAPPING_RADIUS)
+        # clip's last 13 at its end. A held frame keeps what a rewind to it reads and computes again.
+        first_row = self.next_frame
+        if self._hold is not None and self.pose_mode == "still":
+            first_row = min(first_row, self._rewound_from(self._hold))
+        self._rows.discard_before(first_row - MAPPING_RADIUS)
         self._raw_poses.discard_before(min(len(self._rows) - SMOOTH_WINDOW // 2, len(self._raw_poses) - SMOOTH_WINDOW))
 
     @property

@@ -39,6 +39,7 @@ from gateway.errors import BadMessage, LipsyncError, StartTimeout
 from gateway.session.core import StreamSession
 from gateway.session.messages import Message, StreamError
 from gateway.settings import Settings
+from gateway.transport.converse import converse
 from gateway.transport.protocol import Start
 from gateway.transport.webrtc_media import AvatarMedia
 from gateway.transport.ws import InternalError, Link
@@ -58,7 +59,7 @@ class PeerGone(Exception):
 
 
 class PeerNotReading(LipsyncError):
-    code = "too_large"
+    code = "client_not_reading"
 
     def __init__(self) -> None:
         super().__init__(
@@ -224,8 +225,6 @@ class PeerSession:
         session, media, link = self.session, self.media, self.link
         assert session is not None and media is not None
         settings = self.ctx.settings
-        from gateway.transport.routes.stream import converse  # the same conversation as /ws/stream
-
         try:
             try:
                 await asyncio.wait_for(link.open.wait(), settings.start_timeout_s)

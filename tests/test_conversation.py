@@ -276,6 +276,7 @@ def test_over_webrtc_an_interrupt_takes_back_what_was_not_played_and_the_frames_
     assert interrupted["frame"] == cut < handed_over[0]  # frames already handed to the tracks were taken back
     answer = [s for s in c.session.played_segments() if s.get("utterance") == "answer"]
     assert answer[-1]["end"] == cut * 640  # the played answer ends at the cut
+    assert "muxer" not in vars(c.session)  # the sink took every frame: no fMP4 encoders were opened
     _check_exact(c, reduced_factory, cut_at=cut)
 
 

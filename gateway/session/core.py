@@ -9,6 +9,7 @@ back, encodes in a worker thread and hands each fragment to ``send``. Any failur
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import random
@@ -133,7 +134,7 @@ class StreamSession:
             raise BadMessage(
                 f"options.frame_code needs a video at least {framecode.WIDTH} pixels wide ({width}×{height})."
             )
-        self.muxer = FragmentedMp4Writer(width, height, fps=FPS, sample_rate=SAMPLE_RATE)
+        self.width, self.height = width, height
         # Render calls in chunk order, each with the generation it was made in: an interrupt that rewinds the
         # timeline starts a new one, and the writer drops what an older one made.
         self._renders: asyncio.Queue[tuple[int, RenderRequest, asyncio.Task[np.ndarray]] | None] = asyncio.Queue(
@@ -161,6 +162,11 @@ class StreamSession:
             max_ahead_ms=max_ahead_ms,
             margin_ms=audio_margin_ms,
         )
+
+    @functools.cached_property
+    def muxer(self) -> FragmentedMp4Writer:
+        """The fMP4 writer (H.264 and AAC encoders), made when first used: a session with a sink never uses it."""
+        return FragmentedMp4Writer(self.width, self.height, fps=FPS, sample_rate=SAMPLE_RATE)
 
     @property
     def conversation(self) -> Conversation | None:
@@ -217,8 +223,8 @@ class StreamSession:
             engine=self.engine.name,
             seed=self.seed,
             mime_type=self.muxer.mime_type if self.sink is None else self.sink.mime_type,
-            width=self.muxer.width,
-            height=self.muxer.height,
+            width=self.width,
+            height=self.height,
             fps=FPS,
             mode=self.options.mode,
             render_fps_estimate=None if rate is None else round(rate, 1),

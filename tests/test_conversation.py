@@ -77,6 +77,14 @@ class Conversing:
             else:
                 await self.walk(FRAME)
 
+    async def queued_a_chunk(self, timeout_s: float = 120.0) -> None:
+        """Wait (real time, the clock still) until the sink holds a chunk it has not begun to play."""
+        assert self.sink is not None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.sink.cut_point(-1) == -1:  # -1 back: every chunk queued has begun
+            assert asyncio.get_running_loop().time() < deadline, "the renderer never got a chunk ahead"
+            await asyncio.sleep(0.02)  # polling what the session handed over, against a deadline
+
     async def walk(self, seconds: float) -> None:
         """Move the clock frame by frame, letting the session act at each step."""
         for _ in range(round(seconds / FRAME)):
@@ -266,6 +274,7 @@ def test_over_webrtc_an_interrupt_takes_back_what_was_not_played_and_the_frames_
         first = c.session.conversation.utterances["answer"].first_frame  # type: ignore[union-attr]
         assert first is not None
         await c.play_until(first + 10)  # 0.4 s of the answer on screen
+        await c.queued_a_chunk()  # the renderer has run ahead of the screen (the clock stands still meanwhile)
         handed_over.append(c.session.frames_sent)
         interrupted.update(c.session.interrupt())
         await c.walk(1.5)

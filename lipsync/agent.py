@@ -28,7 +28,7 @@ import av
 import numpy as np
 import websockets
 
-from lipsync.audio import FPS, SAMPLES_PER_VIDEO_FRAME
+from lipsync.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,31 @@ def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
         boxes.append((data[start + 4 : start + 8], start, start + size))
         start += size
     return boxes
+
+
+class SpeechResampler:
+    """An agent's speech (int16, interleaved, any rate and channel count) → int16 16 kHz mono for
+    :meth:`AvatarSession.speak`. The resampler carries its state across the chunks of one utterance;
+    :meth:`reset` at the next one."""
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+
+    def reset(self) -> None:
+        self._resampler = None
+
+    def __call__(self, pcm: bytes, sample_rate: int, channels: int) -> np.ndarray:
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        if sample_rate == SAMPLE_RATE and channels == 1:
+            return samples.copy()
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        sound = av.AudioFrame.from_ndarray(
+            samples.reshape(1, -1), format="s16", layout="mono" if channels == 1 else "stereo"
+        )
+        sound.sample_rate = sample_rate
+        pieces = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(sound)]
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
 
 
 @dataclass
@@ -346,6 +371,7 @@ __all__ = [
     "AvatarSession",
     "FragmentDecoder",
     "SessionEvents",
+    "SpeechResampler",
     "upload_avatar",
     "upload_portrait",
 ]

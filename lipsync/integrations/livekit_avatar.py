@@ -19,12 +19,10 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
-import av
-import numpy as np
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, VideoGenerator
 
-from lipsync.agent import AvatarFrame, AvatarSession
+from lipsync.agent import AvatarFrame, AvatarSession, SpeechResampler
 from lipsync.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
 
@@ -33,7 +31,7 @@ class LipsyncVideoGenerator(VideoGenerator):
 
     def __init__(self, avatar: AvatarSession) -> None:
         self._avatar = avatar
-        self._resampler: av.AudioResampler | None = None
+        self._to_16k = SpeechResampler()
         self._utterances = itertools.count(1)
         self._in_segment = False  # audio of an open segment is arriving
         self._segments: list[int] = []  # samples (16 kHz) of each closed segment not yet played out
@@ -64,9 +62,10 @@ class LipsyncVideoGenerator(VideoGenerator):
             self._in_segment, self._open_samples = False, 0
             return
         if not self._in_segment:
-            self._in_segment, self._resampler = True, None
+            self._in_segment = True
+            self._to_16k.reset()
             await self._avatar.utterance(f"segment-{next(self._utterances)}")
-        pcm = self._to_16k(frame)
+        pcm = self._to_16k(bytes(frame.data), frame.sample_rate, frame.num_channels)
         self._open_samples += pcm.size
         await self._avatar.speak(pcm)
 
@@ -85,18 +84,6 @@ class LipsyncVideoGenerator(VideoGenerator):
             if self._segments and self._played >= self._segments[0] - SAMPLES_PER_VIDEO_FRAME:
                 self._played = max(0, self._played - self._segments.pop(0))
                 yield AudioSegmentEnd()
-
-    def _to_16k(self, frame: rtc.AudioFrame) -> np.ndarray:
-        samples = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, frame.num_channels)
-        if frame.sample_rate == SAMPLE_RATE and frame.num_channels == 1:
-            return samples[:, 0].copy()
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        layout = "mono" if frame.num_channels == 1 else "stereo"
-        sound = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
-        sound.sample_rate = frame.sample_rate
-        pieces = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(sound)]
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
 
 
 def _audio_frame(frame: AvatarFrame) -> rtc.AudioFrame:

@@ -24,8 +24,6 @@ import itertools
 import logging
 from typing import Any
 
-import av
-import numpy as np
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -40,7 +38,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 
-from lipsync.agent import AvatarFrame, AvatarSession
+from lipsync.agent import AvatarFrame, AvatarSession, SpeechResampler
 from lipsync.audio import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class LipsyncVideoService(AIService):
         self._session: contextlib.AbstractAsyncContextManager[AvatarSession] | None = None
         self._avatar: AvatarSession | None = None
         self._player: asyncio.Task[None] | None = None
-        self._resampler: av.AudioResampler | None = None
+        self._to_16k = SpeechResampler()
         self._utterances = itertools.count(1)
         self._awaiting_first_frame = False  # TTFB: an utterance's audio went out, its first frame not yet
         self.size: tuple[int, int] | None = None  # the video's (width, height), once connected
@@ -118,27 +116,15 @@ class LipsyncVideoService(AIService):
             if not self._awaiting_first_frame:
                 self._awaiting_first_frame = True
                 await self.start_ttfb_metrics()
-            await avatar.speak(self._to_16k(frame))
+            await avatar.speak(self._to_16k(frame.audio, frame.sample_rate, frame.num_channels))
             return  # the avatar's own audio takes its place, in sync with the frames
         if isinstance(frame, TTSStartedFrame) and avatar is not None:
-            self._resampler = None
+            self._to_16k.reset()
             await avatar.utterance(f"utterance-{next(self._utterances)}")
         elif isinstance(frame, InterruptionFrame) and avatar is not None:
             self._awaiting_first_frame = False
             await avatar.interrupt()
         await self.push_frame(frame, direction)
-
-    def _to_16k(self, frame: TTSAudioRawFrame) -> np.ndarray:
-        layout = "mono" if frame.num_channels == 1 else "stereo"
-        samples = np.frombuffer(frame.audio, dtype=np.int16).reshape(1, -1)
-        if frame.sample_rate == SAMPLE_RATE and frame.num_channels == 1:
-            return samples[0]
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        sound = av.AudioFrame.from_ndarray(samples, format="s16", layout=layout)
-        sound.sample_rate = frame.sample_rate
-        pieces = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(sound)]
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
 
     # ------------------------------------------------------------------------------------------ frames out
 

@@ -189,19 +189,7 @@ def test_a_wav2lip_rewind_renders_as_if_the_audio_had_stopped_there(after_sample
     assert streamed.samples_heard == cut * 640 and streamed.next_frame == cut
     for request in stale:  # answered after the cut: ignored
         streamed.set_mel(request, _fake_mel(request.span.signal))
-    streamed.add_audio(after)
-    streamed.finish()
-    rewound = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
-
-    never = fresh()
-    never.add_audio(np.concatenate([speech[: cut * 640], after]))
-    never.finish()
-    whole = _FakeModels.pump(never) + _FakeModels.pump(never)
-    expected = [r for r in whole if r.frames.start >= cut]
-    assert [r.frames for r in rewound] == [r.frames for r in expected]
-    for got, want in zip(rewound, expected, strict=True):
-        np.testing.assert_array_equal(got.windows, want.windows)
-        np.testing.assert_array_equal(got.audio, want.audio)
+    _assert_renders_as_if_never_heard(streamed, fresh(), speech, cut, after)
 
 
 @pytest.mark.parametrize("after_samples", [640 * 30 + 77, 640 * 2 + 10])
@@ -231,19 +219,25 @@ def test_a_sadtalker_rewind_renders_as_if_the_audio_had_stopped_there(after_samp
     assert streamed.samples_heard == cut * 640 and streamed.next_frame == cut
     for request in stale:  # answered after the cut: ignored
         streamed.set_exp(request, np.full((len(request.frames), 64), 99.0, np.float32))
-    streamed.add_audio(after)
-    streamed.finish()
-    rewound = _FakeModels.pump(streamed) + _FakeModels.pump(streamed)
+    _assert_renders_as_if_never_heard(streamed, fresh(), speech, cut, after)
 
-    never = fresh()
+
+def _assert_renders_as_if_never_heard(
+    rewound: AudioTimeline, never: AudioTimeline, speech: np.ndarray, cut: int, after: np.ndarray
+) -> None:
+    """After its rewind to ``cut``, ``rewound`` hears ``after`` and ends; its render requests from the cut on equal
+    those of a fresh timeline (``never``) that heard only the speech up to the cut, then ``after``."""
+    rewound.add_audio(after)
+    rewound.finish()
+    got = _FakeModels.pump(rewound) + _FakeModels.pump(rewound)
     never.add_audio(np.concatenate([speech[: cut * 640], after]))
     never.finish()
     whole = _FakeModels.pump(never) + _FakeModels.pump(never)
     expected = [r for r in whole if r.frames.start >= cut]
-    assert [r.frames for r in rewound] == [r.frames for r in expected]
-    for got, want in zip(rewound, expected, strict=True):
-        np.testing.assert_array_equal(got.windows, want.windows)
-        np.testing.assert_array_equal(got.audio, want.audio)
+    assert [r.frames for r in got] == [r.frames for r in expected]
+    for mine, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(mine.windows, want.windows)
+        np.testing.assert_array_equal(mine.audio, want.audio)
 
 
 def test_a_sadtalker_timeline_with_a_moving_head_cannot_be_rewound() -> None:

@@ -9,6 +9,7 @@ downloaded MP4s go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import wave
@@ -152,6 +153,27 @@ def wait_for_state(page: Page, *states: str, timeout_ms: float = STREAM_TIMEOUT_
 def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def csp_enforced_page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
+    """A page whose Content-Security-Policy is enforced (the ``web`` fixture bypasses it: its string predicates
+    need eval), recording violations in ``window.cspViolations``; also the console errors and uncaught
+    exceptions, in the list it yields with the page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 950})
+    context.add_init_script(
+        "window.cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    try:
+        yield page, errors
+    finally:
+        context.close()
 
 
 def choose_portrait(page: Page, path: Path) -> str:
@@ -474,17 +496,7 @@ def test_the_page_streams_under_its_own_content_security_policy(
     """The other tests bypass the CSP (their string predicates need eval); here it is enforced, and the page —
     modules, the microphone's AudioWorklet, MediaSource video from a blob: URL, its socket — works without a
     single violation. Waits use locators (Playwright's own world, outside the page's CSP)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 950})
-    context.add_init_script(
-        "window.cspViolations = [];"
-        "document.addEventListener('securitypolicyviolation',"
-        " e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"
-    )
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    try:
+    with csp_enforced_page(browser) as (page, errors):
         response = page.goto(f"{gateway_url}/")
         assert response is not None and "frame-ancestors 'self'" in response.headers["content-security-policy"]
         expect(page.locator("#demo-banner")).to_be_visible()  # the page's module ran and asked /v1/info
@@ -499,5 +511,3 @@ def test_the_page_streams_under_its_own_content_security_policy(
         assert decoded > 0  # MediaSource played the stream
         assert page.evaluate("window.cspViolations") == []
         assert errors == []
-    finally:
-        context.close()

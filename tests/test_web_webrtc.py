@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import test_web
 from playwright.sync_api import Browser, Page, expect
-from test_web import STREAM_TIMEOUT_MS, WebPage, choose_portrait, hook, screenshot, wait_for_state
+from test_web import STREAM_TIMEOUT_MS, WebPage, choose_portrait, csp_enforced_page, hook, screenshot, wait_for_state
 
 from gateway.errors import BadMessage
 from lipsync.audio_io import decode_audio
@@ -263,17 +263,7 @@ def test_webrtc_works_under_the_pages_content_security_policy(
     """The other tests bypass the CSP (their string predicates need eval): here it is enforced, and the offer
     (fetch), the peer connection and the tracks as srcObject work without a single violation. Waits use locators
     (Playwright's own world, outside the page's CSP)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 950})
-    context.add_init_script(
-        "window.cspViolations = [];"
-        "document.addEventListener('securitypolicyviolation',"
-        " e => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"
-    )
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    try:
+    with csp_enforced_page(browser) as (page, errors):
         page.goto(f"{gateway_url}/")
         expect(page.locator("#demo-banner")).to_be_visible()  # the page's module ran and asked /v1/info
         page.get_by_label("Choose a portrait…").set_input_files(str(portrait_files["face"]))
@@ -290,8 +280,6 @@ def test_webrtc_works_under_the_pages_content_security_policy(
         assert page.evaluate("document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames") > 0
         assert page.evaluate("window.cspViolations") == []
         assert errors == []
-    finally:
-        context.close()
 
 
 @pytest.mark.slow

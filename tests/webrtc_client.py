@@ -61,8 +61,7 @@ class Peer:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            reader = self._read_video(track) if track.kind == "video" else self._read_audio(track)
-            self._readers.append(asyncio.ensure_future(reader))
+            self._readers.append(asyncio.ensure_future(self._read(track)))
 
     async def post_offer(self, start: dict[str, Any], sdp: str | None = None) -> httpx.Response:
         if sdp is None:
@@ -100,28 +99,21 @@ class Peer:
     def send(self, message: dict[str, Any] | bytes) -> None:
         self.channel.send(message if isinstance(message, bytes) else json.dumps(message))
 
-    async def _read_video(self, track: MediaStreamTrack) -> None:
+    async def _read(self, track: MediaStreamTrack) -> None:
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            assert isinstance(frame, av.VideoFrame)
-            image = frame.to_ndarray(format="rgb24")
-            self.got.video_size = (frame.width, frame.height)
-            self.got.codes.append(framecode.read(image))
-            self.frame_arrived.set()
-
-    async def _read_audio(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            assert isinstance(frame, av.AudioFrame)
-            self.got.audio_rate = frame.sample_rate
-            samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
-            self.got.audio.append(samples.astype(np.int16))
+            if isinstance(frame, av.VideoFrame):
+                self.got.video_size = (frame.width, frame.height)
+                self.got.codes.append(framecode.read(frame.to_ndarray(format="rgb24")))
+                self.frame_arrived.set()
+            else:
+                assert isinstance(frame, av.AudioFrame)
+                self.got.audio_rate = frame.sample_rate
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+                self.got.audio.append(samples.astype(np.int16))
 
     async def close(self) -> None:
         await self.pc.close()

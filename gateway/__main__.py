@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway.ops.fleet import Fleet
 from gateway.ops.up import bring_up, prepare_repository, serve_gateway
-from gateway.settings import Settings
+from gateway.settings import SECRET_SETTINGS, Settings
 from gateway.triton.server import exit_on_signals
 
 
@@ -32,14 +32,17 @@ def settings_help() -> str:
 
 
 def describe_invalid(error: ValidationError) -> str:
-    """One line per bad setting: the variable, the value given and what is expected."""
+    """One line per bad setting: the variable, the value given (``(hidden)`` for a secret) and what is expected."""
     lines = []
     for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
         if not item["loc"]:  # a rule across settings: its message names them
-            lines.append(f"refusing to start: {item['msg'].removeprefix('Value error, ')}")
+            lines.append(f"refusing to start: {message}")
             continue
         name = "LIPSYNC_" + "_".join(str(part) for part in item["loc"]).upper()
-        lines.append(f"invalid setting {name}={item.get('input')!r}: {item['msg']}")
+        # A refused secret is still somebody's secret (or a typo of it): the log must not keep it.
+        shown = "(hidden)" if item["loc"][0] in SECRET_SETTINGS else repr(item.get("input"))
+        lines.append(f"invalid setting {name}={shown}: {message}")
     return "\n".join(lines)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +31,11 @@ def test_check_without_weights_fails_and_says_where_to_get_them(tmp_path: Path) 
 def test_check_passes_when_the_files_are_there(tmp_path: Path) -> None:
     for name in REQUIRED_FOR_SIZE[256]:
         (tmp_path / name).write_bytes(b"x")
-    assert _run("-m", "export", "check", "--checkpoints", str(tmp_path)).returncode == 0
+    result = _run("-m", "export", "check", "--checkpoints", str(tmp_path))
+    assert result.returncode == 0
+    # One-byte stand-ins are not the published files: said, file by file (they would be served as DEMO).
+    for name in REQUIRED_FOR_SIZE[256]:
+        assert f"not the published file: {tmp_path / name}: 1 bytes" in result.stderr
 
 
 def test_up_without_weights_tries_the_download_then_stops_with_instructions(
@@ -88,6 +94,50 @@ def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) ->
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "LIPSYNC_PORT='notanumber'" in lines[0] and "integer" in lines[0], result.stderr
+
+
+def test_a_refused_token_is_named_but_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "my-own-secret"  # 13 characters: refused
+    monkeypatch.setenv("LIPSYNC_AUTH_TOKEN", f"  {secret}\n")
+    result = _run("-m", "gateway", "up", "--demo")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LIPSYNC_AUTH_TOKEN=(hidden)" in lines[0], result.stderr
+    assert "at least 16 characters" in lines[0] and "13 characters besides spaces" in lines[0]
+    assert secret not in result.stderr and secret not in result.stdout
+
+
+@pytest.mark.parametrize("token", [" " * 20, "\t\n" * 10])
+def test_a_token_of_spaces_is_refused(token: str) -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError, match="0 characters besides spaces: use a secret of at least 16"):
+        Settings(auth_token=token)
+    # Spaces around a real token (a newline from a file) are not part of it: clients cannot send them.
+    assert Settings(auth_token="\t0123456789abcdef\n").auth_token == "0123456789abcdef"
+
+
+def test_no_secret_setting_is_echoed() -> None:
+    from pydantic import ValidationError
+
+    from gateway.__main__ import describe_invalid
+    from gateway.settings import SECRET_SETTINGS, Settings
+
+    # Every setting named like a secret is marked as one.
+    assert {n for n in Settings.model_fields if re.search("token|secret|key|password", n)} <= SECRET_SETTINGS
+    assert set(Settings.model_fields) >= SECRET_SETTINGS
+    for name in SECRET_SETTINGS:
+        given: dict[str, Any] = {name: ["s3cret-value-0123456789"]}  # not a string: refused, the input attached
+        with pytest.raises(ValidationError) as refused:
+            Settings(**given)
+        line = describe_invalid(refused.value)
+        assert line.startswith(f"invalid setting LIPSYNC_{name.upper()}=(hidden): "), line
+        assert "s3cret" not in line
+    with pytest.raises(ValidationError) as refused:  # other settings still show what was given
+        Settings(port="notanumber")
+    assert "LIPSYNC_PORT='notanumber'" in describe_invalid(refused.value)
 
 
 def test_help_lists_the_settings_in_user_terms() -> None:

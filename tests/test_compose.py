@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,60 @@ def test_volumes_are_writable_by_the_containers_that_write_them(compose: dict[st
             assert str(service["user"]).partition(":")[0] == str(stage_uid(export_stage)), name
 
 
-def test_the_turn_relay_shares_the_gateways_secret_and_relays_no_private_peer(compose: dict[str, Any]) -> None:
+def interpolate_all(value: Any, environment: dict[str, str]) -> Any:
+    """Every string value of a loaded compose file interpolated, as `docker compose` does before anything else
+    (profiles included: an optional service's variables count too)."""
+    if isinstance(value, str):
+        return interpolate(value, environment)
+    if isinstance(value, dict):
+        return {key: interpolate_all(item, environment) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate_all(item, environment) for item in value]
+    return value
+
+
+def test_the_token_alone_is_enough_to_start(compose: dict[str, Any]) -> None:
+    """A plain `docker compose up` with only LIPSYNC_AUTH_TOKEN set: nothing in the file stops it."""
+    resolved = interpolate_all(compose, {"LIPSYNC_AUTH_TOKEN": "0123456789abcdef"})
+    assert resolved["services"]["gateway"]["environment"]["LIPSYNC_AUTH_TOKEN"] == "0123456789abcdef"
+    assert resolved["services"]["turn"]["environment"]["LIPSYNC_TURN_SECRET"] == ""
+
+
+def run_turn_entrypoint(compose: dict[str, Any], secret: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The turn service's entrypoint and command, interpolated as compose would, run by the local shell with a
+    stand-in `turnserver` that prints its arguments."""
+    turn = interpolate_all(compose["services"]["turn"], {"LIPSYNC_TURN_SECRET": secret})
+    fake = tmp_path / "turnserver"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    environment = {"PATH": f"{tmp_path}:/usr/bin:/bin", **turn["environment"]}
+    return subprocess.run(
+        [*turn["entrypoint"], *turn["command"]], env=environment, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize("secret", ["", "short", "15-characters!!"])
+def test_the_turn_relay_refuses_to_start_without_a_secret(compose: dict[str, Any], secret: str, tmp_path: Path) -> None:
+    result = run_turn_entrypoint(compose, secret, tmp_path)
+    assert result.returncode == 1 and result.stdout == ""  # turnserver was never run
+    (line,) = result.stderr.splitlines()
+    assert "LIPSYNC_TURN_SECRET" in line and "at least 16 characters" in line
+    if secret:
+        assert secret not in line  # a secret is never echoed
+
+
+def test_the_turn_relay_shares_the_gateways_secret_and_relays_no_private_peer(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
     services = compose["services"]
     command = services["turn"]["command"]
-    secret = next(arg for arg in command if arg.startswith("--static-auth-secret="))
     assert "--use-auth-secret" in command
-    with pytest.raises(InterpolationError, match="at least 16 characters"):
-        interpolate(secret, {})
+    assert not any(arg.startswith("--static-auth-secret") for arg in command)  # from the environment, checked
+    secret = "0123456789abcdef with a space"
+    result = run_turn_entrypoint(compose, secret, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"--static-auth-secret={secret}", *command]
+    assert services["turn"]["environment"]["LIPSYNC_TURN_SECRET"] == "${LIPSYNC_TURN_SECRET:-}"
     assert services["gateway"]["environment"]["LIPSYNC_TURN_SECRET"] == "${LIPSYNC_TURN_SECRET:-}"
     # A relay open to the internet must not reach into the host's private networks.
     denied = {arg.partition("=")[2] for arg in command if arg.startswith("--denied-peer-ip=")}

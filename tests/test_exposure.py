@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway_helpers import ManualClock, running_gateway
+from gateway_helpers import ManualClock, running_gateway, wav_bytes
 from PIL import Image
 from pydantic import ValidationError
 from starlette.testclient import TestClient
@@ -130,6 +130,23 @@ def test_a_client_that_stops_reading_is_cut_off_and_frees_its_slot(
             assert json.loads(ws.recv(timeout=60))["type"] == "ready"
 
 
+def test_an_http_client_that_stops_reading_is_cut_off() -> None:
+    """A large response (the API page's 1.6 MB script) to a client that never reads it: once the server's buffers
+    to it are full for LIPSYNC_SEND_TIMEOUT_S, the connection is reset and counted; the server serves on."""
+    settings = Settings(triton_url="127.0.0.1:1", demo=True, send_timeout_s=0.5)  # no Triton call is made
+    with running_gateway(settings, send_buffer=16 * 1024) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small TCP window
+            sock.settimeout(30)
+            sock.connect((host, int(port)))
+            sock.sendall(b"GET /swagger/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _wait_for_reset(sock, 60), "the server kept a connection its client does not read"
+        assert _metric(url, 'lipsync_clients_cut_off_total{kind="http"}') == 1
+        with urllib.request.urlopen(f"{url}/swagger/swagger-ui-bundle.js", timeout=30) as response:
+            assert len(response.read()) > 2**20  # so the reset was not for want of something to send
+
+
 @pytest.mark.triton
 def test_a_session_ends_at_its_absolute_cap_whatever_it_waits_on(
     triton_server: EmbeddedTriton, astronaut_jpeg: bytes
@@ -160,6 +177,12 @@ def test_a_session_ends_at_its_absolute_cap_whatever_it_waits_on(
 async def _advance(clock: ManualClock, seconds: float) -> None:
     clock.advance(seconds)
     await asyncio.sleep(0)
+
+
+async def _turns(count: int) -> None:
+    """Let the event loop run ``count`` times: whatever a moved clock set off has happened after it."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 # ------------------------------------------------------------------------------ 2. nothing open by default
@@ -358,6 +381,129 @@ def test_portrait_preparation_queues_then_refuses() -> None:
         return running, started
 
     assert asyncio.run(scenario()) == (1, 2)
+
+
+def _lipsync_form() -> dict[str, Any]:
+    pcm = (np.sin(np.arange(16000) / 9.0) * 8000).astype(np.int16)
+    return {"image": ("a.jpg", b"a portrait", "image/jpeg"), "audio": ("s.wav", wav_bytes(pcm), "audio/wav")}
+
+
+@contextlib.contextmanager
+def _oneshot_client(monkeypatch: pytest.MonkeyPatch, clock: ManualClock | None = None) -> Iterator[TestClient]:
+    """The app with no Triton behind it: the portrait is taken as it is (the render is each test's own)."""
+    settings = Settings(triton_url="127.0.0.1:1", demo=True)  # never contacted
+    with TestClient(create_app(settings, clock=clock)) as client:
+
+        async def any_portrait(portrait: bytes, engines: Any) -> object:
+            return object()
+
+        monkeypatch.setattr(client.app.state.ctx.avatars, "add", any_portrait)  # type: ignore[attr-defined]
+        yield client
+
+
+def test_a_lipsync_request_ends_at_its_absolute_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A render that never finishes (a stuck Triton, say) is cancelled at the session limit plus the time to
+    finish it, answered in words, and its slot freed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.transport.routes import oneshot
+
+    started, cancelled, release = threading.Event(), threading.Event(), threading.Event()
+
+    async def stuck(*args: Any) -> bytes:
+        started.set()
+        try:
+            await asyncio.to_thread(release.wait, 120)  # released by the test's end, should the cap not come
+        finally:
+            cancelled.set()
+        return b"too late"
+
+    monkeypatch.setattr(oneshot, "render_offline", stuck)
+    clock = ManualClock()
+    with _oneshot_client(monkeypatch, clock) as client, ThreadPoolExecutor(1) as pool:
+        try:
+            answer = pool.submit(client.post, "/v1/lipsync", files=_lipsync_form())
+            assert started.wait(60)
+            settings = client.app.state.ctx.settings  # type: ignore[attr-defined]
+            assert client.portal is not None
+            client.portal.call(_advance, clock, settings.max_session_seconds + settings.drain_timeout_s - 1)
+            client.portal.call(_turns, 20)
+            assert not cancelled.is_set() and not answer.done()  # not before its time
+            client.portal.call(_advance, clock, 1.0)
+            response = answer.result(timeout=60)
+        finally:
+            release.set()
+        assert cancelled.is_set()
+        assert response.status_code == 503 and response.json()["error"]["code"] == "session_expired"
+        assert "the most any session may last here" in response.json()["error"]["message"]
+        assert client.app.state.ctx.slots.active == 0  # type: ignore[attr-defined]
+
+
+def test_a_compatible_request_ends_at_its_absolute_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/ws/lipsync: the same cap, per request, answered in that protocol's own format before the close."""
+    import base64
+    import threading
+
+    from gateway.transport.routes import compat
+
+    started, cancelled, release = threading.Event(), threading.Event(), threading.Event()
+
+    async def stuck(*args: Any) -> bytes:
+        started.set()
+        try:
+            await asyncio.to_thread(release.wait, 120)  # released by the test's end, should the cap not come
+        finally:
+            cancelled.set()
+        return b"too late"
+
+    monkeypatch.setattr(compat, "render_offline", stuck)
+    clock = ManualClock()
+    form = _lipsync_form()
+    request = {key: base64.b64encode(form[key][1]).decode() for key in ("image", "audio")}
+    with _oneshot_client(monkeypatch, clock) as client, client.websocket_connect("/ws/lipsync") as ws:
+        try:
+            ws.send_text(json.dumps(request))
+            assert started.wait(60)
+            settings = client.app.state.ctx.settings  # type: ignore[attr-defined]
+            assert client.portal is not None
+            client.portal.call(_advance, clock, settings.max_session_seconds + settings.drain_timeout_s - 1)
+            client.portal.call(_turns, 20)
+            assert not cancelled.is_set()  # not before its time (nor at the connection's start deadline)
+            client.portal.call(_advance, clock, 1.0)
+            answer = ws.receive_json()
+        finally:
+            release.set()
+        assert answer["status"] == "error" and "the most any session may last here" in answer["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 4408
+        assert client.app.state.ctx.slots.active == 0  # type: ignore[attr-defined]
+
+
+def test_a_lipsync_requests_audio_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding a long file takes seconds: on the event loop's thread it would stall every other client."""
+    import threading
+
+    from gateway.transport.routes import oneshot
+
+    threads: dict[str, int] = {}
+    decode = oneshot.decode_upload_audio
+
+    def watched_decode(*args: Any) -> Any:
+        threads["decode"] = threading.get_ident()
+        return decode(*args)
+
+    async def render(*args: Any) -> bytes:
+        threads["loop"] = threading.get_ident()  # a coroutine: it runs on the loop's thread
+        return b"an mp4"
+
+    monkeypatch.setattr(oneshot, "decode_upload_audio", watched_decode)
+    monkeypatch.setattr(oneshot, "render_offline", render)
+    with _oneshot_client(monkeypatch) as client:
+        response = client.post("/v1/lipsync", files=_lipsync_form())
+    assert response.status_code == 200 and response.content == b"an mp4"
+    assert threads.keys() == {"decode", "loop"} and threads["decode"] != threads["loop"]
 
 
 # ------------------------------------------------------------------------------------------ 8. the Host

@@ -11,9 +11,10 @@
   when a request's body has not all arrived within ``body_timeout_s`` of its headers, whatever the handler
   was doing with it (form parsing included), so a trickled upload cannot hold a connection or a handler.
 - A client that stops reading (its TCP window closed) would hold its connection, and a session's slot, for
-  ever: once the server's buffer to it has stayed full for ``send_timeout_s``, :class:`StallWatch` aborts the
-  connection (HTTP or WebSocket), which frees everything the request held; it is logged and counted
-  (``lipsync_clients_cut_off``).
+  ever: once the server's buffer to it is full and the client has taken nothing of it for ``send_timeout_s``,
+  :class:`StallWatch` aborts the connection (HTTP or WebSocket), which frees everything the request held; it is
+  logged and counted (``lipsync_clients_cut_off``). A slow client that reads keeps its connection, however large
+  the response.
 - WebSocket messages: the transport takes a message a little over ``max_message_bytes`` so that one just
   over the limit reaches the app, which answers with the documented ``too_large`` error before closing; larger
   ones are cut by the transport itself (close code 1009). It holds one message at a time for the app and
@@ -75,28 +76,52 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class StallWatch:
-    """Aborts a connection whose transport stays paused for writing — its client reading nothing — for
-    ``seconds``. asyncio pauses a protocol when the transport's buffer is over its high-water mark (after the
-    kernel's buffers filled) and resumes it when the buffer drains, so a slow client that reads at all keeps
-    its connection; one that stopped reading loses it."""
+    """Aborts a connection whose client has taken nothing of what the server sends for ``seconds``.
+
+    asyncio pauses a protocol when the transport's buffer is over its high-water mark (after the kernel's buffers
+    filled) and resumes it only when the buffer has drained below the low one. One response can be far larger
+    than that (a whole MP4 is written at once), so being paused is not the sign: while paused, the buffer is
+    looked at a few times per ``seconds``, and a client that has taken any of it since keeps its connection,
+    however slowly it reads; one that took nothing for ``seconds`` loses it."""
+
+    CHECKS_PER_PERIOD = 4
 
     def __init__(self, seconds: float, kind: str, on_cut_off: Callable[[str], None]) -> None:
         self.seconds = seconds
         self.kind = kind
         self.on_cut_off = on_cut_off
         self._timer: asyncio.TimerHandle | None = None
+        self._left = 0  # bytes in the transport's buffer at the last look
+        self._since = 0.0  # the loop's time when the client last took some
 
     def paused(self, transport: asyncio.BaseTransport) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._cut_off, transport)
+            loop = asyncio.get_running_loop()
+            self._left, self._since = self._buffered(transport), loop.time()
+            self._timer = loop.call_later(self.seconds / self.CHECKS_PER_PERIOD, self._look, transport)
 
     def resumed(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _cut_off(self, transport: asyncio.BaseTransport) -> None:
+    @staticmethod
+    def _buffered(transport: asyncio.BaseTransport) -> int:
+        return cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+
+    def _look(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        left = self._buffered(transport)
+        if left < self._left:  # some went out: the client reads (a write while paused only adds)
+            self._since = loop.time()
+        self._left = left
+        if loop.time() - self._since < self.seconds:
+            self._timer = loop.call_later(self.seconds / self.CHECKS_PER_PERIOD, self._look, transport)
+            return
         self._timer = None
+        self._cut_off(transport)
+
+    def _cut_off(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         log.warning("cutting off %s client %s: it has read nothing for %g s", self.kind, peer, self.seconds)
         self.on_cut_off(self.kind)

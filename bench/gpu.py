@@ -290,6 +290,17 @@ class Clock:
         """Seconds left before the budget minus ``reserve_s`` (kept for later phases) is spent."""
         return self.budget_s - reserve_s - self.elapsed()
 
+    def spent(self, reserve_s: float = 0.0) -> Callable[[], bool]:
+        """A question to ask before each piece of work: is the budget (minus ``reserve_s``) spent?"""
+        return lambda: self.left(reserve_s) <= 0
+
+
+SKIPPED_BUDGET = "skipped: time budget"
+
+
+class BudgetSpent(Exception):
+    """No time is left for even one timed call."""
+
 
 def installed(package: str) -> bool:
     """Whether ``package`` can be imported (without importing it)."""
@@ -444,12 +455,18 @@ class _Timer:
 
 
 def measure(
-    call: Callable[..., object], input_sets: Sequence[tuple[Tensor, ...]], settings: Settings
+    call: Callable[..., object],
+    input_sets: Sequence[tuple[Tensor, ...]],
+    settings: Settings,
+    clock: Clock | None = None,
+    reserve_s: float = 0.0,
 ) -> tuple[float, int, float | None]:
     """Median milliseconds per call, the repeats it took, and peak GPU MiB (None on the CPU).
 
     Warm-up calls first (the last one, timed, sizes the number of repeats to about ``target_s``); then each
-    repeat takes the next input set, so no call reuses the previous call's inputs.
+    repeat takes the next input set, so no call reuses the previous call's inputs. With a ``clock``, the repeats
+    are cut to what fits in the time left (down to 1, below ``min_repeats``); :class:`BudgetSpent` when not one
+    fits.
     """
     cuda = settings.device.type == "cuda"
     if cuda:
@@ -461,6 +478,11 @@ def measure(
     probe.time(call, input_sets[(settings.warmup - 1) % len(input_sets)])
     one = max(probe.milliseconds()[0], 1e-3)
     repeats = min(settings.max_repeats, max(settings.min_repeats, math.ceil(1e3 * settings.target_s / one)))
+    if clock is not None:
+        fit = math.floor(1e3 * clock.left(reserve_s) / one)
+        if fit < 1:
+            raise BudgetSpent(f"{clock.left(reserve_s):.1f} s left, one call takes {one / 1e3:.1f} s")
+        repeats = min(repeats, fit)
     timer = _Timer(settings.device)
     for i in range(repeats):
         timer.time(call, input_sets[(settings.warmup + i) % len(input_sets)])
@@ -523,9 +545,14 @@ def time_row(
     if runtime == "compile":
         call = torch.compile(wrapper)
     stop: str | None = None
+    ms_per_item: float | None = None  # of the last batch measured: what the next one's calls will roughly cost
     for batch in batches:
         if stop is None and clock.left(reserve_s) <= 0:
-            stop = "skipped: time budget"
+            stop = SKIPPED_BUDGET
+        # Warm-up plus one repeat must fit, as far as the batch before says.
+        needed_s = None if ms_per_item is None else (settings.warmup + 1) * ms_per_item * batch / 1e3
+        if stop is None and needed_s is not None and needed_s > clock.left(reserve_s):
+            stop = SKIPPED_BUDGET
         if stop is not None:
             results.append(Timing(item.row.name, dtype, runtime, batch, stop))
             tick()
@@ -537,9 +564,14 @@ def time_row(
                     for x in inputs:
                         torch._dynamo.maybe_mark_dynamic(x, 0)
             with torch.no_grad():
-                ms, repeats, peak = measure(call, sets, settings)
+                ms, repeats, peak = measure(call, sets, settings, clock, reserve_s)
             results.append(Timing(item.row.name, dtype, runtime, batch, "ok", ms, ms / batch, repeats, peak))
+            ms_per_item = ms / batch
             log.debug("%s %s %s batch %d: %.3f ms/item", item.row.name, dtype, runtime, batch, ms / batch)
+        except BudgetSpent as spent:
+            log.info("%s %s %s batch %d: skipped (%s)", item.row.name, dtype, runtime, batch, spent)
+            results.append(Timing(item.row.name, dtype, runtime, batch, SKIPPED_BUDGET))
+            stop = SKIPPED_BUDGET
         except Exception as error:
             if _is_oom(error):
                 results.append(Timing(item.row.name, dtype, runtime, batch, "oom"))
@@ -563,19 +595,31 @@ def time_row(
 # ------------------------------------------------------------------------------------------ precision study
 
 
-def precision_study(items: list[Measured], settings: Settings) -> list[dict[str, Any]]:
-    """Per-row errors (into each item) and the render path's errors (returned)."""
+def precision_study(
+    items: list[Measured], settings: Settings, clock: Clock, reserve_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """Per-row errors (into each item) and the render path's errors (returned).
+
+    Once the budget (less ``reserve_s``, kept for later phases) is spent, the cases not begun are marked
+    skipped: a case already running is not cut short.
+    """
     device = settings.device
     precisions = precision.reduced_precisions(settings.error_dtypes)
+    spent = clock.spent(reserve_s)
     for item in items:
         if item.module is None:
+            continue
+        if spent():
+            item.errors.update({p.label: {"status": SKIPPED_BUDGET} for p in precisions})
             continue
         started = time.monotonic()
         try:
             module = item.module.to(device)
             inputs = rotated_inputs(item.row, settings.error_batch, 1, device, seed=1234)[0]
-            for label, error in precision.stage_errors(module, inputs, precisions, device).items():
+            for label, error in precision.stage_errors(module, inputs, precisions, device, stop=spent).items():
                 item.errors[label] = {"relative_error": error.relative_error, "finite": error.finite}
+            for p in precisions:  # those the budget left out
+                item.errors.setdefault(p.label, {"status": SKIPPED_BUDGET})
         except Exception as error:
             log.warning("precision study of %s failed: %s", item.row.name, _short(error))
             item.errors["failed"] = {"error": _short(error)}
@@ -583,15 +627,23 @@ def precision_study(items: list[Measured], settings: Settings) -> list[dict[str,
             item.module = item.module.to("cpu")
             _free(device)
         log.info("precision %s: %s (%.1f s)", item.row.name, _format_errors(item.errors), time.monotonic() - started)
-    return render_path_study(items, settings)
+    return render_path_study(items, settings, clock, reserve_s)
 
 
 def _format_errors(errors: dict[str, dict[str, Any]]) -> str:
-    return ", ".join(f"{k} {v.get('relative_error', float('nan')):.2e}" for k, v in errors.items())
+    return ", ".join(
+        f"{k} {v['relative_error']:.2e}" if v.get("relative_error") is not None else f"{k} {v.get('status', 'err')}"
+        for k, v in errors.items()
+    )
 
 
-def render_path_study(items: list[Measured], settings: Settings) -> list[dict[str, Any]]:
-    """mapping → generator (each form) → uint8 in each reduced dtype and mode, coordinates fp32 vs native."""
+def render_path_study(
+    items: list[Measured], settings: Settings, clock: Clock, reserve_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """mapping → generator (each form) → uint8 in each reduced dtype and mode, coordinates fp32 vs native.
+
+    Cases not begun when the budget (less ``reserve_s``) is spent come back with status "skipped: time budget".
+    """
     by_name = {item.row.name: item for item in items if item.module is not None}
     mapping = by_name.get("mapping")
     generators = [by_name[n] for n in ("generator_5d", "generator_4d") if n in by_name]
@@ -613,15 +665,19 @@ def render_path_study(items: list[Measured], settings: Settings) -> list[dict[st
             reference = None
             for prec in precision.reduced_precisions(settings.error_dtypes, settings.render_modes):
                 for coords in coordinates:
+                    entry = {"form": item.row.form, "dtype": prec.dtype, "mode": prec.mode, "coordinates": coords}
+                    if clock.left(reserve_s) <= 0:
+                        results.append({**entry, "status": SKIPPED_BUDGET})
+                        continue
                     try:
                         error, reference = precision.render_path_error(
                             mapping_module, generator, inputs, prec, coords, device, reference
                         )
-                        entry = {"form": item.row.form, "dtype": prec.dtype, "mode": prec.mode, "coordinates": coords}
-                        results.append({**entry, **asdict(error)})
+                        results.append({**entry, "status": "ok", **asdict(error)})
                         log.debug("render path %s %s coordinates %s: %s", item.row.form, prec.label, coords, error)
                     except Exception as error_:
                         log.warning("render path %s %s failed: %s", item.row.form, prec.label, _short(error_))
+                        results.append({**entry, "status": f"error: {_short(error_)}"})
             item.module = generator.to("cpu")
             _free(device)
     finally:
@@ -691,14 +747,23 @@ def tensorrt_phase(items: list[Measured], settings: Settings, clock: Clock) -> T
                 return run(inputs)
 
             for batch in batches:
-                sets = rotated_inputs(item.row, batch, settings.rotations, settings.device, seed=batch)
-                ms, repeats, peak = measure(call, sets, settings)
+                try:
+                    if clock.left() <= 0:
+                        raise BudgetSpent("no time left")
+                    sets = rotated_inputs(item.row, batch, settings.rotations, settings.device, seed=batch)
+                    ms, repeats, peak = measure(call, sets, settings, clock)
+                except BudgetSpent:
+                    result.timings.append(Timing(item.row.name, "fp16", "tensorrt", batch, SKIPPED_BUDGET))
+                    continue
                 result.timings.append(
                     Timing(item.row.name, "fp16", "tensorrt", batch, "ok", ms, ms / batch, repeats, peak)
                 )
         elif engine.time_batch is not None:
             result.status += " (trtexec's median GPU compute time; its random inputs give no accuracy number)"
             for batch in batches:
+                if clock.left() <= 0:
+                    result.timings.append(Timing(item.row.name, "fp16", "tensorrt", batch, SKIPPED_BUDGET))
+                    continue
                 median = engine.time_batch(batch)
                 status = "ok" if median is not None else "error: trtexec failed"
                 per_item = None if median is None else median / batch
@@ -862,6 +927,8 @@ def _cell_ms(timing: Timing | None) -> str:
 def _error_cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "—"
+    if str(entry.get("status", "")).startswith("skipped"):
+        return "skip"
     if not entry.get("finite", True):
         return "non-finite"
     value = entry.get("relative_error")
@@ -904,6 +971,10 @@ def render_markdown(report: dict[str, Any], items: list[Measured], timings: list
             "|---|---|---|---|---:|---:|---:|---:|",
         ]
         for r in report["render_path"]:
+            if r["status"] != "ok":  # skipped (time budget) or failed: say which, in place of the numbers
+                case = f"| {r['form']} | {r['dtype']} | {r['mode']} | {r['coordinates']} |"
+                lines.append(f"{case} {r['status'][:80]} | — | — | — |")
+                continue
             rel = f"{r['relative_error']:.1e}" if r["finite"] else "non-finite"
             lines.append(
                 f"| {r['form']} | {r['dtype']} | {r['mode']} | {r['coordinates']} | {rel} | {r['max_level_diff']} | "
@@ -1004,8 +1075,8 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
             gflop[item.row.stage] = flops_per_item(item, device) / 1e9
         item.gflop_per_item = gflop[item.row.stage] if math.isfinite(gflop[item.row.stage]) else None
 
-    # Phases in order, each keeping time for those after it: eager timing, the precision study (bounded, not
-    # cut short), torch.compile, TensorRT.
+    # Phases in order, each keeping time for those after it: eager timing, the precision study, torch.compile,
+    # TensorRT. Each stops starting work when its share is spent; a call already running is not cut short.
     timings: list[Timing] = []
     ready = [item for item in items if item.module is not None]
     compile_on = settings.compile and "compile" in settings.parts
@@ -1013,8 +1084,12 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     trt_on = "tensorrt" in settings.parts and device.type == "cuda" and tensorrt.detect()[0] is not None
     trt_reserve = (150.0 if not settings.quick else 90.0) if trt_on else 0.0
     compile_reserve = (0.25 * settings.budget_s if compile_on else 0.0) + trt_reserve
-    precision_reserve = settings.precision_reserve_s if "precision" in settings.parts else 0.0
-    log.info("built %d rows and counted their FLOPs (%.0f s)", len(ready), clock.elapsed())
+    # At most half of a small budget (--budget) is kept for the study, so that the timings get the other half.
+    precision_reserve = min(settings.precision_reserve_s, 0.5 * settings.budget_s)
+    if "precision" not in settings.parts:
+        precision_reserve = 0.0
+    setup_s = clock.elapsed()  # before the phases that the budget stops: building the rows, counting FLOPs
+    log.info("built %d rows and counted their FLOPs (%.0f s)", len(ready), setup_s)
     if "timing" in settings.parts:
         total = sum(len(settings.batches_for(i.row)) for i in ready) * len(settings.dtypes)
         log.info("eager: %d configurations", total)
@@ -1026,7 +1101,7 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     render_path: list[dict[str, Any]] = []
     if "precision" in settings.parts:
         log.info("precision study (%.0f s so far)", clock.elapsed())
-        render_path = precision_study(items, settings)
+        render_path = precision_study(items, settings, clock, compile_reserve)
     if compile_on:
         jobs = compile_jobs(ready, settings)
         log.info("torch.compile: %d row × dtype jobs (%.0f s so far)", len(jobs), clock.elapsed())
@@ -1049,11 +1124,15 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
         trt = tensorrt_phase(items, settings, clock)
     timings += trt.timings
     log.info(trt.status)
+    if budget_note := describe_budget(items, timings, render_path, settings):
+        notes.append(budget_note)
+        log.warning(budget_note)
 
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "started": started,
         "elapsed_s": clock.elapsed(),
+        "setup_s": setup_s,
         "argv": ["python", "bench/gpu.py", *argv],
         "environment": environment(settings),
         "settings": {
@@ -1102,6 +1181,33 @@ def run(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     log.info("wrote %s and %s", settings.out / "gpu-bench.md", settings.out / "gpu-bench.json")
     report["markdown"] = markdown
     return report
+
+
+def describe_budget(
+    items: list[Measured], timings: list[Timing], render_path: list[dict[str, Any]], settings: Settings
+) -> str | None:
+    """One line on what the time budget left out or cut short; None when it did neither."""
+    skipped_timings = sum(t.status == SKIPPED_BUDGET for t in timings)
+    skipped_errors = sum(e.get("status") == SKIPPED_BUDGET for i in items for e in i.errors.values())
+    skipped_render = sum(r.get("status") == SKIPPED_BUDGET for r in render_path)
+    # trtexec's timings carry no repeat count (0): only those measured here can have been cut short.
+    short = sum(t.status == "ok" and 0 < t.repeats < settings.min_repeats for t in timings)
+    if not (skipped_timings or skipped_errors or skipped_render or short):
+        return None
+    parts = [
+        f"{count} {what}"
+        for count, what in (
+            (skipped_timings, "timings"),
+            (skipped_errors, "stage errors"),
+            (skipped_render, "render-path cases"),
+        )
+        if count
+    ]
+    text = f"time budget ({settings.budget_s:.0f} s) spent: "
+    text += f"skipped {', '.join(parts)} (marked skip)" if parts else "nothing skipped"
+    if short:
+        text += f"; {short} timings took fewer than {settings.min_repeats} repeats"
+    return text
 
 
 def compile_jobs(items: list[Measured], settings: Settings) -> list[tuple[Measured, DTypeName]]:

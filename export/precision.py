@@ -31,7 +31,7 @@ import contextlib
 import copy
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -223,13 +223,22 @@ def _compare(have: Sequence[Tensor], want: Sequence[Tensor]) -> StageError:
 
 
 def stage_errors(
-    module: nn.Module, inputs: Sequence[Tensor], precisions: Sequence[Precision], device: torch.device
+    module: nn.Module,
+    inputs: Sequence[Tensor],
+    precisions: Sequence[Precision],
+    device: torch.device,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, StageError]:
-    """Each precision's error against fp32 (TF32 off) on the same inputs, keyed by ``Precision.label``."""
+    """Each precision's error against fp32 (TF32 off) on the same inputs, keyed by ``Precision.label``.
+
+    ``stop`` is asked before each precision (a time budget): once it says yes, the rest are left out of the result.
+    """
     with exact_fp32(device):
         reference = Runner(module, FP32, device)(*inputs)
     errors: dict[str, StageError] = {}
     for precision in precisions:
+        if stop is not None and stop():
+            break
         with cpu_emulation(device):
             have = Runner(module, precision, device)(*inputs)
         errors[precision.label] = _compare(have, reference)

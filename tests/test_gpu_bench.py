@@ -63,7 +63,10 @@ def test_cpu_quick_prints_the_table_last_and_exits_0(
     last_stage = lines[-1].split("|")[1].strip()  # a table row, last: the time of the last stage measured
     assert last_stage in {"generator", "gfpgan", "wav2lip"}, lines[-1]
     assert (out / "gpu-bench.md").read_text() == done.stdout
-    assert report["elapsed_s"] < 150  # the issue asks for < 2 minutes; the budget is 100 s
+    # The budget (90 s) holds on any CPU: bf16 is timed only where the CPU has it and emulated in the study
+    # elsewhere, and every phase stops when its share is spent; what is left over is one call per phase.
+    assert report["settings"]["budget_s"] == 90
+    assert report["elapsed_s"] < report["settings"]["budget_s"] + 30  # < 2 minutes
 
 
 @pytest.mark.slow
@@ -85,8 +88,9 @@ def test_cpu_quick_json_structure(cpu_run: tuple[subprocess.CompletedProcess[str
         assert timed == {(d, b) for d in timed_dtypes for b in (1, 2)}, name
         for t in stage["timings"]:
             assert t["status"] == "ok" or t["status"].startswith("skipped"), (name, t)
-            if t["status"] == "ok":
-                assert t["ms_per_item"] > 0 and t["repeats"] >= 3 and t["peak_mib"] is None
+            if t["status"] == "ok":  # fewer than 3 repeats only where the budget ran short, and then said so
+                assert t["ms_per_item"] > 0 and t["repeats"] >= 1 and t["peak_mib"] is None
+                assert t["repeats"] >= 3 or any("fewer than 3 repeats" in n for n in report["notes"])
     assert {(r["form"], r["coordinates"]) for r in report["render_path"]} == {
         (form, coords) for form in ("5d", "4d") for coords in ("fp32", "native")
     }
@@ -96,6 +100,79 @@ def test_cpu_quick_json_structure(cpu_run: tuple[subprocess.CompletedProcess[str
     if "wav2lip" not in report["stages"]:
         assert estimates["engines"]["Wav2Lip"] == {"status": "wav2lip: not built"}
     assert report["tensorrt"]["status"] == "TensorRT: not run (needs a CUDA device)"
+
+
+@pytest.mark.slow
+def test_a_tiny_budget_holds_inside_the_phases_and_says_what_it_skipped(tmp_path: Path) -> None:
+    """The full CPU run (its precision study alone takes several budgets) under --budget 8: it stops starting
+    timings, stage errors and render-path cases once the budget is spent, and the report names what it skipped."""
+    budget = 8
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--budget", str(budget), "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-bench.json").read_text())
+    # Building the rows and counting their FLOPs (setup_s: one call of every row) comes before anything the
+    # budget can stop; past the budget at most one call per phase is still running, each smaller than that
+    # setup, so the bound scales with the machine's speed and load instead of assuming a CPU.
+    setup = report["setup_s"]
+    assert report["elapsed_s"] < max(budget, setup) + setup + 5, (report["elapsed_s"], setup)
+    timings = [t for stage in report["stages"].values() for t in stage["timings"]]
+    errors = [e for stage in report["stages"].values() for e in stage["errors"].values()]
+    assert all(t["status"] in {"ok", "skipped: time budget"} for t in timings), timings
+    skipped = {
+        "timings": sum(t["status"] == "skipped: time budget" for t in timings),
+        "stage errors": sum(e.get("status") == "skipped: time budget" for e in errors),
+        "render-path cases": sum(r["status"] == "skipped: time budget" for r in report["render_path"]),
+    }
+    assert skipped["timings"] > 0 and skipped["stage errors"] + skipped["render-path cases"] > 0, skipped
+    # Every case asked for is in the report, measured or marked skipped: nothing dropped.
+    assert len(errors) == len(report["stages"]) * 4  # fp16 and bf16, autocast and cast
+    assert len(report["render_path"]) == 2 * 4 * 2  # 2 sampler forms × 4 precisions × 2 coordinate dtypes
+    note = next(n for n in report["notes"] if n.startswith(f"time budget ({budget} s) spent: skipped"))
+    for what, count in skipped.items():
+        assert f" {count} {what}" in note if count else what not in note, note
+    assert note in done.stdout and "skipped: time budget" in done.stdout
+
+
+def test_measure_and_the_study_take_what_time_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pieces under the tiny-budget run: repeats cut to the time left (below the minimum, down to 1), no
+    repeat at all when not one fits, and the precision study stopping between precisions."""
+    settings = gpu.make_settings(gpu.parse_args(["--device", "cpu", "--quick"]))
+
+    class Left:  # a clock that always has the same time left
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        def left(self, reserve_s: float = 0.0) -> float:
+            return self.seconds
+
+    calls: list[int] = []
+    sets = [(torch.zeros(1),), (torch.ones(1),)]
+    # Every call "takes" 100 ms, whatever this machine's speed.
+    monkeypatch.setattr(gpu._Timer, "milliseconds", lambda self: [100.0] * len(self._wall))
+    _, repeats, _ = gpu.measure(lambda x: calls.append(1), sets, settings, Left(3600))
+    assert repeats == settings.min_repeats  # 3 × 100 ms covers the 0.3 s target: the budget does not matter
+    _, repeats, _ = gpu.measure(lambda x: calls.append(1), sets, settings, Left(0.25))
+    assert repeats == 2  # 0.25 s left: two 100 ms calls fit, not the usual 3
+    calls.clear()
+    with pytest.raises(gpu.BudgetSpent):
+        gpu.measure(lambda x: calls.append(1), sets, settings, Left(0.05))
+    assert len(calls) == settings.warmup  # the warm-up (which tells the cost), then nothing
+    answers = iter([False, True])
+    errors = precision.stage_errors(
+        torch.nn.Linear(4, 4),
+        (torch.randn(2, 4),),
+        precision.reduced_precisions(("fp16", "bf16")),
+        torch.device("cpu"),
+        stop=lambda: next(answers),
+    )
+    assert list(errors) == ["fp16/autocast"]
 
 
 def test_help_says_what_it_needs() -> None:

@@ -1,6 +1,6 @@
 """Wav2Lip on this CPU: frames per second through the whole served path against raw ONNX Runtime.
 
-    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8] [--openvino]
+    python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8] [--openvino] [--clip 4]
 
 The full-size network (official layout, synthetic weights: the values do not change the cost) is exported
 with the mel front-end and its ensemble glue, served by the embedded Triton (cpu repository, as ``make up``
@@ -14,7 +14,7 @@ writes it) behind the real gateway on loopback. Measured:
   per session and in total (video frames delivered / wall time from ``start`` to ``end``), and the time to the
   first fragment; plus one session paced like a microphone (``realtime``) for the first-fragment latency.
 - ``--int8``: the same with Wav2Lip served from its int8 graph (export/quantize.py, as
-  ``LIPSYNC_WAV2LIP_INT8=true`` serves it); the raw row then shows fp32 and int8, and GFLOP/s counts the fp32
+  ``LIPSYNC_INT8_MODELS=wav2lip`` serves it); the raw row then shows fp32 and int8, and GFLOP/s counts the fp32
   network's operations (the work done, whatever the arithmetic).
 - ``--openvino``: Wav2Lip run by OpenVINO in the Python backend (``LIPSYNC_OPENVINO_MODELS=wav2lip``); the raw
   rows then show both runtimes on the same graph(s).
@@ -91,11 +91,21 @@ def raw_fps(onnx: Path, batch: int, threads: int, runtime: str = "onnxruntime", 
     return frames / (time.perf_counter() - started)
 
 
-async def served(url: str, sessions: int, pcm: np.ndarray, pace: str) -> tuple[list[Result], float]:
+def clip_avatar(seconds: float) -> bytes:
+    """A ``seconds`` clip of the astronaut (512², drifting as a head does), as H.264 in MP4."""
+    from video_helpers import clip_bytes, moving_face
+
+    return clip_bytes(moving_face(round(25 * seconds), size=512))
+
+
+async def served(
+    url: str, sessions: int, pcm: np.ndarray, pace: str, avatar: tuple[str, bytes]
+) -> tuple[list[Result], float]:
+    """``avatar``: the upload's form field (``image`` or ``video``) and its bytes."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-        response = await client.post("/v1/avatars", files={"image": ("p.jpg", _portrait(None), "image/jpeg")})
+        response = await client.post("/v1/avatars", files={avatar[0]: ("avatar", avatar[1])})
         response.raise_for_status()
         avatar_id = response.json()["avatar_id"]
     args = argparse.Namespace(chunk_frames=8, pose="still", pace=pace, engine="wav2lip")
@@ -114,6 +124,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = one per core")
     parser.add_argument("--int8", action="store_true", help="serve Wav2Lip from its int8 graph")
     parser.add_argument("--openvino", action="store_true", help="serve Wav2Lip in OpenVINO instead of ONNX Runtime")
+    parser.add_argument(
+        "--clip", type=float, default=0.0, help="also serve a video avatar of this many seconds (0: photo only)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from gateway.settings import Settings
@@ -151,22 +164,30 @@ def main() -> int:
                 triton_url=triton.grpc_url, demo=True, max_sessions=16, max_sessions_per_client=16
             )
             with running_gateway(settings) as url:
-                for pace, counts in (("burst", [int(n) for n in args.sessions.split(",")]), ("realtime", [1])):
-                    for count in counts:
-                        results, wall = asyncio.run(served(url, count, pcm, pace))
-                        failed = [r.error for r in results if r.error]
-                        if failed:
-                            LOG.error("%d sessions, %s: %s", count, pace, failed[0])
-                            continue
-                        frames = [25 * r.video_seconds for r in results]
-                        per_session = statistics.median(f / r.wall_s for f, r in zip(frames, results, strict=True))
-                        total = sum(frames) / wall
-                        first = statistics.median(r.first_fragment_s or 0.0 for r in results)
-                        rows.append(
-                            f"| served {served_as or 'fp32'} ({pace}) | {count} | {per_session:.1f} | "
-                            f"{total:.1f} | {first:.2f} | {gflop * total:.0f} |"
-                        )
-                        LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
+                avatars = [("photo", ("image", _portrait(None)))]
+                if args.clip:
+                    avatars.append((f"{args.clip:g} s clip", ("video", clip_avatar(args.clip))))
+                runs = [
+                    (kind, avatar, pace, count)
+                    for kind, avatar in avatars
+                    for pace, counts in (("burst", [int(n) for n in args.sessions.split(",")]), ("realtime", [1]))
+                    for count in counts
+                ]
+                for kind, avatar, pace, count in runs:
+                    results, wall = asyncio.run(served(url, count, pcm, pace, avatar))
+                    failed = [r.error for r in results if r.error]
+                    if failed:
+                        LOG.error("%d sessions, %s: %s", count, pace, failed[0])
+                        continue
+                    frames = [25 * r.video_seconds for r in results]
+                    per_session = statistics.median(f / r.wall_s for f, r in zip(frames, results, strict=True))
+                    total = sum(frames) / wall
+                    first = statistics.median(r.first_fragment_s or 0.0 for r in results)
+                    rows.append(
+                        f"| served {served_as or 'fp32'} ({pace}, {kind}) | {count} | {per_session:.1f} | "
+                        f"{total:.1f} | {first:.2f} | {gflop * total:.0f} |"
+                    )
+                    LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
     cores = os.cpu_count()
     print(f"Wav2Lip full size ({gflop:.2f} GFLOP/frame), {cores} CPU cores, {args.seconds:g} s of audio per session")
     print(f"CPU: {cpu_class()}\n")

@@ -7,7 +7,8 @@ Commands:
                                                   fetch the official files (resumable; a mirror via --base-url);
                                                   Wav2Lip's weights (non-commercial) only with the explicit flag
   onnx       --out DIR (--checkpoints DIR [--size 256|512] [--wav2lip FILE] | --reduced) [--grid-sample 4d|5d]
-             [--stages a,b,...] [--check]        one ONNX graph + JSON sidecar per stage; `wav2lip` is exported
+             [--stages a,b,...] [--with-gfpgan | --with-optional] [--check]
+                                                  one ONNX graph + JSON sidecar per stage; `wav2lip` is exported
                                                   when DIR holds wav2lip_gan.pth (or --wav2lip names a file)
   repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
                                                   the Triton model repository (configs generated from the specs)
@@ -40,6 +41,15 @@ def _check(args: argparse.Namespace) -> int:
     if missing:
         log.error("%s", how_to_get(missing, args.checkpoints))
         return 1
+    from export.official import OFFICIAL_FILES, verify_present
+
+    # Files that are not the published ones (synthetic weights for tests, another release) still load if their
+    # layout is right, and are then served labelled DEMO: said here, not refused.
+    wrong, unverified = verify_present(args.checkpoints, list(OFFICIAL_FILES))
+    for problem in wrong:
+        log.warning("not the published file: %s", problem)
+    for name in unverified:
+        log.warning("%s has no published SHA-256 to check it against", name)
     log.info("all official files for size %d are in %s", args.size, args.checkpoints)
     return 0
 
@@ -85,6 +95,14 @@ def default_stages(variant: Variant, with_gfpgan: bool) -> list[str]:
     return stages
 
 
+def optional_weights_here(variant: Variant) -> bool:
+    """Whether the optional stages' weights (the enhancer's) are there: always for the reduced architecture's
+    random ones."""
+    from export.official import OPTIONAL
+
+    return variant.checkpoints is None or all((variant.checkpoints / name).is_file() for name in OPTIONAL)
+
+
 def _onnx(args: argparse.Namespace) -> int:
     from export.onnx import export_and_check
     from export.specs import STAGES
@@ -98,7 +116,8 @@ def _onnx(args: argparse.Namespace) -> int:
         return 2
     variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed, args.wav2lip)
     wav2lip_file = variant.wav2lip_checkpoint
-    stages = args.stages.split(",") if args.stages else default_stages(variant, args.with_gfpgan)
+    with_gfpgan = args.with_gfpgan or (args.with_optional and optional_weights_here(variant))
+    stages = args.stages.split(",") if args.stages else default_stages(variant, with_gfpgan)
     if unknown := [s for s in stages if s not in BUILDERS]:
         log.error("unknown stage(s) %s; stages: %s", ", ".join(unknown), ", ".join(BUILDERS))
         return 2
@@ -230,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     onnx.add_argument("--grid-sample", choices=("5d", "4d"), default="5d", help="4d: the TensorRT-friendly form")
     onnx.add_argument("--stages", default=None, help="comma-separated subset (default: all)")
     onnx.add_argument("--with-gfpgan", action="store_true", help="also export GFPGAN (needs GFPGANv1.4.pth)")
+    onnx.add_argument(
+        "--with-optional", action="store_true", help="also export the optional stages whose weights are there"
+    )
     onnx.add_argument(
         "--wav2lip",
         type=Path,

@@ -186,13 +186,17 @@ class Wav2LipReference:
         self.batch_size = batch_size
 
     def render(self, face_input: np.ndarray, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """All frames (N, 96, 96, 3) uint8 RGB for ``face_input`` (1, 6, 96, 96) and 16 kHz mono ``wav``."""
+        """All frames (N, 96, 96, 3) uint8 RGB for 16 kHz mono ``wav`` and ``face_input``: (1, 6, 96, 96) for a
+        photo (every frame's), or (N, 6, 96, 96), each frame's own (a video avatar's)."""
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"audio must be {SAMPLE_RATE} Hz mono; got {sample_rate} Hz (resample it first)")
         check_wav(wav)
-        if face_input.shape != (1, 6, FACE_SIZE, FACE_SIZE):
-            raise ValueError(f"face_input must be (1, 6, {FACE_SIZE}, {FACE_SIZE}), got {face_input.shape}")
         num_frames = num_video_frames(wav.shape[0])
+        if face_input.shape[1:] != (6, FACE_SIZE, FACE_SIZE) or face_input.shape[0] not in (1, num_frames):
+            raise ValueError(
+                f"face_input must be (1 or {num_frames}, 6, {FACE_SIZE}, {FACE_SIZE}), got {face_input.shape}"
+            )
+        per_frame = face_input if face_input.shape[0] == num_frames else np.repeat(face_input, num_frames, axis=0)
         mel = log_mel(wav, crop_to_frames=False)
         if mel.shape[0] < MEL_STEPS:
             mel = np.concatenate([mel, np.repeat(mel[-1:], MEL_STEPS - mel.shape[0], axis=0)])
@@ -201,6 +205,6 @@ class Wav2LipReference:
         faces = []
         with torch.no_grad():
             for f in _batches(num_frames, self.batch_size):
-                faces_in = torch.from_numpy(np.repeat(face_input, len(f), axis=0))
+                faces_in = torch.from_numpy(np.ascontiguousarray(per_frame[f]))
                 faces.append(to_uint8(network(torch.from_numpy(windows[f]), faces_in)).numpy())
         return np.concatenate(faces)

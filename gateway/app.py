@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from gateway.avatars import codec as avatar_codec
 from gateway.avatars.portrait import AvatarLimits
 from gateway.avatars.shared import SharedAvatars
 from gateway.avatars.store import AvatarStore
+from gateway.avatars.video import ClipLimits
 from gateway.context import Context, SessionSlots, context_of
 from gateway.engines import engines
 from gateway.errors import BadMessage, ImageTooLarge, LipsyncError, TooLarge
@@ -33,6 +35,7 @@ from gateway.transport.http_errors import FRAMEWORK_CODES, body_response, error_
 from gateway.transport.page import Page
 from gateway.transport.routes import avatars, compat, oneshot, operations, stream, webrtc
 from gateway.triton.client import TritonClient
+from lipsync.audio import FPS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,13 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
                 settings.redis_url,
                 ttl_s=settings.redis_ttl_s,
                 codec=avatar_codec.RecordCodec(
-                    served, avatar_codec.RecordLimits(settings.max_output_side, settings.max_portrait_pixels)
+                    served,
+                    avatar_codec.RecordLimits(
+                        settings.max_output_side,
+                        max(settings.max_portrait_pixels, settings.max_video_pixels),
+                        max_clip_bytes=int(settings.max_shared_video_mb * 2**20),
+                        max_clip_frames=math.ceil(settings.max_video_seconds * FPS),
+                    ),
                 ),
                 signing_key=settings.avatar_signing_key or "",  # Settings refuses Redis without one
                 refused=metrics.shared_avatars_refused,
@@ -84,6 +93,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             shared=shared,
             preparations=settings.max_portrait_preparations,
             waiting=settings.max_portrait_queue,
+            clip_limits=ClipLimits(settings.max_video_bytes, settings.max_video_seconds, settings.max_video_pixels),
         )
         slots = SessionSlots(settings.max_sessions, settings.max_sessions_per_client, metrics)
         app.state.ctx = Context(settings, metrics, triton, store, slots, served, clock or LoopClock())
@@ -110,7 +120,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     app.state.metrics = metrics
     patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
     page_paths = Page.paths(settings.web_dir)
-    portrait_limit = settings.max_portrait_bytes
+    # An avatar or a picture to animate is a photo or a video: the body may be as large as the larger of them.
+    portrait_limit = max(settings.max_portrait_bytes, settings.max_video_bytes)
     app.add_middleware(
         AccessControl,
         token=settings.auth_token,
@@ -126,7 +137,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             "/v1/lipsync": (
                 portrait_limit + settings.max_message_bytes + FORM_OVERHEAD,
                 lambda: TooLarge(
-                    f"The request is over the limit of {portrait_limit:,} bytes for the portrait plus "
+                    f"The request is over the limit of {portrait_limit:,} bytes for the portrait or video plus "
                     f"{settings.max_message_bytes:,} bytes for the audio."
                 ),
             ),

@@ -13,8 +13,8 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from gateway.avatars.store import AvatarState, AvatarStore
-from gateway.engines import Engine
-from gateway.errors import Busy, EngineUnavailable, SessionLimit
+from gateway.engines import Engine, takes_video
+from gateway.errors import Busy, EngineUnavailable, PhotosOnly, SessionLimit
 from gateway.metrics import Metrics, RenderRates
 from gateway.session.clock import Clock, LoopClock
 from gateway.session.core import FrameSink, StreamSession
@@ -98,6 +98,8 @@ class Context:
         self, avatar: AvatarState, options: SessionOptions, sink: FrameSink | None = None
     ) -> StreamSession:
         engine = self.engines[options.engine]
+        if avatar.clip is not None and not takes_video(engine):
+            raise PhotosOnly(engine.name, [e.name for e in self.engines.values() if takes_video(e)])
         await self.served(engine, options)
         await self.prepare(avatar, engine)
         if options.first_chunk_frames is None:

@@ -224,6 +224,18 @@ class EngineUnavailable(LipsyncError):
         )
 
 
+class PhotosOnly(LipsyncError):
+    """The engine asked for animates photos, and the avatar is a video."""
+
+    code = "engine_unavailable"
+
+    def __init__(self, engine: str, video_engines: list[str]) -> None:
+        others = f" (or the {' or '.join(video_engines)} engine)" if video_engines else ""
+        super().__init__(
+            f"The {engine} engine animates photos only, and this avatar is a video. Upload a photo for it{others}."
+        )
+
+
 class InferenceUnavailable(LipsyncError):
     """Triton is unreachable, not ready, or a model call failed; the gateway itself stays up."""
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+log = logging.getLogger("lipsync.settings")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIN_TOKEN_LENGTH = 16
+# Settings whose value is never shown (a refusal names the variable and the rule, not what was given). A Redis URL
+# may carry a password.
+SECRET_SETTINGS = frozenset({"auth_token", "turn_secret", "avatar_signing_key", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -24,15 +30,24 @@ class Settings(BaseSettings):
 
     # Which weights: official checkpoints, or the demo (reduced architecture, random weights).
     demo: bool = Field(False, description="serve random weights of the reduced architecture; output is not a result")
-    size: Literal[256, 512] = Field(256, description="SadTalker renderer size (official weights)")
+    # The export's resolution (`python -m export … --size`), for the official models that come in two.
+    render_size: Literal[256, 512] = Field(
+        256,
+        description="resolution of the rendered face, for official weights released in 256 and 512",
+        validation_alias=AliasChoices("LIPSYNC_RENDER_SIZE", "LIPSYNC_SIZE"),  # the old name too
+    )
     weights_mirror: str | None = Field(None, description="serves the official files by name instead of upstream")
-    wav2lip_int8: bool = Field(
-        False, description="embedded CPU server: Wav2Lip from its int8 graph (≈ 1.6× faster; export/quantize.py)"
+    int8_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="embedded CPU server: models served from their int8 graphs, comma-separated (made once by "
+        "`python -m export quantize`; docs/measurements.md); true: every model that has one",
+        # The old yes/no variable of the one engine that had int8 graphs: still read, as `true`.
+        validation_alias=AliasChoices("LIPSYNC_INT8_MODELS", "LIPSYNC_WAV2LIP_INT8"),
     )
     openvino_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="embedded CPU server: models run by OpenVINO instead of ONNX Runtime, comma-separated "
-        "(e.g. wav2lip: with the int8 graph ≈ 2× faster; docs/measurements.md)",
+        "(with an int8 graph ≈ 2× faster; docs/measurements.md)",
     )
 
     # Triton: None starts the embedded CPU server; a URL (host:port, gRPC) uses an external one.
@@ -98,6 +113,14 @@ class Settings(BaseSettings):
         2, ge=1, description="portraits decoded and prepared at once (the rest wait their turn)"
     )
     max_portrait_queue: int = Field(8, ge=0, description="portraits waiting their turn; more are refused as busy")
+    # Video avatars (and videos to dub): kept per frame as JPEG at the output framings, ≈ 2-5 MB per second of
+    # clip (docs/measurements.md), so the length bounds the memory as much as the bytes do.
+    max_video_bytes: int = Field(64 * 1024 * 1024, gt=0, description="one video upload (avatar or dubbing), bytes")
+    max_video_seconds: float = Field(20.0, gt=0, le=600, description="one video avatar or video to dub, seconds")
+    max_video_pixels: int = Field(3840 * 2160, gt=0, description="one video frame, pixels (checked before decoding)")
+    max_shared_video_mb: float = Field(
+        64.0, gt=0, description="largest video avatar shared through Redis, MiB (larger ones stay with their gateway)"
+    )
     min_face_pixels: int = Field(64, gt=0, description="face width in pixels")
     avatar_cache_mb: float = Field(256.0, gt=0, description="memory for cached avatars (framings, crops), MiB")
     max_output_side: int = Field(1280, ge=64, le=4096, description="long side of the `portrait` framing, pixels")
@@ -151,10 +174,61 @@ class Settings(BaseSettings):
     turn_secret: str | None = Field(None, description="coturn's static-auth-secret: time-limited TURN credentials")
     turn_ttl_s: int = Field(3600, ge=60, description="how long a client's TURN credentials last, seconds")
 
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _token_without_spaces_around(cls, value: Any) -> Any:
+        """Spaces around a token (a newline from a file) are dropped: clients could not send them in a header
+        anyway. What is left must still be long enough, so a token of spaces is refused."""
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if len(value) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the token has {len(value)} characters besides spaces: use a secret of at least {MIN_TOKEN_LENGTH} "
+                "characters (e.g. `openssl rand -hex 24`)"
+            )
+        return value
+
     @field_validator("openvino_models", mode="before")
     @classmethod
     def _model_names(cls, value: Any) -> Any:
         return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
+
+    @field_validator("render_size", mode="before")
+    @classmethod
+    def _size_from_text(cls, value: Any) -> Any:
+        # The environment gives text, and a Literal of ints takes no "512".
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    @field_validator("int8_models", mode="before")
+    @classmethod
+    def _int8_yes_no(cls, value: Any) -> Any:
+        """``true``/``false`` (the old yes/no form): every model that has an int8 graph, or none."""
+        if isinstance(value, str) and value.strip().lower() in _YES | _NO:
+            value = value.strip().lower() in _YES
+        if not isinstance(value, bool):
+            return cls._model_names(value)
+        if not value:
+            return []
+        every = list(_quantizable_models())
+        log.warning(
+            "int8 setting `true`: serving every model that has an int8 graph (%s); name them instead, as in "
+            "LIPSYNC_INT8_MODELS=%s (the yes/no form is deprecated)",
+            ", ".join(every) or "none",
+            ",".join(every),
+        )
+        return every
+
+    @field_validator("int8_models")
+    @classmethod
+    def _int8_known(cls, names: list[str]) -> list[str]:
+        known = _quantizable_models() if names else ()
+        if unknown := [name for name in names if name not in known]:
+            raise ValueError(
+                f"{', '.join(unknown)} cannot be served from an int8 graph: the models that can are "
+                f"{', '.join(known) or 'none'} (LIPSYNC_INT8_MODELS)"
+            )
+        return names
 
     @field_validator("allowed_origins", "allowed_hosts", "ice_servers", mode="before")
     @classmethod
@@ -217,3 +291,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: whatever it resolves to, treat it as reachable
         return False
+
+
+_YES, _NO = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def _quantizable_models() -> tuple[str, ...]:
+    # Imported here: the engines are not loaded to read settings that do not need them.
+    from gateway.engines import quantizable_models
+
+    return quantizable_models()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -15,11 +16,14 @@ import skimage.data
 from PIL import Image
 
 import gateway
-from gateway.avatars.portrait import AvatarLimits, decode_image, detect_face
+from gateway.avatars import portrait
+from gateway.avatars.portrait import DEFAULT_LIMITS, AvatarLimits, decode_image, detect_face
 from gateway.avatars.portrait import face_square as sadtalker_crop_box
+from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines.sadtalker.crop import CroppedPortrait as Avatar
 from gateway.engines.sadtalker.crop import prepare_avatar
 from gateway.errors import FaceTooSmall, ImageTooLarge, NoFaceFound, UnsupportedImage
+from gateway.transport.routes.avatars import AvatarInfo
 
 STANDARD_LANDMARKS = Path(gateway.__file__).parent / "engines" / "sadtalker" / "data" / "similarity_Lm3D_all.json"
 
@@ -302,10 +306,55 @@ def test_two_faces_pick_the_larger(astronaut: np.ndarray, avatar: Avatar) -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Which detector finds the face: HOG, else dlib's CNN
+
+
+@pytest.fixture
+def cnn_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The long sides of the images the CNN detector ran on (it costs seconds: only where HOG found nothing)."""
+    runs: list[int] = []
+    real = portrait._cnn_model()
+
+    def detect(image: np.ndarray, upsample: int) -> object:
+        runs.append(max(image.shape[:2]))
+        assert upsample == 0  # one upsampling costs 4× the time
+        return real.detector(image, upsample)
+
+    monkeypatch.setattr(portrait, "_cnn_model", lambda: portrait._Cnn(detect, real.lock))
+    return runs
+
+
+def stored(data: bytes) -> AvatarState:
+    return asyncio.run(AvatarStore(DEFAULT_LIMITS, capacity_bytes=1 << 30).add(data))
+
+
+def test_a_face_hog_misses_is_found_by_the_cnn(cnn_runs: list[int]) -> None:
+    camera = np.ascontiguousarray(skimage.data.camera())  # greyscale 512²: HOG finds no face at any upsampling
+    state = stored(encode(camera, "PNG"))
+    assert cnn_runs == [512]
+    assert state.detector == "cnn"
+    assert AvatarInfo.model_validate({**state.describe(), "demo": False}).detector == "cnn"  # POST /v1/avatars
+    assert state.faces_seen == 1
+    box = state.box  # the face square around the cameraman's face, in the upper half of the photo
+    assert 0 <= box.x0 < box.x1 <= 512 and 0 <= box.y0 < box.y1 <= 256, box
+    assert 40 <= box.width <= 200 and 40 <= box.height <= 200, box
+    # His eyes are around row 145, columns 200-240; his mouth below them.
+    eyes, mouth = state.landmarks[36:48], state.landmarks[48:68]
+    assert np.all((eyes[:, 0] > 190) & (eyes[:, 0] < 250) & (eyes[:, 1] > 130) & (eyes[:, 1] < 160)), eyes
+    assert 0 < mouth[:, 1].mean() - eyes[:, 1].mean() < 60
+
+
+def test_a_face_hog_finds_never_runs_the_cnn(png: bytes, cnn_runs: list[int]) -> None:
+    state = stored(png)
+    assert (state.detector, state.describe()["detector"], state.faces_seen) == ("hog", "hog", 1)
+    assert cnn_runs == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Errors a user can act on
 
 
-def test_no_face_in_a_photo_without_people() -> None:
+def test_no_face_in_a_photo_without_people(cnn_runs: list[int]) -> None:
     with pytest.raises(NoFaceFound, match="No face was found in the image") as info:
         prepare_avatar(encode(np.ascontiguousarray(skimage.data.coffee()), "JPEG"))
     assert info.value.code == "no_face_found"
@@ -313,6 +362,7 @@ def test_no_face_in_a_photo_without_people() -> None:
     gradient = np.dstack([xx * 255 // 399, yy * 255 // 299, np.full_like(xx, 128)]).astype(np.uint8)
     with pytest.raises(NoFaceFound, match="No face was found"):
         prepare_avatar(encode(gradient, "PNG"))
+    assert cnn_runs == [512, 400]  # both detectors looked (coffee's 600 px side shrunk to the CNN's 512)
 
 
 def test_face_too_small_names_the_minimum(astronaut: np.ndarray) -> None:

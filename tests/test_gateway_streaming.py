@@ -153,7 +153,7 @@ def test_wav2lip_chunk_sizes_give_identical_frames_equal_to_the_offline_referenc
 def test_wav2lip_in_openvino_int8_gives_identical_frames_across_chunk_sizes(
     triton_server: EmbeddedTriton, reduced_onnx_dir: Path, astronaut_jpeg: bytes, speech: np.ndarray, tmp_path: Path
 ) -> None:
-    """The live CPU configuration (LIPSYNC_WAV2LIP_INT8 + LIPSYNC_OPENVINO_MODELS=wav2lip): the batcher merges
+    """The live CPU configuration (LIPSYNC_INT8_MODELS=wav2lip + LIPSYNC_OPENVINO_MODELS=wav2lip): the batcher merges
     chunks of any size, and OpenVINO's int8 kernels must not make a frame depend on that."""
     onnx = tmp_path / "onnx"
     onnx.mkdir()

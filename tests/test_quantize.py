@@ -150,7 +150,7 @@ def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFact
     from gateway.settings import Settings
 
     settings = Settings(  # type: ignore[call-arg]
-        demo=True, artifacts_dir=tmp_path / "artifacts", model_repository=tmp_path / "repo", wav2lip_int8=True
+        demo=True, artifacts_dir=tmp_path / "artifacts", model_repository=tmp_path / "repo", int8_models=["wav2lip"]
     )
     onnx_dir = _onnx_dir(settings)
     onnx_dir.mkdir(parents=True)
@@ -162,7 +162,7 @@ def test_up_quantizes_once_and_serves_int8_when_asked(reduced_factory: StageFact
     served = settings.model_repository / "wav2lip" / "1" / "model.onnx"
     assert served.read_bytes() == int8_graph(onnx_dir, "wav2lip").read_bytes()
     made = int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns
-    assert prepare_repository(settings.model_copy(update={"wav2lip_int8": False})) is not None
+    assert prepare_repository(settings.model_copy(update={"int8_models": []})) is not None
     assert served.read_bytes() == (onnx_dir / "wav2lip.onnx").read_bytes()  # fp32 again when not asked
     assert prepare_repository(settings) is not None
     assert int8_graph(onnx_dir, "wav2lip").stat().st_mtime_ns == made  # quantized once, reused

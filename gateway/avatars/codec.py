@@ -22,14 +22,15 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
 from gateway.avatars.framing import FACE_FRAME_SIZE, FRAMINGS, Framing
-from gateway.avatars.portrait import DEFAULT_LIMITS, Box
+from gateway.avatars.portrait import DEFAULT_LIMITS, Box, Detector
 from gateway.avatars.store import AvatarState
+from gateway.avatars.video import AvatarClip, ClipFrames
 from gateway.engines import Engine
 
 FORMAT = "lipsync-avatar-record/3"
@@ -40,6 +41,8 @@ MAX_MEMBERS = 512
 # Central directory bytes per member (46 fixed, the name, zipfile's zip64 extra): bounds what ZipFile parses.
 MAX_DIRECTORY_ENTRY = 192
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A clip frame's size is read from its JPEG header, which (with OpenCV's tables) lies in its first bytes.
+JPEG_HEADER_BYTES = 1024
 
 # The fixed members and what they must be (the framings and the engines' parts are checked where they are read).
 _FIXED: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
@@ -69,14 +72,24 @@ class RecordLimits:
 
     max_output_side: int = 1280
     max_photo_pixels: int = DEFAULT_LIMITS.max_pixels
+    # A video avatar's frames (JPEG) and landmarks: records of longer or larger clips are not shared (the
+    # gateway that made one keeps it), and refused when read. 0: video avatars are not shared at all (the
+    # gateway sets it from LIPSYNC_MAX_SHARED_VIDEO_MB).
+    max_clip_bytes: int = 0
+    max_clip_frames: int = 500
+
+    @property
+    def clip_budget(self) -> int:
+        """What a record's clip may add, its landmarks and offsets included."""
+        return self.max_clip_bytes + self.max_clip_frames * (68 * 2 * 8 + 2 * 8) if self.max_clip_bytes else 0
 
     @property
     def max_record_bytes(self) -> int:
-        return 8 * MiB + 4 * self.max_output_side**2
+        return 8 * MiB + 4 * self.max_output_side**2 + self.clip_budget
 
     @property
     def max_inflated_bytes(self) -> int:
-        return 16 * MiB + 12 * self.max_output_side**2
+        return 16 * MiB + 12 * self.max_output_side**2 + self.clip_budget
 
 
 @dataclass(frozen=True)
@@ -118,12 +131,19 @@ def snapshot(state: AvatarState) -> dict[str, Any]:
                     "height": state.height,
                     "box": list(state.box),
                     "faces_seen": state.faces_seen,
+                    "detector": state.detector,
                     "framings": {name: [f.origin, f.scale] for name, f in state.framings.items()},
+                    **({} if state.clip is None else {"clip": {"lost_frames": state.clip.lost_frames}}),
                 }
             )
         ),
         "landmarks": state.landmarks,
     }
+    if state.clip is not None:
+        arrays["clip.landmarks"] = state.clip.landmarks
+        for name, frames in state.clip.frames.items():
+            arrays[f"clip.{name}.jpeg"] = frames.data
+            arrays[f"clip.{name}.offsets"] = frames.offsets
     for name, framing in state.framings.items():
         arrays[f"framing.{name}"] = framing.image
     for engine, part in list(state.parts.items()):
@@ -135,6 +155,9 @@ def snapshot(state: AvatarState) -> dict[str, Any]:
 def pack(arrays: dict[str, Any], limits: RecordLimits = RecordLimits()) -> bytes:
     """A snapshot's bytes: PNG framings, deflated; RecordTooLarge when a reader would refuse them."""
     members = {name: _png(a) if name.startswith("framing.") else a for name, a in arrays.items()}
+    clip = sum(int(a.nbytes) for name, a in members.items() if name.startswith("clip."))
+    if clip > limits.clip_budget:
+        raise RecordTooLarge(f"its video takes {clip / MiB:.1f} MiB, over {limits.max_clip_bytes / MiB:.1f} MiB")
     inflated = sum(int(np.asarray(a).nbytes) for a in members.values())
     if inflated > limits.max_inflated_bytes:
         raise RecordTooLarge(
@@ -200,7 +223,9 @@ def decode(
             box=box,
             landmarks=fixed["landmarks"],
             faces_seen=_int(meta["faces_seen"], "faces_seen", 0),
+            detector=_detector(meta.get("detector", "hog")),
             framings=framings,
+            clip=None if "clip" not in meta else _clip(arrays, meta["clip"], framings, width, height, limits),
         )
         for engine_name, engine in engines.items():
             prefix = f"part.{engine_name}."
@@ -316,6 +341,69 @@ def _text(array: np.ndarray | None) -> str | None:
     if array is None or array.dtype.kind != "U" or array.shape != ():
         return None
     return str(array)
+
+
+def _clip(
+    arrays: dict[str, np.ndarray],
+    meta: Any,
+    framings: dict[str, Framing],
+    width: int,
+    height: int,
+    limits: RecordLimits,
+) -> AvatarClip:
+    """A video avatar's frames, every one checked to be a JPEG of its framing's size (read from its header: a
+    frame is only decoded when a session shows it)."""
+    if not isinstance(meta, dict):
+        raise ValueError("a clip description that is not an object")
+    landmarks = arrays["clip.landmarks"]
+    count = landmarks.shape[0] if landmarks.ndim == 3 else 0
+    if not 1 <= count <= limits.max_clip_frames:
+        raise ValueError(f"a clip of {count} frames, not 1 to {limits.max_clip_frames}")
+    landmarks = _checked(landmarks, "clip landmarks", (count, 68, 2), np.dtype(np.float64))
+    side = max(width, height)  # landmarks may stray past the picture's edge, not far
+    if not np.isfinite(landmarks).all() or (np.abs(landmarks - side / 2) > 1.5 * side).any():
+        raise ValueError("clip landmarks far outside the picture")
+    frames = {}
+    for name, framing in framings.items():
+        data = _checked_kind(arrays[f"clip.{name}.jpeg"], f"clip {name} frames", np.uint8, 1)
+        offsets = _checked(arrays[f"clip.{name}.offsets"], f"clip {name} offsets", (count + 1,), np.dtype(np.int64))
+        if offsets[0] != 0 or offsets[-1] != data.size or (np.diff(offsets) <= 0).any():
+            raise ValueError(f"clip {name} offsets that do not divide its frames")
+        for index in range(count):
+            if _jpeg_size(data[offsets[index] : offsets[index] + JPEG_HEADER_BYTES].tobytes()) != framing.size:
+                raise ValueError(f"clip {name} frame {index} is not a {framing.size[0]}×{framing.size[1]} JPEG")
+        frames[name] = ClipFrames(data, offsets)
+    return AvatarClip(landmarks, frames, lost_frames=_int(meta.get("lost_frames", 0), "lost_frames", 0))
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int]:
+    """(width, height) from a baseline or progressive JPEG's frame header, within its first bytes."""
+    if head[:2] != b"\xff\xd8":
+        raise ValueError("a clip frame that is not a JPEG")
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            raise ValueError("a clip frame whose JPEG markers are damaged")
+        marker, length = head[at + 1], struct.unpack(">H", head[at + 2 : at + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: precision, height, width
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    raise ValueError("a clip frame whose JPEG header is not where a frame's size is")
+
+
+def _checked_kind(array: np.ndarray, name: str, dtype: type, ndim: int) -> np.ndarray:
+    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        raise ValueError(f"{name} of {array.dtype} {array.shape}")
+    return array
+
+
+def _detector(value: Any) -> Detector:
+    # Optional within this format: records written before it was kept were all found by HOG, and a gateway of
+    # that time reading a newer record ignores it.
+    if value == "hog" or value == "cnn":
+        return cast(Detector, value)
+    raise ValueError(f"a face detector {str(value)[:20]!r}, not 'hog' or 'cnn'")
 
 
 def _int(value: Any, name: str, least: int) -> int:

@@ -7,8 +7,9 @@ the ``face`` framing centres on and SadTalker crops. Engines make their own part
 (``Engine.portrait_part``), only the engines the server serves.
 
 Deviations from upstream, all deliberate:
-- Upstream detects with RetinaFace and a 98-point model mapped to 68 points; we use dlib's frontal detector and
-  68-point predictor (``face-recognition-models``) and apply the same geometric rule to its points.
+- Upstream detects with RetinaFace and a 98-point model mapped to 68 points; we use dlib's frontal (HOG)
+  detector, its CNN (MMOD) detector where HOG finds nothing, and the 68-point predictor (all three from
+  ``face-recognition-models``), and apply the same geometric rule to its points.
 - Upstream shrinks very large photos (quad ≥ 2048 px) before cropping and then reports the crop box in the
   shrunk coordinates; we always work in original coordinates, so the box is right for paste-back.
 - Upstream clamps the quad's bottom edge by the image *width*; we clamp each edge by the image bounds.
@@ -27,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import dlib
@@ -51,6 +52,17 @@ DETECT_UPSAMPLE = 1
 # dlib's default threshold (0) accepts weak hits: on skimage's astronaut it finds her face (score 1.2) and a
 # "face" on the suit (0.1). Real faces score well above 0.3.
 DETECT_THRESHOLD = 0.3
+
+# Where HOG finds nothing (a greyscale or soft-lit portrait: skimage's camera; a tilted head), dlib's CNN detector
+# looks again. It costs seconds and hundreds of MB, so only then, at no upsampling, on a copy no larger than this:
+# measured on this CPU, 1.6 s and 0.3 GB at 512², 2.5-5 s and 0.45 GB at 640². It finds faces from ~80 px of
+# the copy (a sixth of its long side), which a portrait's face is.
+CNN_MAX_SIDE = 512
+# Measured at 512²: faces score 0.89-1.15 (skimage's camera 1.12, astronaut 1.06, blurred 0.92, half hidden 0.89,
+# turned 60° 1.09); coffee, cat, rocket, bricks, text, noise and a flat grey give no detection above dlib's own 0.
+CNN_THRESHOLD = 0.5
+
+Detector = Literal["hog", "cnn"]
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,13 @@ class _Dlib(NamedTuple):
     lock: threading.Lock  # dlib documents no thread safety for its detector objects
 
 
+class _Cnn(NamedTuple):
+    detector: dlib.cnn_face_detection_model_v1
+    lock: threading.Lock  # its own: a CNN run (seconds) does not hold up HOG on other photos
+
+
 _dlib: _Dlib | None = None
+_cnn: _Cnn | None = None
 _dlib_lock = threading.Lock()
 
 
@@ -151,6 +169,11 @@ def shape_predictor_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the face-recognition-models package is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "shape_predictor_68_face_landmarks.dat"
+
+
+def cnn_detector_path() -> Path:
+    """dlib's CNN face detector weights, shipped beside the 68-point model."""
+    return shape_predictor_path().with_name("mmod_human_face_detector.dat")
 
 
 def _models() -> _Dlib:
@@ -166,41 +189,110 @@ def _models() -> _Dlib:
     return _dlib
 
 
+def _cnn_model() -> _Cnn:
+    """Loaded on first use: most servers never meet a face HOG misses."""
+    global _cnn
+    if _cnn is None:
+        with _dlib_lock:
+            if _cnn is None:
+                t0 = time.perf_counter()
+                _cnn = _Cnn(dlib.cnn_face_detection_model_v1(str(cnn_detector_path())), threading.Lock())
+                log.info("loaded dlib's CNN face detector in %.2f s", time.perf_counter() - t0)
+    return _cnn
+
+
 @dataclass(frozen=True, eq=False)
 class FaceDetection:
-    """The largest face: detector box and 68 landmarks in original coordinates, and how many faces were seen."""
+    """The largest face: detector box and 68 landmarks in original coordinates, how many faces the detector that
+    found it saw, and which detector that was."""
 
     rect: Box
     landmarks: np.ndarray  # (68, 2) float64, (x, y)
     faces_seen: int
+    detector: Detector
 
     @property
     def size_px(self) -> int:
         return round((self.rect.width + self.rect.height) / 2)
 
 
-def detect_face(image: np.ndarray) -> FaceDetection:
-    """Find faces in an RGB image and return the largest; raises NoFaceFound."""
+def _shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A C-contiguous copy no larger than ``max_side`` on its long side (the image itself if it fits), and its scale."""
     height, width = image.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image), scale
+
+
+def _hog_faces(image: np.ndarray, models: _Dlib) -> list[tuple[dlib.rectangle, float, float]]:
+    work, scale = _shrunk(image, DETECT_MAX_SIDE)
+    with models.lock:
+        rects, scores, _ = models.detector.run(work, DETECT_UPSAMPLE, DETECT_THRESHOLD)
+    return [(r, score, scale) for r, score in zip(rects, scores, strict=True)]
+
+
+def _cnn_faces(image: np.ndarray) -> list[tuple[dlib.rectangle, float, float]]:
+    work, scale = _shrunk(image, CNN_MAX_SIDE)
+    cnn = _cnn_model()
+    t0 = time.perf_counter()
+    with cnn.lock:
+        found = cnn.detector(work, 0)
+    faces = [(d.rect, d.confidence, scale) for d in found if d.confidence >= CNN_THRESHOLD]
+    log.info("HOG found no face; the CNN detector found %d in %.2f s", len(faces), time.perf_counter() - t0)
+    return faces
+
+
+def detect_face(image: np.ndarray) -> FaceDetection:
+    """Find faces in an RGB image and return the largest; raises NoFaceFound.
+
+    dlib's HOG detector first; only where it finds nothing, its CNN detector (slower, but it finds faces HOG
+    misses). ``faces_seen`` counts the faces of the detector that found the face."""
+    models = _models()
+    detector: Detector = "hog"
+    faces = _hog_faces(image, models)
+    if not faces:
+        detector, faces = "cnn", _cnn_faces(image)
+    if not faces:
+        raise NoFaceFound()
+    r, _, scale = max(faces, key=lambda face: (face[0].width() * face[0].height(), face[1]))
+    rect = _box(r, scale)
+    # Landmarks on the full-resolution image: the predictor's cost does not grow with the image.
+    return FaceDetection(rect=rect, landmarks=landmarks_of(image, rect), faces_seen=len(faces), detector=detector)
+
+
+def _box(rect: dlib.rectangle, scale: float) -> Box:
+    """A dlib rectangle found on a copy scaled by ``scale``, in the original's pixels."""
+    return Box(*(round(v / scale) for v in (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)))
+
+
+def face_rects(image: np.ndarray, *, scale: float, upsample: int) -> list[Box]:
+    """HOG's faces in ``image`` searched on a copy scaled by ``scale`` (≤ 1), in ``image``'s pixels: the cheap
+    search near a known face (a video's next frame) that :func:`detect_face` is too thorough for."""
+    height, width = image.shape[:2]
     work = image
     if scale < 1.0:
-        work = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     models = _models()
     with models.lock:
-        rects, scores, _ = models.detector.run(np.ascontiguousarray(work), DETECT_UPSAMPLE, DETECT_THRESHOLD)
-    if len(rects) == 0:
-        raise NoFaceFound()
-    best = max(range(len(rects)), key=lambda i: (rects[i].width() * rects[i].height(), scores[i]))
-    r = rects[best]
-    rect = Box(*(round(v / scale) for v in (r.left(), r.top(), r.right() + 1, r.bottom() + 1)))
-    # Landmarks on the full-resolution image: the predictor's cost does not grow with the image.
+        rects, _, _ = models.detector.run(np.ascontiguousarray(work), upsample, DETECT_THRESHOLD)
+    return [_box(r, min(scale, 1.0)) for r in rects]
+
+
+def cnn_face_rects(image: np.ndarray) -> list[Box]:
+    """The CNN detector's faces in ``image`` (searched on a copy no larger than ``CNN_MAX_SIDE``), in its pixels."""
+    return [_box(r, scale) for r, _, scale in _cnn_faces(image)]
+
+
+def landmarks_of(image: np.ndarray, rect: Box) -> np.ndarray:
+    """(68, 2) float64 landmarks of the face in ``rect`` (image pixels)."""
+    models = _models()
     with models.lock:
         shape = models.predictor(
             np.ascontiguousarray(image), dlib.rectangle(rect.x0, rect.y0, rect.x1 - 1, rect.y1 - 1)
         )
-    landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-    return FaceDetection(rect=rect, landmarks=landmarks, faces_seen=len(rects))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,6 +351,7 @@ class Portrait:
     box: Box  # the face square, photo coordinates
     landmarks: np.ndarray  # (68, 2) float64, photo coordinates
     faces_seen: int
+    detector: Detector  # which dlib detector found the face
 
     def __post_init__(self) -> None:
         for array in (self.image, self.landmarks):
@@ -284,12 +377,13 @@ def read_portrait(data: bytes, limits: AvatarLimits = DEFAULT_LIMITS) -> Portrai
     if box.width < 2 or box.height < 2:  # landmarks far outside the picture: not a usable face
         raise NoFaceFound()
     log.info(
-        "portrait %dx%d: %d face(s), face %d px, box %s, %.0f ms",
+        "portrait %dx%d: %d face(s) by %s, face %d px, box %s, %.0f ms",
         width,
         height,
         face.faces_seen,
+        face.detector,
         face.size_px,
         tuple(box),
         1e3 * (time.perf_counter() - t0),
     )
-    return Portrait(avatar_key(data), image, box, face.landmarks, face.faces_seen)
+    return Portrait(avatar_key(data), image, box, face.landmarks, face.faces_seen, face.detector)

@@ -1,4 +1,5 @@
-"""Portrait → everything a session needs, once per portrait, cached by content hash within a byte budget.
+"""Portrait (or a short video) → everything a session needs, once per upload, cached by content hash within a byte
+budget.
 
 dlib, the framings and the parts the served engines cut from the photo run in a worker thread; each engine
 completes its own part once (some with Triton: ``gateway.engines``). The record keeps what sessions read — the
@@ -19,7 +20,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.avatars.framing import Framing, make_framings
-from gateway.avatars.portrait import AvatarLimits, Box, Portrait, avatar_key, read_portrait
+from gateway.avatars.portrait import AvatarLimits, Box, Detector, Portrait, avatar_key, read_portrait
+from gateway.avatars.video import DEFAULT_CLIP_LIMITS, AvatarClip, ClipLimits, read_clip, sniff_video
 from gateway.errors import PreparationBusy, UnknownAvatar
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,10 @@ class AvatarState:
     landmarks: np.ndarray  # (68, 2) float64, photo coordinates
     faces_seen: int
     framings: dict[str, Framing]
+    detector: Detector = "hog"  # which dlib detector found the face (records from before it was kept: HOG's)
     parts: dict[str, Any] = field(default_factory=dict)  # engine name → what that engine prepared
+    # A video avatar's frames (its framings are then those of frame 0, the landmarks frame 0's); None: a photo.
+    clip: AvatarClip | None = None
 
     def __post_init__(self) -> None:
         self.landmarks.setflags(write=False)
@@ -56,7 +61,8 @@ class AvatarState:
     @property
     def nbytes(self) -> int:
         parts = sum(int(getattr(part, "nbytes", 0)) for part in self.parts.values())
-        return int(self.landmarks.nbytes) + parts + sum(f.nbytes for f in self.framings.values())
+        clip = 0 if self.clip is None else self.clip.nbytes
+        return int(self.landmarks.nbytes) + parts + clip + sum(f.nbytes for f in self.framings.values())
 
     def describe(self) -> dict[str, Any]:
         """What ``POST /v1/avatars`` answers."""
@@ -66,9 +72,13 @@ class AvatarState:
             "height": self.height,
             "box": list(self.box),
             "faces_seen": self.faces_seen,
+            "detector": self.detector,
             "framings": {
                 name: dict(zip(("width", "height"), f.size, strict=True)) for name, f in self.framings.items()
             },
+            "kind": "photo" if self.clip is None else "video",
+            "frames": 1 if self.clip is None else len(self.clip),
+            "duration": None if self.clip is None else self.clip.duration,
         }
 
 
@@ -102,6 +112,7 @@ class AvatarStore:
         shared: Shared | None = None,
         preparations: int = 2,
         waiting: int = 8,
+        clip_limits: ClipLimits = DEFAULT_CLIP_LIMITS,
     ) -> None:
         """At most ``preparations`` portraits are decoded and prepared at once (each can take hundreds of MB
         and a core); ``waiting`` more wait their turn, and any beyond are refused as busy."""
@@ -109,6 +120,7 @@ class AvatarStore:
         self._preparing = Turns(preparations, waiting)
         self._making: dict[str, asyncio.Future[AvatarState]] = {}  # preparations in progress, by portrait key
         self.limits = limits
+        self.clip_limits = clip_limits
         self.capacity_bytes = capacity_bytes
         self.max_output_side = max_output_side
         self._avatars: OrderedDict[str, AvatarState] = OrderedDict()
@@ -192,6 +204,8 @@ class AvatarStore:
             log.warning("could not share avatar %s (shared store unavailable: %s)", state.id[:12], err)
 
     def _prepare(self, data: bytes, engines: tuple[PortraitParts, ...]) -> AvatarState:
+        if sniff_video(data) is not None:
+            return self._prepare_clip(data)
         portrait = read_portrait(data, self.limits)
         height, width = portrait.image.shape[:2]
         state = AvatarState(
@@ -201,12 +215,28 @@ class AvatarStore:
             box=portrait.box,
             landmarks=portrait.landmarks.copy(),
             faces_seen=portrait.faces_seen,
+            detector=portrait.detector,
             framings=make_framings(portrait.image, portrait.box, self.max_output_side),
         )
         for engine in engines:
             if (part := engine.portrait_part(portrait)) is not None:
                 state.add_part(engine.name, part)
         return state
+
+    def _prepare_clip(self, data: bytes) -> AvatarState:
+        """A video avatar: engines cut nothing from it at upload (those that take video work per frame)."""
+        prepared = read_clip(data, self.clip_limits, self.limits, self.max_output_side)
+        return AvatarState(
+            id=prepared.key,
+            width=prepared.width,
+            height=prepared.height,
+            box=prepared.box,
+            landmarks=prepared.clip.landmarks[0].copy(),
+            faces_seen=prepared.faces_seen,
+            detector=prepared.detector,
+            framings=prepared.framings,
+            clip=prepared.clip,
+        )
 
     def _put(self, state: AvatarState) -> None:
         if state.id in self._avatars:

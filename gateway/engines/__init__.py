@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.engines.base import Engine, EngineClass, EngineRun, Paste
+from gateway.engines.base import Engine, EngineClass, EngineRun, Paste, same_picture
 from gateway.engines.sadtalker import SadTalker
 from gateway.engines.wav2lip import Wav2Lip
 from gateway.session.options import EngineOptions, Mode, SessionOptions
@@ -25,9 +25,12 @@ __all__ = [
     "lipsync_request_engine",
     "options_model",
     "parse_engine_options",
+    "quantizable_models",
     "register",
     "registered",
+    "same_picture",
     "session_options",
+    "takes_video",
 ]
 
 _REGISTERED: dict[str, EngineClass] = {}
@@ -63,6 +66,16 @@ def engines(audio_block: int = 4) -> dict[str, Engine]:
     """Every registered engine, made for one gateway, by name; ``audio_block``: frames per audio-model call
     (expression blocks, mel blocks)."""
     return {name: engine(audio_block) for name, engine in _REGISTERED.items()}
+
+
+def quantizable_models() -> tuple[str, ...]:
+    """The registered engines' models that have an int8 form (``LIPSYNC_INT8_MODELS`` may name these)."""
+    return tuple(model for engine in _REGISTERED.values() for model in getattr(engine, "int8_models", ()))
+
+
+def takes_video(engine: Engine | EngineClass) -> bool:
+    """Whether ``engine`` animates video avatars (it declares ``takes_video = True``); others take photos only."""
+    return bool(getattr(engine, "takes_video", False))
 
 
 def options_model(name: str) -> type[EngineOptions]:

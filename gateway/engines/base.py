@@ -19,7 +19,14 @@ from gateway.session.options import EngineOptions, SessionOptions
 from gateway.session.timeline import AudioTimeline, RenderRequest
 from gateway.triton.client import TritonClient
 
-Paste = Callable[[np.ndarray], np.ndarray]  # face (S, S, 3) uint8 → the whole output frame
+# A rendered face (S, S, 3) uint8 and the session frame it is for → the whole output frame (a new array). The
+# frame number matters for a video avatar, whose picture changes from frame to frame.
+Paste = Callable[[np.ndarray, int], np.ndarray]
+
+
+def same_picture(paste_back: Callable[[np.ndarray], np.ndarray]) -> Paste:
+    """The paste of a photo avatar: every frame is the one picture with the face pasted in."""
+    return lambda face, frame: paste_back(face)
 
 
 class EngineRun(Protocol):
@@ -87,7 +94,15 @@ class Engine(Protocol):
 
 
 class EngineClass(Protocol):
-    """What the registry holds: an engine's class, made once per gateway."""
+    """What the registry holds: an engine's class, made once per gateway.
+
+    An engine that animates video avatars (``AvatarState.clip``) says so in a class attribute
+    ``takes_video = True``; the others are given photos only (``gateway.engines.takes_video``).
+
+    An engine whose Triton models have an int8 form for the cpu target (``python -m export quantize``, each the
+    model's name as an export stage) lists them in a class attribute ``int8_models: tuple[str, ...]``; one
+    without any need not declare it (``gateway.engines.quantizable_models``).
+    """
 
     @property
     def name(self) -> str: ...

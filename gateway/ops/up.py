@@ -37,7 +37,7 @@ def _check_weights(settings: Settings) -> bool:
             "shaped by the pipeline, not a result of the models."
         )
         return True
-    where = ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.size)]
+    where = ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.render_size)]
     check = [sys.executable, "-m", "export", "check", *where]
     if subprocess.run(check, capture_output=True, check=False).returncode == 0:
         return True
@@ -50,7 +50,7 @@ def _check_weights(settings: Settings) -> bool:
 
 
 def _onnx_dir(settings: Settings) -> Path:
-    return settings.artifacts_dir / "onnx" / ("demo" if settings.demo else f"official-{settings.size}")
+    return settings.artifacts_dir / "onnx" / ("demo" if settings.demo else f"official-{settings.render_size}")
 
 
 def _export(settings: Settings) -> bool:
@@ -58,13 +58,12 @@ def _export(settings: Settings) -> bool:
     if (out / EXPORT_COMPLETE).exists():
         log.info("ONNX graphs: reusing %s", out)
         return True
-    command = [sys.executable, "-m", "export", "onnx", "--out", str(out), "--check"]
+    # The export knows which optional stages (an enhancer) there are and whether their weights are here.
+    command = [sys.executable, "-m", "export", "onnx", "--out", str(out), "--check", "--with-optional"]
     if settings.demo:
-        command += ["--reduced", "--with-gfpgan"]
+        command.append("--reduced")
     else:
-        command += ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.size)]
-        if (settings.checkpoint_dir / "GFPGANv1.4.pth").is_file():
-            command.append("--with-gfpgan")
+        command += ["--checkpoints", str(settings.checkpoint_dir), "--size", str(settings.render_size)]
     if not _run("export ONNX graphs", command):
         return False
     (out / EXPORT_COMPLETE).touch()
@@ -72,28 +71,34 @@ def _export(settings: Settings) -> bool:
 
 
 def _exported_from_official_weights(settings: Settings) -> bool:
-    """What the export recorded about its weights (the sidecar of the generator graph)."""
-    sidecar = _onnx_dir(settings) / "generator.json"
-    weights = str(json.loads(sidecar.read_text()).get("weights", "")) if sidecar.is_file() else ""
-    return weights.startswith("official checkpoints")
+    """What the export recorded about its weights: official only when every graph's sidecar says so."""
+    recorded = [json.loads(sidecar.read_text()).get("weights") for sidecar in _onnx_dir(settings).glob("*.json")]
+    weights = [str(w) for w in recorded if w is not None]
+    return bool(weights) and all(w.startswith("official checkpoints") for w in weights)
 
 
 def _quantize(settings: Settings) -> bool:
-    """Wav2Lip's int8 graph when asked for (LIPSYNC_WAV2LIP_INT8): made beside the fp32 one when it is missing
-    or was made from another export of it."""
+    """The int8 graphs asked for (LIPSYNC_INT8_MODELS), each made beside its fp32 graph when it is missing or was
+    made from another export of it. A model's graph and its export stage bear its name."""
     onnx = _onnx_dir(settings)
-    if not settings.wav2lip_int8:
+    if not settings.int8_models:
         return True
-    if not (onnx / "wav2lip.onnx").is_file():
-        log.error("LIPSYNC_WAV2LIP_INT8 is set, but no Wav2Lip graph was exported (are its weights there?)")
+    if missing := [name for name in settings.int8_models if not (onnx / f"{name}.onnx").is_file()]:
+        log.error(
+            "LIPSYNC_INT8_MODELS names %s, but no such graph was exported to %s (are its weights there?)",
+            ", ".join(missing),
+            onnx,
+        )
         return False
-    return _run("int8 Wav2Lip", [sys.executable, "-m", "export", "quantize", "--onnx", str(onnx), "--if-stale"])
+    stages = ",".join(settings.int8_models)
+    command = [sys.executable, "-m", "export", "quantize", "--onnx", str(onnx), "--stages", stages, "--if-stale"]
+    return _run("int8 graphs", command)
 
 
 def _repository(settings: Settings) -> bool:
     command = [sys.executable, "-m", "export", "repository", "--target", "cpu"]
-    if settings.wav2lip_int8:
-        command += ["--int8", "wav2lip"]
+    if settings.int8_models:
+        command += ["--int8", ",".join(settings.int8_models)]
     if settings.openvino_models:
         command += ["--openvino", ",".join(settings.openvino_models)]
     return _run(

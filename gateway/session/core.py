@@ -352,7 +352,8 @@ class StreamSession:
             self.metrics.realtime_factor.observe(self.frames_sent / FPS / elapsed)
 
     def _paste(self, request: RenderRequest, faces: np.ndarray) -> list[np.ndarray]:
-        frames = [self.engine_run.paste(face) for face in faces]  # fresh frames: drawing on them is safe
+        # Fresh frames (drawing on them is safe); a video avatar's picture depends on the frame's number.
+        frames = [self.engine_run.paste(face, number) for face, number in zip(faces, request.frames, strict=True)]
         if self.options.frame_code:
             for number, frame in zip(request.frames, frames, strict=True):
                 framecode.draw(frame, number)

@@ -99,7 +99,8 @@ class LipsyncRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     audio: str = Field(min_length=1)  # base64 audio file (WAV, MP3, …)
-    image: str = Field(min_length=1)  # base64 portrait
+    image: str | None = Field(None, min_length=1)  # base64 portrait
+    video: str | None = Field(None, min_length=1)  # base64 video to dub, instead of a portrait (MP4, MOV, WebM)
     fps: float = 25  # only 25: the engines render 25 frames per second
     pads: tuple[Pad, Pad, Pad, Pad] = (0, 10, 0, 0)  # the face box's padding [top, bottom, left, right]
     img_size: int = 96  # only 96: the Wav2Lip checkpoints' face size
@@ -115,6 +116,12 @@ class LipsyncRequest(BaseModel):
             raise ValueError(f"fps must be 25 (the engines render 25 frames per second), got {self.fps:g}")
         if self.img_size != 96:
             raise ValueError(f"img_size must be 96 (the Wav2Lip checkpoints' face size), got {self.img_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_picture(self) -> LipsyncRequest:
+        if (self.image is None) == (self.video is None):
+            raise ValueError("send either `image` (a portrait) or `video` (a video to dub)")
         return self
 
     @model_validator(mode="after")

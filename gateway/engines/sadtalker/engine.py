@@ -19,6 +19,7 @@ import numpy as np
 
 from gateway.avatars.portrait import Portrait
 from gateway.avatars.store import AvatarState
+from gateway.engines.base import same_picture
 from gateway.engines.sadtalker.crop import CROP_SIZE, RECON_SIZE, SadTalkerCrop, sadtalker_crop
 from gateway.engines.sadtalker.options import SadTalkerOptions
 from gateway.engines.sadtalker.timeline import MotionRequest, PoseRequest, SadTalkerTimeline
@@ -119,6 +120,7 @@ def _chw(image: np.ndarray) -> np.ndarray:
 class SadTalker:
     name = NAME
     options_model = SadTalkerOptions
+    int8_models: tuple[str, ...] = ()  # none of its models has an int8 form (export/quantize.py)
 
     def __init__(self, audio_block: int = 4) -> None:
         self.motion_block = audio_block
@@ -177,7 +179,7 @@ class SadTalkerRun:
             first_chunk_frames=options.first_chunk_frames,
         )
         framing = avatar.framings[options.framing]
-        self.paste = PasteBack(framing.image, framing.box(avatar.box))
+        self.paste = same_picture(PasteBack(framing.image, framing.box(avatar.box)))
         self.lookahead_ms = LOOKAHEAD_MS[sadtalker.pose]
         self.audio_block = motion_block
         self._source_image = _chw(part.crop.crop)

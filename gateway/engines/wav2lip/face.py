@@ -85,16 +85,25 @@ class Wav2LipFace:
         return int(self.face_input.nbytes + self.weights.nbytes)
 
 
-def make_face(framing: Framing, photo_box: Box, landmarks: np.ndarray, blend: str) -> Wav2LipFace:
+def crop_input(framing: Framing, photo_box: Box) -> np.ndarray:
+    """(1, 6, 96, 96): the network's input for the face in ``photo_box``, cut from the framing's picture."""
     box = framing.box(photo_box)
     region = framing.image[box.y0 : box.y1, box.x0 : box.x1]
     crop_bgr = cv2.resize(np.ascontiguousarray(region[..., ::-1]), (FACE_SIZE, FACE_SIZE))  # INTER_LINEAR
+    return face_input(crop_bgr[None])
+
+
+def paste_weights(framing: Framing, photo_box: Box, landmarks: np.ndarray, blend: str) -> tuple[Box, np.ndarray]:
+    """Where in the framing the face is pasted, and with what weights (see ``blend``)."""
+    box = framing.box(photo_box)
     if blend == "box":
-        weights = feather_weights(box.width, box.height, FEATHER)
-    else:
-        points = framing.points(landmarks) - np.array([box.x0, box.y0])
-        weights = lower_face_weights(points, box)
-    return Wav2LipFace(face_input(crop_bgr[None]), box, weights)
+        return box, feather_weights(box.width, box.height, FEATHER)
+    points = framing.points(landmarks) - np.array([box.x0, box.y0])
+    return box, lower_face_weights(points, box)
+
+
+def make_face(framing: Framing, photo_box: Box, landmarks: np.ndarray, blend: str) -> Wav2LipFace:
+    return Wav2LipFace(crop_input(framing, photo_box), *paste_weights(framing, photo_box, landmarks, blend))
 
 
 def portrait_face_input(image_bytes: bytes, max_side: int = 1280) -> np.ndarray:

@@ -1,6 +1,7 @@
 """``WS /ws/lipsync``: the request/response protocol existing clients speak.
 
-``{audio: base64 WAV, image: base64, fps, pads, img_size, batch_size, no_segmentation, no_sr}`` →
+``{audio: base64 WAV, image: base64 (or video: base64, to dub), fps, pads, img_size, batch_size, no_segmentation,
+no_sr}`` →
 ``{status: "success", video: base64 MP4}`` or ``{status: "error", message}``. Every answer, errors included,
 is in this format; a connection serves requests one after another until the client closes it or stays silent
 longer than the idle limit.
@@ -15,6 +16,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 
+from gateway.avatars.video import require_video
 from gateway.context import client_key
 from gateway.errors import (
     BadMessage,
@@ -67,11 +69,14 @@ async def _answer(channel: Channel, text: str | None) -> bytes:
     request = parse_lipsync(text)
     channel.last_for(settings.max_session_seconds + settings.drain_timeout_s)  # this request, whatever it waits on
     try:
-        image = base64.b64decode(request.image, validate=True)
+        picture = base64.b64decode(request.image or request.video or "", validate=True)
         audio = base64.b64decode(request.audio, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise BadMessage(f"`image` and `audio` must be base64 ({err}).") from err
+        field = "image" if request.image is not None else "video"
+        raise BadMessage(f"`{field}` and `audio` must be base64 ({err}).") from err
+    if request.video is not None:
+        require_video(picture)
     with ctx.slots.hold(client_key(channel.websocket)):
-        state = await ctx.avatars.add(image, [ctx.engines[request.engine]])
+        state = await ctx.avatars.add(picture, [ctx.engines[request.engine]])
         wav = await asyncio.to_thread(decode_upload_audio, audio, settings)
         return await render_offline(ctx, state, wav, request.session_options())

@@ -39,7 +39,8 @@ def describe_invalid(error: ValidationError) -> str:
         if not item["loc"]:  # a rule across settings: its message names them
             lines.append(f"refusing to start: {message}")
             continue
-        name = "LIPSYNC_" + "_".join(str(part) for part in item["loc"]).upper()
+        # A setting read under an alias reports the alias (already prefixed): LIPSYNC_ once, either way.
+        name = "LIPSYNC_" + "_".join(str(part) for part in item["loc"]).upper().removeprefix("LIPSYNC_")
         # A refused secret is still somebody's secret (or a typo of it): the log must not keep it.
         shown = "(hidden)" if item["loc"][0] in SECRET_SETTINGS else repr(item.get("input"))
         lines.append(f"invalid setting {name}={shown}: {message}")

@@ -96,6 +96,14 @@ def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) ->
     assert len(lines) == 1 and "LIPSYNC_PORT='notanumber'" in lines[0] and "integer" in lines[0], result.stderr
 
 
+def test_a_setting_read_under_another_name_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSYNC_INT8_MODELS", "render")  # read through an alias list (the old name is the other)
+    result = _run("-m", "gateway", "up", "--demo")
+    assert result.returncode == 2
+    assert "invalid setting LIPSYNC_INT8_MODELS='render': render cannot be served from an int8 graph" in result.stderr
+    assert "LIPSYNC_LIPSYNC" not in result.stderr
+
+
 def test_a_refused_token_is_named_but_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "my-own-secret"  # 13 characters: refused
     monkeypatch.setenv("LIPSYNC_AUTH_TOKEN", f"  {secret}\n")

@@ -363,6 +363,11 @@ def test_no_face_in_a_photo_without_people(cnn_runs: list[int]) -> None:
     with pytest.raises(NoFaceFound, match="No face was found"):
         prepare_avatar(encode(gradient, "PNG"))
     assert cnn_runs == [512, 400]  # both detectors looked (coffee's 600 px side shrunk to the CNN's 512)
+    # A picture a few pixels across: no detector can find a face in it, and none fails on it (dlib's CNN raises
+    # on pictures smaller than its filters).
+    with pytest.raises(NoFaceFound):
+        prepare_avatar(encode(np.full((8, 8, 3), 128, np.uint8), "PNG"))
+    assert cnn_runs == [512, 400]
 
 
 def test_face_too_small_names_the_minimum(astronaut: np.ndarray) -> None:

@@ -61,6 +61,8 @@ CNN_MAX_SIDE = 512
 # Measured at 512²: faces score 0.89-1.15 (skimage's camera 1.12, astronaut 1.06, blurred 0.92, half hidden 0.89,
 # turned 60° 1.09); coffee, cat, rocket, bricks, text, noise and a flat grey give no detection above dlib's own 0.
 CNN_THRESHOLD = 0.5
+# Pictures smaller than this on a side hold no face the CNN can find (and tiny ones make dlib raise).
+CNN_MIN_SIDE = 64
 
 Detector = Literal["hog", "cnn"]
 
@@ -234,6 +236,9 @@ def _hog_faces(image: np.ndarray, models: _Dlib) -> list[tuple[dlib.rectangle, f
 
 def _cnn_faces(image: np.ndarray) -> list[tuple[dlib.rectangle, float, float]]:
     work, scale = _shrunk(image, CNN_MAX_SIDE)
+    # Its filters need some pixels (dlib raises on an 8-pixel picture), and it finds no face under ≈ 80 px.
+    if min(work.shape[:2]) < CNN_MIN_SIDE:
+        return []
     cnn = _cnn_model()
     t0 = time.perf_counter()
     with cnn.lock:

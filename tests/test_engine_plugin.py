@@ -3,24 +3,28 @@ gateway's transports (``/ws/stream`` in both modes, ``POST /v1/lipsync``) withou
 knowing it.
 
 The "level" engine needs no model: its face is a square whose brightness follows the loudness of the frame's
-audio, in the colour its own option ``bar`` names.
+audio (times its option ``gain``), in the colour its own option ``bar`` names. The page offers both
+(``GET /v1/info`` describes them; tests/test_web.py streams it from the page).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Coroutine, Iterator
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pytest
 from gateway_helpers import decode_video, stream, wav_bytes
+from pydantic import Field
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.avatars.portrait import Portrait
 from gateway.avatars.store import AvatarState
-from gateway.engines import register, unregister
+from gateway.engines import register, registered, same_picture, unregister
+from gateway.engines.page import Control
 from gateway.media.pasteback import PasteBack
 from gateway.session.options import EngineOptions, SessionOptions
 from gateway.session.timeline import AudioTimeline, RenderRequest
@@ -36,8 +40,11 @@ CHANNEL = {"green": 1, "red": 0}
 
 
 class LevelOptions(EngineOptions):
+    label: ClassVar[str] = "Level — a square as loud as the speech"
+
     engine: Literal["level"] = "level"
-    bar: Literal["green", "red"] = "green"
+    bar: Annotated[Literal["green", "red"], Control(choices={"red": "Red"})] = Field("green", title="Bar colour")
+    gain: Annotated[float, Control(more=True)] = Field(4.0, gt=0, le=8)
 
 
 class LevelTimeline(AudioTimeline):
@@ -60,10 +67,11 @@ class LevelRun:
     def __init__(self, avatar: AvatarState, options: SessionOptions) -> None:
         self.timeline = LevelTimeline(options.chunk_frames, options.first_chunk_frames)
         framing = avatar.framings[options.framing]
-        self.paste = PasteBack(framing.image, framing.box(avatar.box))
+        self.paste = same_picture(PasteBack(framing.image, framing.box(avatar.box)))
         self.lookahead_ms = 0.0
         self.audio_block = 1
         self.channel = CHANNEL[options.of(LevelOptions).bar]
+        self.gain = options.of(LevelOptions).gain
 
     def calls(self) -> list[Coroutine[Any, Any, None]]:
         return []
@@ -73,7 +81,8 @@ class LevelRun:
 
     async def render(self, request: RenderRequest) -> np.ndarray:
         faces = np.zeros((len(request.frames), FACE, FACE, 3), np.uint8)
-        faces[..., self.channel] = np.clip(request.windows[:, 0] * 4 * 255, 0, 255).astype(np.uint8)[:, None, None]
+        level = np.clip(request.windows[:, 0] * self.gain * 255, 0, 255).astype(np.uint8)
+        faces[..., self.channel] = level[:, None, None]
         return faces
 
 
@@ -201,3 +210,77 @@ def test_another_engines_options_are_refused_in_words(client: TestClient, avatar
         ws.send_text(json.dumps(start))
         error = ws.receive_json()
     assert error["code"] == "bad_message" and "bar applies to the level engine, not wav2lip" in error["message"]
+
+
+def test_info_describes_each_engines_own_options_from_its_model(client: TestClient) -> None:
+    """The page's controls for an engine come from its options model: the test engine gets its own."""
+    described = client.get("/v1/info").json()["engine_options"]
+    assert list(described) == list(registered())  # every engine of the gateway, the default first
+    assert described["level"] == {
+        "label": "Level — a square as loud as the speech",
+        "options": [
+            {
+                "name": "bar",
+                "label": "Bar colour",
+                "hint": None,
+                "kind": "choice",
+                "default": "green",
+                "choices": [{"value": "green", "label": "green"}, {"value": "red", "label": "Red"}],
+                "min": None,
+                "max": None,
+                "step": None,
+                "integer": False,
+                "more": False,
+            },
+            {
+                "name": "gain",
+                "label": "Gain",  # no title: the field's name
+                "hint": None,
+                "kind": "range",  # a float between two bounds
+                "default": 4.0,
+                "choices": [],
+                "min": 0,
+                "max": 8,
+                "step": 0.08,  # a hundredth of the range
+                "integer": False,
+                "more": True,
+            },
+        ],
+    }
+    # The built-in engines describe theirs the same way; the options every engine takes are the page's own.
+    sadtalker = {option["name"]: option for option in described["sadtalker"]["options"]}
+    assert list(sadtalker) == ["pose", "expression_scale", "pose_style", "blink"]
+    pose_style = sadtalker["pose_style"]
+    assert (pose_style["kind"], pose_style["integer"], pose_style["min"], pose_style["max"]) == ("number", True, 0, 45)
+    assert sadtalker["expression_scale"]["kind"] == "range" and sadtalker["expression_scale"]["step"] == 0.1
+    assert sadtalker["blink"]["kind"] == "checkbox" and sadtalker["blink"]["default"] is True
+    wav2lip = described["wav2lip"]["options"]
+    assert [option["name"] for option in wav2lip] == ["blend"]  # pads (four numbers) has no control on the page
+    assert [choice["value"] for choice in wav2lip[0]["choices"]] == ["lower_face", "box"]
+
+
+def test_the_page_names_no_engine() -> None:
+    """The page builds the engine choice and each engine's own options from GET /v1/info."""
+    web = Path(__file__).resolve().parent.parent / "web"
+    builtin = [name for name in registered() if name != "level"]  # the gateway's own: the registry's lines
+    assert builtin
+    for path in [*web.glob("*.js"), web / "index.html", web / "style.css"]:
+        text = path.read_text().lower()
+        assert [name for name in builtin if name in text] == [], path.name
+
+
+def test_an_engine_declares_the_models_it_has_int8_graphs_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIPSYNC_INT8_MODELS takes what the registered engines declare, and nothing the settings know by name."""
+
+    class Quantized(Level):
+        name = "quantized"
+        int8_models = ("level_face",)
+
+    monkeypatch.setenv("LIPSYNC_INT8_MODELS", "level_face")
+    with pytest.raises(ValueError, match="level_face cannot be served from an int8 graph"):
+        Settings()
+    register(Quantized)
+    try:
+        assert Settings().int8_models == ["level_face"]
+    finally:
+        unregister("quantized")

@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 from gateway_helpers import running_gateway
 from PIL import Image
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 from scipy.signal import resample_poly
 from skimage import data
+from test_engine_plugin import Level
 
+from gateway.engines import register, unregister
 from gateway.errors import NoFaceFound
 from gateway.settings import Settings
 from gateway.triton.server import EmbeddedTriton
@@ -54,6 +56,17 @@ def gateway_url(triton_server: EmbeddedTriton) -> Iterator[str]:
     """The real gateway behind its configured uvicorn on a free loopback port, serving web/ at /."""
     with running_gateway(Settings(triton_url=triton_server.grpc_url, demo=True)) as url:  # type: ignore[call-arg]
         yield url
+
+
+@pytest.fixture
+def level_gateway_url(triton_server: EmbeddedTriton) -> Iterator[str]:
+    """A gateway that also has tests/test_engine_plugin.py's test engine, registered for this gateway alone."""
+    register(Level)
+    try:
+        with running_gateway(Settings(triton_url=triton_server.grpc_url, demo=True)) as url:  # type: ignore[call-arg]
+            yield url
+    finally:
+        unregister("level")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +144,8 @@ def web(browser: Browser, gateway_url: str) -> Iterator[WebPage]:
     page.on("pageerror", lambda error: result.console_errors.append(f"uncaught: {error}"))
     page.goto(f"{gateway_url}/")
     page.wait_for_function("window.lipsync !== undefined && window.lipsync.state === 'idle'")
+    # The engines and their own options are built from GET /v1/info: the page is whole once it answered.
+    page.wait_for_function("window.lipsync.info !== null")
     yield result
     context.close()
 
@@ -509,5 +524,56 @@ def test_the_page_streams_under_its_own_content_security_policy(
         expect(start).to_be_enabled(timeout=STREAM_TIMEOUT_MS)
         decoded = page.evaluate("document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames")
         assert decoded > 0  # MediaSource played the stream
+        assert page.evaluate("window.cspViolations") == []
+        assert errors == []
+
+
+def test_a_registered_engine_gets_its_own_controls_on_the_page(
+    browser: Browser, level_gateway_url: str, portrait_files: dict[str, Path], spoken_wav: Path
+) -> None:
+    """The page knows an engine and its own options from GET /v1/info alone: the test engine's controls appear,
+    and what they are set to is sent, typed. The answer is cut down in the browser to that engine only, as a
+    gateway serving one engine gives; the page's CSP is enforced (the controls are built by its module)."""
+
+    def one_engine(route: Route) -> None:
+        response = route.fetch()
+        info = response.json()
+        info["engines"] = ["level"]
+        info["engine_options"] = {"level": info["engine_options"]["level"]}
+        route.fulfill(response=response, json=info)
+
+    with csp_enforced_page(browser) as (page, errors):
+        page.route("**/v1/info", one_engine)
+        page.goto(f"{level_gateway_url}/")
+        engine = page.get_by_role("combobox", name="Engine")
+        expect(engine.locator("option")).to_have_text(["Level — a square as loud as the speech"])
+        expect(engine).to_have_value("level")
+        bar = page.get_by_role("combobox", name="Bar colour")
+        expect(bar).to_be_visible()
+        expect(bar).to_have_value("green")  # the model's default
+        assert page.get_by_role("combobox", name="Head pose").count() == 0  # no other engine's controls
+        bar.select_option(label="Red")
+        page.locator("details.more summary").click()  # the engine's "more" option is there
+        gain = page.get_by_role("slider", name="Gain")
+        expect(gain).to_have_value("4")
+        gain.focus()
+        page.keyboard.press("ArrowLeft")  # one step: a hundredth of (0, 8]
+        expect(page.locator("#opt-gain-value")).to_have_text("3.92")
+
+        page.get_by_label("Choose a portrait…").set_input_files(str(portrait_files["face"]))
+        page.get_by_role("radio", name="Audio file").check()
+        page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+        start = page.get_by_role("button", name="Start")
+        expect(start).to_be_enabled(timeout=60_000)
+        start.click()
+        expect(page.locator("body")).to_have_attribute("data-state", re.compile("^(done|error)$"), timeout=60_000)
+        state = hook(page)
+        assert state["errors"] == [] and state["state"] == "done"
+        options = state["options"]
+        assert options.pop("gain") == pytest.approx(3.92)
+        common = {"enhance": False, "seed": None, "chunk_frames": 8, "framing": "portrait"}
+        assert options == {"engine": "level", "bar": "red", **common}
+        assert state["ready"]["engine"] == "level"
+        assert state["end"]["frames"] == decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME
         assert page.evaluate("window.cspViolations") == []
         assert errors == []

@@ -52,7 +52,7 @@ const hook = {
   state: "idle",
   stats: emptyStats(),
   errors: [], // {source, code, message}, in order
-  info: null, // GET /v1/info: what the server offers (demo, engines, limits), read on load
+  info: null, // GET /v1/info: what the server offers (demo, engines and their options, limits), read on load
   avatar: null, // the POST /v1/avatars answer
   options: null, // the options of the last `start` message
   ready: null, // the server's `ready` message
@@ -121,11 +121,11 @@ function updateControls() {
   $("interrupt").hidden = !conversation;
   $("speak").disabled = !talking || page.audioFile === null;
   $("interrupt").disabled = !talking;
-  for (const id of ["portrait-input", "audio-input", "opt-pose", "opt-enhance", "opt-expression",
-    "opt-pose-style", "opt-blink", "opt-seed", "opt-chunk", "opt-framing", "opt-engine", "opt-blend", "opt-mode",
-    "opt-transport"]) {
+  for (const id of ["portrait-input", "audio-input", "opt-enhance", "opt-seed", "opt-chunk", "opt-framing",
+    "opt-engine", "opt-mode", "opt-transport"]) {
     $(id).disabled = active;
   }
+  for (const control of document.querySelectorAll("[data-option]")) control.disabled = active;
   for (const radio of document.querySelectorAll('input[name="source"]')) radio.disabled = active;
   for (const button of document.querySelectorAll("#recent-list button")) button.disabled = active;
 }
@@ -226,10 +226,6 @@ function remember(file, bitmap) {
 // Options
 
 function readOptions() {
-  const poseStyle = Number($("opt-pose-style").value);
-  if (!Number.isInteger(poseStyle) || poseStyle < 0 || poseStyle > 45) {
-    throw new Error(`Pose style must be a whole number from 0 to 45, not “${$("opt-pose-style").value}”.`);
-  }
   const chunk = Number($("opt-chunk").value);
   if (!Number.isInteger(chunk) || chunk < 1 || chunk > 25) {
     throw new Error(`Frames per fragment must be a whole number from 1 to 25, not “${$("opt-chunk").value}”.`);
@@ -239,23 +235,141 @@ function readOptions() {
   if (seed !== null && (!Number.isInteger(seed) || seed < 0)) {
     throw new Error(`The seed must be a whole number of 0 or more (or empty), not “${seedText}”.`);
   }
-  const engine = $("opt-engine").value;
-  const common = {
-    engine,
+  const engine = $("opt-engine").value; // empty until GET /v1/info answered: the server's default engine
+  const options = {
+    ...(engine ? { engine } : {}),
     enhance: $("opt-enhance").checked,
     seed,
     chunk_frames: chunk,
     framing: $("opt-framing").value,
     ...($("opt-frame-code").checked ? { frame_code: true } : {}), // sent only when measuring
   };
-  if (engine === "wav2lip") return { ...common, blend: $("opt-blend").value };
-  return {
-    ...common,
-    pose: $("opt-pose").value,
-    expression_scale: Number($("opt-expression").value),
-    pose_style: poseStyle,
-    blink: $("opt-blink").checked,
-  };
+  for (const { option, control } of engineControls.get(engine) ?? []) {
+    options[option.name] = readControl(option, control);
+  }
+  return options;
+}
+
+// One of the engine's own options, in the type the server expects (a choice's value as the server gave it).
+function readControl(option, control) {
+  if (option.kind === "checkbox") return control.checked;
+  if (option.kind === "choice") return option.choices[control.selectedIndex].value;
+  const text = control.value.trim();
+  const value = Number(text);
+  const fits = text !== "" && Number.isFinite(value) && (!option.integer || Number.isInteger(value)) &&
+    (option.min === null || value >= option.min) && (option.max === null || value <= option.max);
+  if (!fits) throw new Error(`${option.label} must be ${numberRule(option)}, not “${control.value}”.`);
+  return value;
+}
+
+function numberRule(option) {
+  const kind = option.integer ? "a whole number" : "a number";
+  if (option.min !== null && option.max !== null) return `${kind} from ${option.min} to ${option.max}`;
+  if (option.min !== null) return `${kind} of ${option.min} or more`;
+  if (option.max !== null) return `${kind} of ${option.max} or less`;
+  return kind;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Engines: the choice and each engine's own options, as the server describes them (GET /v1/info), so that the
+// page names no engine. Options every engine takes (enhancement, framing, seed…) are the page's own controls.
+
+const engineControls = new Map(); // engine name → [{option, control}], its own options in order
+
+function showEngines(info) {
+  const select = $("opt-engine");
+  for (const [name, engine] of Object.entries(info.engine_options ?? {})) {
+    const item = document.createElement("option");
+    item.value = name;
+    item.textContent = engine.label;
+    // Not served now (Triton lacks its models): it cannot be chosen. None served: the server cannot say yet.
+    item.disabled = info.engines.length > 0 && !info.engines.includes(name);
+    select.append(item);
+    const groups = { main: engineGroup(name, $("engine-options")), more: engineGroup(name, $("engine-options-more")) };
+    const controls = engine.options.map((option) => {
+      const { label, control } = buildControl(name, option);
+      groups[option.more ? "more" : "main"].append(label, control);
+      return { option, control };
+    });
+    engineControls.set(name, controls);
+  }
+  const first = [...select.options].find((item) => !item.disabled); // the server's default comes first
+  if (first) select.value = first.value;
+  showEngineOptions();
+}
+
+// Each engine has its own options: show those of the engine chosen.
+function showEngineOptions() {
+  const engine = $("opt-engine").value;
+  for (const element of document.querySelectorAll("[data-engine]")) {
+    element.hidden = element.dataset.engine !== engine;
+  }
+}
+
+// A grid-transparent container of one engine's controls (shown only while that engine is chosen).
+function engineGroup(engine, parent) {
+  const group = document.createElement("div");
+  group.className = "engine-options";
+  group.dataset.engine = engine;
+  parent.append(group);
+  return group;
+}
+
+function buildControl(engine, option) {
+  const dashed = option.name.replaceAll("_", "-");
+  // Two engines may have an option of the same name: the second's id names its engine.
+  const id = document.getElementById(`opt-${dashed}`) ? `opt-${engine}-${dashed}` : `opt-${dashed}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = option.label;
+  let control;
+  if (option.kind === "choice") {
+    control = document.createElement("select");
+    for (const choice of option.choices) {
+      const item = document.createElement("option");
+      item.value = String(choice.value);
+      item.textContent = choice.label;
+      item.selected = choice.value === option.default;
+      control.append(item);
+    }
+  } else if (option.kind === "checkbox") {
+    control = document.createElement("input");
+    control.type = "checkbox";
+    control.checked = option.default === true;
+  } else {
+    control = document.createElement("input");
+    control.type = option.kind; // "number" or "range"
+    if (option.min !== null) control.min = String(option.min);
+    if (option.max !== null) control.max = String(option.max);
+    control.step = option.step === null ? "any" : String(option.step);
+    if (option.default !== null) control.value = String(option.default);
+    if (option.integer) control.inputMode = "numeric";
+  }
+  if (option.kind === "number" && option.min !== null && option.max !== null) {
+    label.append(` (${option.min}–${option.max})`);
+  }
+  if (option.kind === "range") {
+    // The slider's value, beside its name.
+    const output = document.createElement("output");
+    output.id = `${id}-value`;
+    output.setAttribute("for", id);
+    const decimals = Number.isInteger(option.step) ? 0 : (String(option.step).split(".")[1] ?? "").length;
+    const show = () => {
+      output.textContent = Number(control.value).toFixed(decimals);
+    };
+    control.addEventListener("input", show);
+    label.append(" ", output);
+    show();
+  }
+  if (option.hint) {
+    const hint = document.createElement("span");
+    hint.className = "hint-inline";
+    hint.textContent = option.hint;
+    label.append(" ", hint);
+  }
+  control.id = id;
+  control.dataset.option = option.name;
+  return { label, control };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -735,9 +849,6 @@ $("audio-input").addEventListener("change", (e) => {
 for (const radio of document.querySelectorAll('input[name="source"]')) {
   radio.addEventListener("change", (e) => setMode(e.target.value));
 }
-$("opt-expression").addEventListener("input", (e) => {
-  $("opt-expression-value").textContent = Number(e.target.value).toFixed(1);
-});
 $("opt-engine").addEventListener("change", showEngineOptions);
 // Each transport's own default chunk (frames per render call): over WebRTC an interrupt takes back the chunks
 // not begun, so smaller ones stop the lips sooner (the server's default there is 4 too); over the WebSocket each
@@ -770,25 +881,17 @@ drop.addEventListener("drop", (e) => {
   if (file) choosePortrait(file);
 });
 
-// Each engine has its own options: show those of the engine chosen.
-function showEngineOptions() {
-  const engine = $("opt-engine").value;
-  for (const element of document.querySelectorAll("[data-engine]")) {
-    element.hidden = element.dataset.engine !== engine;
-  }
-}
-
-// What the server offers, before anything is chosen: a demo server says so at once; engines it does not
-// serve cannot be chosen.
+// What the server offers, before anything is chosen: a demo server says so at once; its engines and their
+// options become choices (those it does not serve now cannot be chosen). Without it, sessions run the server's
+// default engine with its default options.
 async function loadInfo() {
   try {
     const response = await fetch("v1/info");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    hook.info = await response.json();
+    const info = await response.json();
+    showEngines(info);
+    hook.info = info; // after the controls exist: tests wait for it
     showDemo();
-    for (const option of $("opt-engine").options) {
-      option.disabled = hook.info.engines.length > 0 && !hook.info.engines.includes(option.value);
-    }
   } catch (err) {
     log.add("warn", `Could not read the server's description (${err.message}); continuing.`);
   }
@@ -797,5 +900,4 @@ async function loadInfo() {
 setInterval(updateStats, STATS_INTERVAL_MS);
 setMode(document.querySelector('input[name="source"]:checked').value);
 setState("idle");
-showEngineOptions();
 loadInfo();

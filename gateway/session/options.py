@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,8 @@ class EngineOptions(BaseModel):
     """The options every engine takes, as the ``start`` message's ``options`` carries them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The engine's one line where a client offers the choice (GET /v1/info, the page); its name when empty.
+    label: ClassVar[str] = ""
 
     engine: str
     enhance: bool = False  # GFPGAN on the rendered face

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from gateway.engines.page import Control
 from gateway.session.options import EngineOptions, SessionOptions
 
 DEFAULT_PADS = (0, 10, 0, 0)  # the face box's padding [top, bottom, left, right], upstream's default
@@ -14,10 +15,16 @@ Pad = Annotated[int, Field(ge=0, le=1000)]
 
 
 class Wav2LipOptions(EngineOptions):
+    label: ClassVar[str] = "Wav2Lip — lips only, fast (non-commercial weights)"
+
     engine: Literal["wav2lip"] = "wav2lip"
     # Face box padding in photo pixels [top, bottom, left, right], and how the face is blended in.
     pads: tuple[Pad, Pad, Pad, Pad] = DEFAULT_PADS
-    blend: Literal["lower_face", "box"] = "lower_face"  # the lower face through a mask, or the whole box
+    # The lower face through a mask, or the whole box.
+    blend: Annotated[
+        Literal["lower_face", "box"],
+        Control(choices={"lower_face": "Lower face only (seamless)", "box": "The whole face box"}),
+    ] = Field("lower_face", title="Blend the new mouth")
 
     @classmethod
     def for_lipsync_request(cls, request: Mapping[str, Any]) -> SessionOptions:

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from gateway import __version__
 from gateway.avatars.framing import FRAMINGS
 from gateway.context import Ctx, default_options
+from gateway.engines.page import EnginePage, describe
 from gateway.errors import InferenceUnavailable
 from gateway.transport.http_errors import error_responses
 
@@ -43,6 +44,8 @@ class Info(BaseModel):
     demo: bool  # True: random weights, the video is not a result of the models
     auth_required: bool
     engines: list[str]  # served now (empty while the inference server is unreachable)
+    # Every engine of this gateway, served now or not: its label and its own options' controls (the page's).
+    engine_options: dict[str, EnginePage]
     framings: list[str]
     limits: Limits
 
@@ -109,6 +112,7 @@ async def info(ctx: Ctx) -> Info:
         demo=s.demo,
         auth_required=s.auth_token is not None,
         engines=served,
+        engine_options={name: describe(name, engine.options_model) for name, engine in ctx.engines.items()},
         framings=list(FRAMINGS),
         limits=limits,
     )

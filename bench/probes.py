@@ -2,6 +2,7 @@
 
     python bench/probes.py --url http://127.0.0.1:8000 [--token T] [--pid PID] [--speech-seconds 20]
                            [--sockets-per-client 4] [--flood 12] [--flood-side 5000] [--probes 1,2,3,4,5,6,7]
+                           [--redis-url redis://127.0.0.1:PORT/0 --signing-key KEY]
 
 Against a running gateway (``python -m gateway up --demo``; with ``LIPSYNC_AUTH_TOKEN`` set for probe 4), only
 to the URL given (use a loopback address). Each probe is bounded in count and time:
@@ -13,15 +14,22 @@ to the URL given (use a loopback address). Each probe is bounded in count and ti
 3. **compressed messages** — a client offering permessage-deflate: the extensions the server agreed to.
 4. **upload before auth** — ``POST /v1/lipsync`` declaring 100 MB without the token; with it, the same
    declared size, and a chunked body over the route's limit (sending stops once the answer comes).
-5. **many sockets** — ``--sockets-per-client`` idle WebSockets, then one more: ``socket_limit``, 4429.
+5. **many sockets** — as many idle WebSockets as the socket limit allows, then one more: ``socket_limit``, 4429.
 6. **portrait flood** — ``--flood`` concurrent ``POST /v1/avatars`` of a ``--flood-side``² JPEG (within the
    pixel limit), each with other bytes (a new avatar, not a cache hit): how many are prepared and how many are
    refused ``busy``, with the peak memory meanwhile.
-7. **Redis record bomb** — not probed (a row pointing to tests/test_avatar_codec.py).
+7. **Redis record bomb** — against a gateway started with ``LIPSYNC_REDIS_URL`` and
+   ``LIPSYNC_AVATAR_SIGNING_KEY`` (given here as ``--redis-url`` and ``--signing-key``, or the same variables;
+   a private Redis, as this writes to it): hostile records written straight into its Redis under the key of an
+   avatar id it does not hold, then a ``/ws/stream`` session asked for that id — a deflate bomb signed with
+   the fleet's key (truthful sizes, and sizes that lie), an oversized value, a genuine record re-signed with
+   another key, one copied under another id, and one re-signed for that id with the fleet's key; and, as a
+   control, a well-formed record for that id (the session must start). Per record: the answer and close code, and
+   ``lipsync_shared_avatar_records_refused_total`` by reason. Without Redis settings the row says skipped.
 
-The limits come from ``GET /v1/info`` where it says them (message, portrait and pixel limits); the socket limit
-is not published there (``--sockets-per-client``, the server's default). With ``--pid`` (the ``python -m
-gateway up`` process) the resident memory (VmRSS) of the gateway is read before and after each probe, and of
+The limits come from ``GET /v1/info`` (message, portrait, pixel and socket limits; ``--sockets-per-client``
+only for a server that does not publish its socket limit). With ``--pid`` (the ``python -m gateway up``
+process) the resident memory (VmRSS) of the gateway is read before and after each probe, and of
 the gateway with every process below it (the embedded tritonserver and its Python-backend stubs); the flood
 samples it every 0.2 s. Prints a Markdown table.
 """
@@ -35,11 +43,14 @@ import io
 import json
 import logging
 import math
+import os
 import select
 import socket
+import struct
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,11 +61,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import redis
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 from websockets.uri import parse_uri
+
+from gateway.avatars.shared import KEY_PREFIX, MAGIC, TAG_BYTES, sign
 
 log = logging.getLogger("probes")
 
@@ -174,15 +188,20 @@ class Server:
         query = f"?token={self.token}" if self.token else ""
         return f"{self.url.replace('http', 'ws', 1)}{path}{query}"
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples on /metrics (0 when it has none yet)."""
+    def samples(self, name: str) -> dict[str, float]:
+        """A metric's samples on /metrics by their labels (``{reason="signature"}``; ``""`` for none)."""
         with httpx.Client(timeout=30, headers=self.headers) as client:
             text = client.get(f"{self.url}/metrics").raise_for_status().text
-        total = 0.0
+        found: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+                labels, value = line[len(name) :].rsplit(" ", 1)
+                found[labels.strip()] = float(value)
+        return found
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on /metrics (0 when it has none yet)."""
+        return sum(self.samples(name).values())
 
     def upload(self, jpeg: bytes, timeout: float = 300) -> httpx.Response:
         with httpx.Client(timeout=timeout, headers=self.headers) as client:
@@ -496,6 +515,172 @@ def probe_flood(server: Server, memory: Memory, count: int, side: int) -> Row:
     return Row("6", "portrait flood", sent, answer, seconds, before, memory.read(), peak[0] if peak else None)
 
 
+# ------------------------------------------------------------------------------------- 7. Redis records
+
+REFUSED = "lipsync_shared_avatar_records_refused_total"
+MiB = 2**20
+
+
+def _deflate_bomb(inflated: int, lie: bool) -> bytes:
+    """A zip (a record's container) of one ``.npy`` member of ``inflated`` zero bytes, which deflate to a few
+    hundred KB; ``lie``: its headers say the member holds 1,000 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (inflated,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("landmarks.npy", "w") as member:
+        member.write(header.getvalue())
+        block = bytes(MiB)
+        for _ in range(inflated // MiB):
+            member.write(block)
+    data = bytearray(buffer.getvalue())
+    if lie:
+        # One member, no comment: the local header is at 0, and the end record's last fields give where the
+        # central directory starts. The uncompressed size is at 22 in the one and 24 in the other.
+        directory = struct.unpack("<I", data[-6:-2])[0]
+        for at in (22, directory + 24):
+            data[at : at + 4] = struct.pack("<I", 1000)
+    return bytes(data)
+
+
+def _relabelled(payload: bytes, avatar_id: str) -> bytes:
+    """A genuine record's contents with ``avatar_id`` written in as its id (a record the gateway should take)."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as record:
+        arrays = {name: record[name] for name in record.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["id"] = avatar_id
+    arrays["meta"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _fresh_id() -> str:
+    """An avatar id no gateway holds (the shape of a real one: 64 hex digits)."""
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+def _ask_for(server: Server, avatar_id: str) -> tuple[str, float]:
+    """Start a ``/ws/stream`` session with ``avatar_id``: what the server said (and its close code), and the
+    seconds from the ``start`` message to the close."""
+    said: list[str] = []
+    with connect(server.ws_url(), compression=None, open_timeout=30) as ws:
+        started = time.perf_counter()
+        ws.send(json.dumps({"type": "start", "avatar_id": avatar_id, "options": {"engine": "wav2lip"}}))
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while True:
+                message = ws.recv(timeout=60)
+                if not isinstance(message, str):
+                    continue
+                body = json.loads(message)
+                if body.get("type") != "error":  # the record was taken: the session started
+                    said.append(f"`{body.get('type')}`: the session started")
+                    break
+                words = str(body.get("message")).replace(avatar_id, avatar_id[:8] + "…")  # the table stays narrow
+                said.append(f"error `{body.get('code')}` ({words})")
+        seconds = time.perf_counter() - started
+        close = ws.protocol.close_rcvd
+    closed = f"close {close.code}" if close is not None else "closed by the probe"
+    return f"{'; '.join(said) or 'no message'}, {closed}", seconds
+
+
+class RedisProbe:
+    """Hostile records written into the gateway's Redis (``store``), each under a fresh id, then asked for."""
+
+    def __init__(self, server: Server, memory: Memory, url: str, signing_key: str) -> None:
+        self.server = server
+        self.memory = memory
+        self.store = redis.Redis.from_url(url, socket_timeout=30)
+        self.key = signing_key.encode()
+        self._genuine: tuple[str, bytes] | None = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    def genuine(self) -> tuple[str, bytes]:
+        """A record the gateway wrote itself: a new avatar of the astronaut (other bytes), uploaded; its id."""
+        if self._genuine is None:
+            response = self.server.upload(_unique(_portrait()))
+            response.raise_for_status()
+            avatar_id = response.json()["avatar_id"]
+            record = self.store.get(KEY_PREFIX + avatar_id)
+            if not isinstance(record, bytes):
+                raise RuntimeError("the gateway did not write the uploaded avatar's record to this Redis")
+            self._genuine = avatar_id, record
+        return self._genuine
+
+    def run(self, number: str, probe: str, sent: str, record: Callable[[str], bytes]) -> Row:
+        """Store ``record(avatar_id)`` under a fresh id, ask for that id; the answer, and the refusals counted."""
+        avatar_id = _fresh_id()
+        data = record(avatar_id)
+        self.store.set(KEY_PREFIX + avatar_id, data)
+        refused = self.server.samples(REFUSED)
+        before = self.memory.read()
+        try:
+            with self.memory.peak() as peak:
+                answer, seconds = _ask_for(self.server, avatar_id)
+        finally:
+            self.store.delete(KEY_PREFIX + avatar_id)
+        counted = {
+            labels: value - refused.get(labels, 0.0)
+            for labels, value in self.server.samples(REFUSED).items()
+            if value != refused.get(labels, 0.0)
+        }
+        answer += "; " + (
+            ", ".join(f"`{REFUSED}{labels}` +{delta:g}" for labels, delta in counted.items())
+            or f"`{REFUSED}` unchanged"
+        )
+        sent = f"{sent} ({len(data) / MB:.2f} MB in Redis)"
+        return Row(number, probe, sent, answer, seconds, before, self.memory.read(), peak[0] if peak else None)
+
+    def probes(self) -> list[tuple[str, str, Callable[[], Row]]]:
+        """Probe 7's records (number, name, run)."""
+        wrong_key = os.urandom(32)
+
+        def payload() -> bytes:  # the genuine record without its signature
+            return self.genuine()[1][len(MAGIC) + TAG_BYTES :]
+
+        specs: list[tuple[str, str, str, Callable[[str], bytes]]] = [
+            (
+                "7a",
+                "Redis: deflate bomb",
+                "a zip inflating to 256 MiB (its sizes true), signed with the fleet's key",
+                lambda avatar_id: sign(self.key, avatar_id, _deflate_bomb(256 * MiB, lie=False)),
+            ),
+            (
+                "7b",
+                "Redis: deflate bomb, lying sizes",
+                "the same zip, its headers saying 1,000 bytes, signed with the fleet's key",
+                lambda avatar_id: sign(self.key, avatar_id, _deflate_bomb(256 * MiB, lie=True)),
+            ),
+            ("7c", "Redis: oversized value", "128 MiB of zeros", lambda _: bytes(128 * MiB)),
+            (
+                "7d",
+                "Redis: wrong key",
+                "a genuine record's contents, signed for this id with another key",
+                lambda avatar_id: sign(wrong_key, avatar_id, payload()),
+            ),
+            (
+                "7e",
+                "Redis: another avatar's record",
+                "a genuine record (signed by the gateway for its own avatar) copied under this id",
+                lambda _: self.genuine()[1],
+            ),
+            (
+                "7f",
+                "Redis: another avatar's record, re-signed",
+                "a genuine record's contents (another avatar's) signed for this id with the fleet's key",
+                lambda avatar_id: sign(self.key, avatar_id, payload()),
+            ),
+            (  # the control: the same path takes a well-formed record, so the refusals above are the records'
+                "7g",
+                "Redis: control",
+                "a genuine record's contents with this id written in, signed with the fleet's key",
+                lambda avatar_id: sign(self.key, avatar_id, _relabelled(payload(), avatar_id)),
+            ),
+        ]
+        return [(spec[0], spec[1], functools.partial(self.run, *spec)) for spec in specs]
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 
@@ -545,10 +730,18 @@ def main() -> int:
     parser.add_argument("--pid", type=int, default=None, help="the gateway process, for its memory")
     parser.add_argument("--speech-seconds", type=float, default=20.0, help="audio the slow reader sends")
     parser.add_argument("--reset-wait", type=float, default=180.0, help="how long to wait for the reset, s")
-    parser.add_argument("--sockets-per-client", type=int, default=4, help="the server's LIPSYNC_MAX_SOCKETS_…")
+    parser.add_argument(
+        "--sockets-per-client", type=int, default=4, help="LIPSYNC_MAX_SOCKETS_… where /v1/info does not say it"
+    )
     parser.add_argument("--flood", type=int, default=12, help="concurrent portrait uploads, 1..32")
     parser.add_argument("--flood-side", type=int, default=5000, help="their side in pixels (within the limit)")
     parser.add_argument("--probes", default="1,2,3,4,5,6,7", help="which probes, comma-separated")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("LIPSYNC_REDIS_URL"), help="the gateway's Redis (probe 7; a private one)"
+    )
+    parser.add_argument(
+        "--signing-key", default=os.environ.get("LIPSYNC_AVATAR_SIGNING_KEY"), help="the gateway's avatar signing key"
+    )
     args = parser.parse_args()
     if not 1 <= args.flood <= 32 or not 1 <= args.sockets_per_client <= 64:
         parser.error("--flood must be 1..32 and --sockets-per-client 1..64")
@@ -556,6 +749,7 @@ def main() -> int:
     server = Server(args.url, args.token)
     if server.info.get("auth_required") and not args.token:
         parser.error("the server requires a token: pass --token")
+    per_client = int(server.limits.get("max_sockets_per_client", args.sockets_per_client))
     memory = Memory(args.pid)
     limit = int(server.limits["max_message_bytes"])
     chosen = {part.strip() for part in args.probes.split(",")}
@@ -578,21 +772,19 @@ def main() -> int:
     elif "4" in chosen:
         rows.append(Row("4", "upload before auth", "–", "skipped: server has no token"))
     if "5" in chosen:
-        rows.append(_measured("5", "many sockets", memory, lambda: probe_sockets(server, args.sockets_per_client)))
+        rows.append(_measured("5", "many sockets", memory, lambda: probe_sockets(server, per_client)))
     if "6" in chosen:
         rows.append(
             _measured("6", "portrait flood", memory, lambda: probe_flood(server, memory, args.flood, args.flood_side))
         )
-    if "7" in chosen:
-        rows.append(
-            Row(
-                "7",
-                "Redis record bomb",
-                "–",
-                "not probed (no Redis here): see tests/test_avatar_codec.py (`test_a_deflate_bomb_is_refused_without_"
-                "being_inflated`, `test_an_oversized_value_is_not_even_fetched`)",
-            )
-        )
+    if "7" in chosen and args.redis_url and args.signing_key:
+        records = RedisProbe(server, memory, args.redis_url, args.signing_key)
+        try:
+            rows += [_measured(number, probe, memory, run) for number, probe, run in records.probes()]
+        finally:
+            records.close()
+    elif "7" in chosen:
+        rows.append(Row("7", "Redis record bomb", "–", "skipped: pass --redis-url and --signing-key (the gateway's)"))
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"Probes against {server.url} ({when}); limits from /v1/info: {json.dumps(server.limits)}\n")
     print(table(rows))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from gateway_helpers import ManualClock, read_wav_int16
 from starlette.testclient import TestClient
+from video_helpers import clip_bytes, moving_face
 
 from export.reference import Wav2LipReference
 from export.stages import StageFactory
@@ -24,6 +25,7 @@ from gateway.app import create_app
 from gateway.avatars.portrait import AvatarLimits
 from gateway.avatars.store import AvatarState, AvatarStore
 from gateway.engines import engines, session_options
+from gateway.engines.wav2lip.clip import ClipFaces
 from gateway.engines.wav2lip.engine import LOOKAHEAD_MS as WAV2LIP_LOOKAHEAD_MS
 from gateway.engines.wav2lip.face import Wav2LipAvatar
 from gateway.engines.wav2lip.options import Wav2LipOptions
@@ -171,8 +173,13 @@ def _check_exact(conversing: Conversing, factory: StageFactory, cut_at: int | No
     frames = played.size // 640
     assert sorted(conversing.faces) == list(range(frames)) == list(range(session.frames_sent))
     avatar = session.avatar
-    face = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, OPTIONS.of(Wav2LipOptions))
-    reference = Wav2LipReference(factory).render(face.face_input, played)
+    if avatar.clip is None:
+        face_input = avatar.part("wav2lip", Wav2LipAvatar).face(avatar, OPTIONS.of(Wav2LipOptions)).face_input
+    else:  # each frame's own clip picture, frame n on clip frame ping-pong(n)
+        framing = avatar.framings[OPTIONS.framing]
+        clip_faces = ClipFaces(avatar.clip, framing, avatar.width, avatar.height, OPTIONS.of(Wav2LipOptions))
+        face_input = clip_faces.inputs(range(frames))
+    reference = Wav2LipReference(factory).render(face_input, played)
     served = np.stack([conversing.faces[i] for i in range(frames)])
     difference = np.abs(served.astype(np.int16) - reference.astype(np.int16))
     if cut_at is not None:
@@ -214,6 +221,30 @@ def test_idle_then_a_burst_in_order_then_exact(
     assert [s["frames"] for s in c.stats[:3]] == [2, 10, 18]
     assert "first_fragment_parts" in c.stats[0] and "behind_ms" in c.stats[-1]
     _check_exact(c, reduced_factory)
+
+
+def test_a_clip_avatar_idles_and_speaks_on_its_own_frames_with_nothing_jumping(
+    triton_server: EmbeddedTriton, reduced_factory: StageFactory, speech: np.ndarray
+) -> None:
+    clip = clip_bytes(moving_face(20))
+
+    async def script(c: Conversing) -> None:
+        await c.walk(2.0)  # idle: the clip plays, Wav2Lip on silence
+        await c.until(26)
+        c.session.utterance("u1")
+        c.feed(speech[:16000])
+        await c.walk(2.0)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, clip, script))
+    segments = c.session.played_segments()
+    assert [s["kind"] for s in segments][:2] == ["silence", "speech"]
+    # Idle and speaking frames alike are Wav2Lip's on the clip frame each frame shows, across the switch too:
+    # every frame equals the offline render of the played audio on those frames.
+    _check_exact(c, reduced_factory)
+    switch = segments[1]["start"] // 640
+    assert c.session.avatar.clip is not None
+    shown = [c.session.avatar.clip.index(n) for n in range(switch - 3, switch + 3)]
+    assert np.abs(np.diff(shown)).max() == 1  # the picture keeps moving through the clip, one frame a frame
 
 
 def test_an_interrupt_drops_the_rest_and_the_next_utterance_is_spoken(

@@ -84,7 +84,7 @@ def hook(page: Any) -> dict[str, Any]:
 def prepare(page: Any, url: str, portrait: Path, transport: str, engine: str, mode: str, chunk: int) -> None:
     page.goto(f"{url}/")
     page.wait_for_function("window.lipsync && window.lipsync.info !== null", timeout=60_000)
-    page.get_by_label("Choose a portrait…").set_input_files(str(portrait))
+    page.get_by_label("Choose a portrait or a clip…").set_input_files(str(portrait))
     page.wait_for_function("window.lipsync.state === 'ready'", timeout=60_000)
     page.get_by_role("combobox", name="Transport").select_option(transport)
     page.get_by_role("combobox", name="Engine").select_option(engine)

@@ -246,7 +246,9 @@ def test_info_describes_each_engines_own_options_from_its_model(client: TestClie
                 "more": True,
             },
         ],
+        "takes_video": False,  # it does not declare takes_video: photos only
     }
+    assert described["wav2lip"]["takes_video"] is True and described["sadtalker"]["takes_video"] is False
     # The built-in engines describe theirs the same way; the options every engine takes are the page's own.
     sadtalker = {option["name"]: option for option in described["sadtalker"]["options"]}
     assert list(sadtalker) == ["pose", "expression_scale", "pose_style", "blink"]

@@ -11,11 +11,14 @@ for structure and for naming only metrics that exist.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -852,3 +855,226 @@ def test_docs_cover_running_scaling_and_watching() -> None:
         "docs/measurements.md",
     ):
         assert needle in docs, needle
+
+
+# --------------------------------------------------------------------------------------------- TURN relay
+
+# deploy/k8s/turn: the gpu overlay plus coturn on one node's host network (docs/deploy.md, "WebRTC across NAT").
+TURN_SECRET = "lipsync-turn"
+# The documentation addresses (RFC 5737) the relay refuses as its public address.
+PLACEHOLDER_NETWORKS = ("192.0.2.", "198.51.100.", "203.0.113.")
+
+
+@functools.cache
+def rendered_turn() -> Render:
+    return Render("turn", kustomize(K8S / "turn"))
+
+
+def turn_container(render: Render) -> dict[str, Any]:
+    return container(render.get("Deployment", "turn"), "turn")
+
+
+def without_the_relays_host_network(render: Render) -> Render:
+    """The render with the two things only the relay may have taken out: host networking, and NET_BIND_SERVICE
+    in its bounding set (test_turn_relay_differs_from_the_other_pods_only_where_it_must says why)."""
+    objects = yaml.safe_load(yaml.safe_dump(render.objects))
+    (turn,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "turn"]
+    pod = turn["spec"]["template"]["spec"]
+    del pod["hostNetwork"]
+    del pod["containers"][0]["securityContext"]["capabilities"]["add"]
+    return Render(render.name, objects)
+
+
+# Every check above that takes a rendered overlay, but the one that lists each workload's peers (the relay is on
+# the host network, where NetworkPolicies do not apply: test_turn_relay_is_on_the_host_network_and_opens_no_pod).
+TURN_CHECKS = [
+    check
+    for name, check in sorted(globals().items())
+    if name.startswith("test_")
+    and list(inspect.signature(check).parameters) == ["render"]
+    and name != "test_network_policies_let_in_only_the_expected_peers"
+]
+
+
+@pytest.mark.parametrize("check", TURN_CHECKS, ids=lambda check: check.__name__.removeprefix("test_"))
+def test_turn_overlay_keeps_every_rule_of_the_overlays(
+    check: Callable[[Render], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lipsync-turn is one more Secret the operator creates (and docs/deploy.md says how).
+    monkeypatch.setitem(globals(), "EXTERNAL_SECRETS", EXTERNAL_SECRETS | {TURN_SECRET})
+    check(without_the_relays_host_network(rendered_turn()))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_turn_overlay_validates_against_the_kubernetes_schemas(version: str) -> None:
+    test_every_object_validates_against_the_kubernetes_schemas(rendered_turn(), version)
+
+
+def test_turn_overlay_adds_the_relay_to_the_whole_deployment() -> None:
+    render = rendered_turn()
+    base = rendered("gpu")
+    # The gpu overlay as it renders, but for the gateway (patched: test_turn_secret_is_required_and_shared_...),
+    # plus the relay and its settings.
+    for obj in base.objects:
+        if (obj["kind"], obj["metadata"]["name"]) != ("Deployment", "gateway"):
+            assert obj in render.objects, f"{obj['kind']}/{obj['metadata']['name']} differs from overlays/gpu's"
+    added = {(o["kind"], o["metadata"]["name"].partition("-settings")[0]) for o in render.objects} - {
+        (o["kind"], o["metadata"]["name"].partition("-settings")[0]) for o in base.objects
+    }
+    assert added == {("Deployment", "turn"), ("ConfigMap", "turn")}
+
+
+def test_turn_relay_differs_from_the_other_pods_only_where_it_must() -> None:
+    render = rendered_turn()
+    hosts = [w["metadata"]["name"] for w in render.workloads() if w["spec"]["template"]["spec"].get("hostNetwork")]
+    assert hosts == ["turn"]
+    pod = render.get("Deployment", "turn")["spec"]["template"]["spec"]
+    assert not pod.get("hostPID") and not pod.get("hostIPC")
+    # NET_BIND_SERVICE stays in the bounding set only because the image marks turnserver with that file
+    # capability, which the kernel refuses to run without it; with no privilege escalation it is never granted.
+    context = turn_container(render)["securityContext"]
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+    assert context["allowPrivilegeEscalation"] is False
+    # One relay on the node whose public address it reports: pinned by a label, replaced rather than doubled.
+    deployment = render.get("Deployment", "turn")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["nodeSelector"] == {"lipsync-triton/turn-relay": "true"}
+    # What it writes is a volume, as for the other pods (WRITABLE_PATHS).
+    mounts = {m["mountPath"] for m in turn_container(render)["volumeMounts"]}
+    assert mounts == {"/tmp", "/var/lib/coturn"}
+    assert "--pidfile=/tmp/turnserver.pid" in turn_container(render)["args"]
+
+
+def test_turn_relay_is_on_the_host_network_and_opens_no_pod() -> None:
+    render = rendered_turn()
+    # NetworkPolicies do not isolate host-network pods: none claims to (the node's firewall does, docs/deploy.md).
+    turn_labels = render.get("Deployment", "turn")["spec"]["template"]["metadata"]["labels"]
+    for policy in render.all("NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]
+        if selector:
+            assert not matches(selector.get("matchLabels", {}), turn_labels), policy["metadata"]["name"]
+    # Nothing new gets into the other pods: the gateways reach the relay, not the other way round.
+    for workload in render.workloads():
+        name = workload["metadata"]["name"]
+        if name != "turn":
+            assert allowed_peers(render, workload) == EXPECTED_PEERS[name], name
+    assert not [s for s in render.all("Service") if matches(s["spec"]["selector"], turn_labels)]
+    # The ports it listens on are declared (the scheduler then keeps a second pod off that node's ports), and
+    # the probes try the TCP listener: coturn has no health endpoint.
+    relay = turn_container(render)
+    assert {(p["containerPort"], p["protocol"]) for p in relay["ports"]} == {(3478, "UDP"), (3478, "TCP")}
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert port_number(relay, relay[kind]["tcpSocket"]["port"]) == 3478
+
+
+def test_turn_relay_is_hardened_as_in_compose() -> None:
+    relay = turn_container(rendered_turn())
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["turn"]
+    assert relay["image"] == compose["image"] == "coturn/coturn:4.6.3"
+    args = relay["args"]
+    assert set(compose["command"]) <= set(args), set(compose["command"]) - set(args)
+    # And more private ranges than compose: the relay shares the node's network, not a container's.
+    denied = {a.partition("=")[2] for a in args if a.startswith("--denied-peer-ip=")}
+    assert {"169.254.0.0-169.254.255.255", "100.64.0.0-100.127.255.255", "127.0.0.0-127.255.255.255"} <= denied
+    assert "--no-tcp-relay" in args
+    # The secret reaches turnserver from the environment, never from the manifest.
+    assert not any("static-auth-secret" in a for a in args)
+    # Kubernetes would expand $(NAME) in the command before the shell sees it.
+    assert "$(" not in " ".join(relay["command"] + args)
+
+
+def test_turn_secret_is_required_and_shared_with_the_gateways() -> None:
+    render = rendered_turn()
+    relay = turn_container(render)
+    gateway = container(render.get("Deployment", "gateway"), "gateway")
+    secret = env_ref(relay, "LIPSYNC_TURN_SECRET")["secretKeyRef"]
+    assert secret == {"name": TURN_SECRET, "key": "secret"}  # not optional: a pod without it does not start
+    assert env_ref(gateway, "LIPSYNC_TURN_SECRET")["secretKeyRef"] == secret
+    # The gateways hand out the address the relay reports: one ConfigMap key, expanded after it is defined.
+    address = env_ref(relay, "TURN_EXTERNAL_IP")["configMapKeyRef"]
+    assert env_ref(gateway, "TURN_EXTERNAL_IP")["configMapKeyRef"] == address
+    names = [var["name"] for var in gateway["env"]]
+    assert names.index("TURN_EXTERNAL_IP") < names.index("LIPSYNC_ICE_SERVERS")
+    ice = env_of(gateway, render)["LIPSYNC_ICE_SERVERS"]
+    assert ice == "turn:$(TURN_EXTERNAL_IP):3478"
+    public = render.configmap_data(address["name"])[address["key"]]
+    settings = Settings(
+        ice_servers=ice.replace("$(TURN_EXTERNAL_IP)", public), turn_secret="s" * 16, triton_url="127.0.0.1:1"
+    )
+    assert settings.ice_servers == [f"turn:{public}:3478"]
+    docs = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    assert f"create secret generic {TURN_SECRET} --from-literal=secret=" in docs
+    assert "kubectl apply -k deploy/k8s/turn" in docs and "lipsync-triton/turn-relay=true" in docs
+
+
+def relay_argv(relay: dict[str, Any]) -> list[str]:
+    """The relay container's command and arguments, as the kubelet runs them (nothing for it to expand)."""
+    return [*relay["command"], *relay["args"]]
+
+
+def test_turn_relay_refuses_the_placeholder_address_and_a_short_secret(tmp_path: Path) -> None:
+    render = rendered_turn()
+    relay = turn_container(render)
+    address = env_ref(relay, "TURN_EXTERNAL_IP")["configMapKeyRef"]
+    placeholder = render.configmap_data(address["name"])[address["key"]]
+    assert placeholder.startswith(PLACEHOLDER_NETWORKS)  # as committed: the operator must set theirs
+    cases = {
+        f"TURN_EXTERNAL_IP is '{placeholder}', a placeholder": {"TURN_EXTERNAL_IP": placeholder},
+        "TURN_EXTERNAL_IP is '', a placeholder": {"TURN_EXTERNAL_IP": ""},
+        "needs at least 16 characters": {"LIPSYNC_TURN_SECRET": "fifteen-chars!!"},
+    }
+    for message, change in cases.items():
+        # PATH without turnserver: a script that let these through fails with 127 instead of starting a relay.
+        env = {"PATH": str(tmp_path), "LIPSYNC_TURN_SECRET": "s" * 16, "TURN_EXTERNAL_IP": "198.18.0.7"}
+        result = subprocess.run(
+            relay_argv(relay), env=env | {"NODE_IP": "127.0.0.1"} | change, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 1 and result.stderr.startswith("refusing to start"), result
+        assert message in result.stderr, result.stderr
+
+
+def test_turn_relay_allocates_at_its_public_address_with_the_gateways_credentials(tmp_path: Path) -> None:
+    # Imported here: aiortc and aioice are only needed by this test of the file.
+    from aioice.turn import create_turn_endpoint
+    from test_webrtc_ice import answers_stun, free_udp_port
+
+    from gateway.transport.webrtc import ice_servers
+
+    if shutil.which("turnserver") is None:
+        pytest.fail("turnserver is missing: install Debian's coturn (apt-get install -y coturn), as .ci/run does")
+    relay = turn_container(rendered_turn())
+    secret, public = "a-turn-secret-of-some-length", "198.18.0.7"
+    port = free_udp_port()
+    # The rendered command and arguments, then what this machine needs instead: a free port and range (coturn
+    # takes the last value of an option) and a pid file of its own.
+    extra = [f"--listening-port={port}", "--min-port=49152", "--max-port=65535", f"--pidfile={tmp_path / 'pid'}"]
+    env = {
+        "PATH": os.environ["PATH"],
+        "LIPSYNC_TURN_SECRET": secret,
+        "TURN_EXTERNAL_IP": public,
+        "NODE_IP": "127.0.0.1",
+    }
+    with (tmp_path / "turn.log").open("w") as log:
+        process = subprocess.Popen([*relay_argv(relay), *extra], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        answers_stun(port, process)
+        (turn,) = ice_servers(
+            Settings(ice_servers=f"turn:127.0.0.1:{port}", turn_secret=secret, triton_url="127.0.0.1:1")
+        )
+
+        async def allocate() -> tuple[str, int]:
+            transport, _ = await create_turn_endpoint(
+                asyncio.DatagramProtocol, ("127.0.0.1", port), username=turn["username"], password=turn["credential"]
+            )
+            try:
+                address: tuple[str, int] = transport.get_extra_info("sockname")
+                return address
+            finally:
+                transport.close()
+
+        relayed = asyncio.run(allocate())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # Clients are told the public address (--external-ip), not the node's.
+    assert relayed[0] == public and 49152 <= relayed[1] <= 65535, (tmp_path / "turn.log").read_text()[-2000:]

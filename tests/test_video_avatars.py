@@ -100,6 +100,18 @@ def test_the_prepared_clip_says_what_it_is(clip_avatar: AvatarState, pictures: l
     assert clip_avatar.clip.nbytes < decoded_bytes / 4
 
 
+def test_the_avatar_cache_counts_a_clips_frames(clip: bytes, pictures: list[np.ndarray]) -> None:
+    async def main() -> None:
+        store = AvatarStore(DEFAULT_LIMITS, capacity_bytes=1)  # room for one record: the newest stays
+        first = await store.add(clip)
+        assert first.clip is not None and store.bytes_used == first.nbytes > first.clip.nbytes > 1_000_000
+        second = await store.add(clip_bytes(pictures[:10]))
+        assert store.peek(first.id) is None and store.peek(second.id) is second
+        assert store.bytes_used == second.nbytes
+
+    asyncio.run(main())
+
+
 def test_landmarks_are_smoothed_over_time() -> None:
     rng = np.random.default_rng(0)
     steady = np.tile(rng.uniform(100, 200, (1, 68, 2)), (40, 1, 1))

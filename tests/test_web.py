@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sy
 from scipy.signal import resample_poly
 from skimage import data
 from test_engine_plugin import Level
+from video_helpers import clip_bytes, moving_face
 
 from gateway.engines import register, unregister
 from gateway.errors import NoFaceFound
@@ -194,7 +195,7 @@ def csp_enforced_page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
 def choose_portrait(page: Page, path: Path) -> str:
     """Picks the file in the page; returns the state once the server answered ("ready" or "idle" on an error)."""
     errors_before = page.evaluate("window.lipsync.errors.length")
-    page.get_by_label("Choose a portrait…").set_input_files(str(path))
+    page.get_by_label("Choose a portrait or a clip…").set_input_files(str(path))
     page.wait_for_function(
         "n => window.lipsync.state === 'ready' || window.lipsync.errors.length > n", arg=errors_before, timeout=60_000
     )
@@ -290,7 +291,7 @@ def test_page_loads_accessible_and_labelled(web: WebPage) -> None:
     assert page.get_by_role("alert").filter(has_text="DEMO").is_visible()
     assert page.get_by_role("button", name="Start").is_disabled()  # nothing to animate yet
     # The keyboard walks portrait → input choice → options, and the focus is drawn.
-    page.get_by_label("Choose a portrait…").focus()
+    page.get_by_label("Choose a portrait or a clip…").focus()
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.value") == "mic"  # the checked radio of the group
     page.keyboard.press("Tab")
@@ -430,6 +431,36 @@ def test_a_file_streams_with_the_wav2lip_engine(
 
 
 @pytest.mark.slow
+def test_a_clip_avatar_previews_its_first_frame_and_streams_with_an_engine_that_takes_videos(
+    web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path, tmp_path: Path
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clip_bytes(moving_face(20)))
+    page = web.page
+    page.wait_for_function("window.lipsync.info !== null")
+    assert choose_portrait(page, clip) == "ready", hook(page)["errors"]
+    assert hook(page)["avatar"]["kind"] == "video"
+    assert page.locator("#avatar-info").inner_text().startswith("Clip of 0.8 s (20 frames). Face found")
+    # The preview is the clip's first frame, decoded by the browser, with the face box the server found.
+    canvas = page.get_by_role("img", name="Portrait preview, 384×384 pixels, with the detected face box")
+    assert canvas.is_visible()
+    # Only an engine that animates videos can be chosen for a clip, and one was chosen.
+    engine = page.get_by_role("combobox", name="Engine")
+    assert engine.input_value() == "wav2lip"
+    assert page.locator("#opt-engine option[value=sadtalker]").is_disabled()
+    page.get_by_role("radio", name="Audio file").check()
+    page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
+    page.get_by_role("button", name="Start").click()
+    assert wait_for_state(page, "done", "error") == "done", hook(page)["errors"]
+    assert hook(page)["ready"]["engine"] == "wav2lip"
+    check_played_stream(web, "file", decode_audio(spoken_wav.read_bytes()).size // SAMPLES_PER_FRAME)
+    # A photo gives the photo engines back.
+    assert choose_portrait(page, portrait_files["face"]) == "ready", hook(page)["errors"]
+    assert not page.locator("#opt-engine option[value=sadtalker]").is_disabled()
+    assert web.unexpected_console_errors() == []
+
+
+@pytest.mark.slow
 def test_conversation_idles_speaks_a_file_burst_and_takes_an_interrupt(
     web: WebPage, portrait_files: dict[str, Path], spoken_wav: Path
 ) -> None:
@@ -515,7 +546,7 @@ def test_the_page_streams_under_its_own_content_security_policy(
         response = page.goto(f"{gateway_url}/")
         assert response is not None and "frame-ancestors 'self'" in response.headers["content-security-policy"]
         expect(page.locator("#demo-banner")).to_be_visible()  # the page's module ran and asked /v1/info
-        page.get_by_label("Choose a portrait…").set_input_files(str(portrait_files["face"]))
+        page.get_by_label("Choose a portrait or a clip…").set_input_files(str(portrait_files["face"]))
         start = page.get_by_role("button", name="Start")
         expect(start).to_be_enabled(timeout=60_000)
         start.click()
@@ -560,7 +591,7 @@ def test_a_registered_engine_gets_its_own_controls_on_the_page(
         page.keyboard.press("ArrowLeft")  # one step: a hundredth of (0, 8]
         expect(page.locator("#opt-gain-value")).to_have_text("3.92")
 
-        page.get_by_label("Choose a portrait…").set_input_files(str(portrait_files["face"]))
+        page.get_by_label("Choose a portrait or a clip…").set_input_files(str(portrait_files["face"]))
         page.get_by_role("radio", name="Audio file").check()
         page.get_by_label("Choose an audio file…").set_input_files(str(spoken_wav))
         start = page.get_by_role("button", name="Start")

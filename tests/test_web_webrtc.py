@@ -266,7 +266,7 @@ def test_webrtc_works_under_the_pages_content_security_policy(
     with csp_enforced_page(browser) as (page, errors):
         page.goto(f"{gateway_url}/")
         expect(page.locator("#demo-banner")).to_be_visible()  # the page's module ran and asked /v1/info
-        page.get_by_label("Choose a portrait…").set_input_files(str(portrait_files["face"]))
+        page.get_by_label("Choose a portrait or a clip…").set_input_files(str(portrait_files["face"]))
         page.get_by_role("combobox", name="Engine").select_option("wav2lip")
         page.get_by_role("combobox", name="Transport").select_option("webrtc")
         start = page.get_by_role("button", name="Start")

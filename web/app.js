@@ -11,7 +11,7 @@ import { MicCapture, PCM_RATE } from "./mic.js";
 import { FrameLatency } from "./latency.js";
 import { fileToPcm16k } from "./pcm.js";
 import { MsePlayer } from "./player.js";
-import { StreamSession, uploadAvatar } from "./stream.js";
+import { StreamSession, isVideo, uploadAvatar } from "./stream.js";
 import { $, MessageLog, drawPortrait, formatBytes, formatMs, renderStats } from "./ui.js";
 import { RtcSession } from "./webrtc.js";
 
@@ -148,8 +148,13 @@ function showDemo() {
 
 async function choosePortrait(file) {
   if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) {
-    reportError("client", "not_an_image", `“${file.name}” is not an image. Choose a JPEG, PNG or WebP photo.`);
+  if (file.type && !file.type.startsWith("image/") && !isVideo(file)) {
+    reportError(
+      "client",
+      "not_an_image",
+      `“${file.name}” is neither a photo nor a video. ` +
+        "Choose a JPEG, PNG or WebP photo, or an MP4, WebM or MOV clip.",
+    );
     return;
   }
   log.clearAlert();
@@ -157,10 +162,13 @@ async function choosePortrait(file) {
   $("avatar-info").textContent = "";
   $("avatar-info").classList.remove("error-text");
   $("drop-zone").classList.remove("rejected");
-  setState("uploading", "Looking for a face in the portrait…");
+  const clip = isVideo(file);
+  const looking = clip ? "Looking for the face on every frame of the clip…" : "Looking for a face in the portrait…";
+  setState("uploading", looking);
   let bitmap = null;
   try {
-    bitmap = await createImageBitmap(file); // EXIF orientation applied, as the server does
+    // A photo upright per EXIF, a clip's first frame as the browser shows it: as the server reads them.
+    bitmap = clip ? await firstFrame(file) : await createImageBitmap(file);
   } catch {
     bitmap = null; // the server will say what is wrong with it
   }
@@ -177,10 +185,13 @@ async function choosePortrait(file) {
     if (bitmap) drawPortrait(canvas, bitmap, avatar);
     const [x0, y0, x1, y1] = avatar.box;
     const more = avatar.faces_seen > 1 ? ` ${avatar.faces_seen} faces seen: the largest is used.` : "";
-    $("avatar-info").textContent = `Face found: crop ${x1 - x0}×${y1 - y0} px at (${x0}, ${y0}).${more}`;
+    const video = avatar.kind === "video";
+    const kind = video ? `Clip of ${avatar.duration.toFixed(1)} s (${avatar.frames} frames). ` : "";
+    $("avatar-info").textContent = `${kind}Face found: crop ${x1 - x0}×${y1 - y0} px at (${x0}, ${y0}).${more}`;
     remember(file, bitmap);
+    fitEnginesTo(avatar);
     showDemo();
-    setState("ready", "Portrait ready. Choose the speech input and press Start.");
+    setState("ready", `${video ? "Clip" : "Portrait"} ready. Choose the speech input and press Start.`);
   } catch (err) {
     if (bitmap) drawPortrait(canvas, bitmap);
     canvas.setAttribute("aria-label", "Portrait preview: no usable face (see the message).");
@@ -189,6 +200,25 @@ async function choosePortrait(file) {
     $("avatar-info").classList.add("error-text");
     reportError(err.source || "server", err.code || "upload_failed", err.message);
     setState("idle", "Choose another portrait.");
+  }
+}
+
+// A clip's first frame, decoded by the browser (its rotation applied), for the preview.
+async function firstFrame(file) {
+  const video = document.createElement("video");
+  video.muted = true;
+  video.preload = "auto";
+  const url = URL.createObjectURL(file);
+  try {
+    const loaded = new Promise((resolve, reject) => {
+      video.addEventListener("loadeddata", resolve, { once: true });
+      video.addEventListener("error", () => reject(new Error("the browser cannot decode this clip")), { once: true });
+    });
+    video.src = url;
+    await loaded;
+    return await createImageBitmap(video);
+  } finally {
+    URL.revokeObjectURL(url);
   }
 }
 
@@ -284,6 +314,8 @@ function showEngines(info) {
     item.textContent = engine.label;
     // Not served now (Triton lacks its models): it cannot be chosen. None served: the server cannot say yet.
     item.disabled = info.engines.length > 0 && !info.engines.includes(name);
+    item.dataset.served = String(!item.disabled);
+    item.dataset.video = String(Boolean(engine.takes_video));
     select.append(item);
     const groups = { main: engineGroup(name, $("engine-options")), more: engineGroup(name, $("engine-options-more")) };
     const controls = engine.options.map((option) => {
@@ -296,6 +328,20 @@ function showEngines(info) {
   const first = [...select.options].find((item) => !item.disabled); // the server's default comes first
   if (first) select.value = first.value;
   showEngineOptions();
+}
+
+// A clip can only be animated by an engine that takes videos: the others are greyed out (and one that does is
+// chosen) while the avatar is a clip; a photo gives every served engine back.
+function fitEnginesTo(avatar) {
+  const select = $("opt-engine");
+  for (const item of select.options) {
+    item.disabled = item.dataset.served === "false" || (avatar.kind === "video" && item.dataset.video !== "true");
+  }
+  if (select.selectedOptions[0]?.disabled) {
+    const usable = [...select.options].find((item) => !item.disabled);
+    if (usable) select.value = usable.value;
+    showEngineOptions();
+  }
 }
 
 // Each engine has its own options: show those of the engine chosen.

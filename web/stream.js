@@ -63,11 +63,16 @@ export class LipsyncError extends Error {
   }
 }
 
-// POST /v1/avatars. Resolves to {avatar_id, width, height, box, faces_seen, demo}; rejects with LipsyncError
-// carrying the server's own message.
+// A video file (a clip of the person) rather than a photo.
+export function isVideo(file) {
+  return Boolean(file.type) && file.type.startsWith("video/");
+}
+
+// POST /v1/avatars with a photo (field `image`) or a clip (field `video`). Resolves to {avatar_id, width, height,
+// box, faces_seen, detector, kind, frames, duration, demo}; rejects with LipsyncError carrying the server's words.
 export async function uploadAvatar(file, baseUrl = "") {
   const form = new FormData();
-  form.append("image", file, file.name || "portrait");
+  form.append(isVideo(file) ? "video" : "image", file, file.name || "portrait");
   let response;
   try {
     response = await fetch(`${baseUrl}/v1/avatars`, { method: "POST", body: form, headers: authHeaders() });

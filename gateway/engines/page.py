@@ -55,9 +55,10 @@ class OptionControl(BaseModel):
 class EnginePage(BaseModel):
     label: str  # one line for the engine's choice
     options: list[OptionControl]
+    takes_video: bool = False  # it animates video avatars too (others take photos only)
 
 
-def describe(name: str, model: type[EngineOptions]) -> EnginePage:
+def describe(name: str, model: type[EngineOptions], *, takes_video: bool = False) -> EnginePage:
     """Engine ``name``'s label and its own options' controls (the options every engine takes are the page's)."""
     schema = model.model_json_schema()["properties"]
     controls = [
@@ -65,7 +66,7 @@ def describe(name: str, model: type[EngineOptions]) -> EnginePage:
         for key, info in model.model_fields.items()
         if key not in EngineOptions.model_fields and (control := _control(key, info, schema[key])) is not None
     ]
-    return EnginePage(label=model.label or name, options=controls)
+    return EnginePage(label=model.label or name, options=controls, takes_video=takes_video)
 
 
 def _control(name: str, info: FieldInfo, schema: Mapping[str, Any]) -> OptionControl | None:

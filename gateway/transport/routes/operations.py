@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from gateway import __version__
 from gateway.avatars.framing import FRAMINGS
 from gateway.context import Ctx, default_options
+from gateway.engines import takes_video
 from gateway.engines.page import EnginePage, describe
 from gateway.errors import InferenceUnavailable
 from gateway.transport.http_errors import error_responses
@@ -112,7 +113,10 @@ async def info(ctx: Ctx) -> Info:
         demo=s.demo,
         auth_required=s.auth_token is not None,
         engines=served,
-        engine_options={name: describe(name, engine.options_model) for name, engine in ctx.engines.items()},
+        engine_options={
+            name: describe(name, engine.options_model, takes_video=takes_video(engine))
+            for name, engine in ctx.engines.items()
+        },
         framings=list(FRAMINGS),
         limits=limits,
     )

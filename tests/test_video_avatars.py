@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,24 @@ def test_a_clip_is_resampled_to_25_fps(pictures: list[np.ndarray]) -> None:
     assert not np.array_equal(slow[0], slow[3])
     webm = list(decode_frames(clip_bytes(pictures, container="webm", codec="libvpx"), ClipLimits()))
     assert len(webm) == CLIP_FRAMES and webm[0].shape == pictures[0].shape
+
+
+def test_a_clip_stored_turned_is_decoded_as_players_show_it(pictures: list[np.ndarray], tmp_path: Path) -> None:
+    # As phones record: the pixels stored a quarter turn to the left, the display matrix turning them back.
+    turned = [np.ascontiguousarray(np.rot90(p[:, :300], 1)) for p in pictures[:3]]
+    (tmp_path / "stored.mp4").write_bytes(clip_bytes(turned))
+    tagged = tmp_path / "tagged.mp4"
+    command = ["ffmpeg", "-loglevel", "error", "-i", str(tmp_path / "stored.mp4"), "-c", "copy"]
+    subprocess.run([*command, "-metadata:s:v:0", "rotate=90", str(tagged)], check=True, timeout=60)
+    frames = list(decode_frames(tagged.read_bytes(), ClipLimits()))
+    assert frames[0].shape == (384, 300, 3)
+    upright = pictures[0][:, :300]
+
+    def error(expected: np.ndarray) -> float:
+        return float(np.abs(frames[0].astype(int) - expected).mean())
+
+    # The picture as it was filmed (H.264's loss aside), not turned over.
+    assert error(upright) < 6 and error(np.rot90(upright, 2)) > 18
 
 
 def test_the_prepared_clip_says_what_it_is(clip_avatar: AvatarState, pictures: list[np.ndarray]) -> None:

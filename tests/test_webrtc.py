@@ -13,6 +13,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaPlayer
 from gateway_helpers import read_wav_int16, running_gateway, wav_bytes
+from video_helpers import clip_bytes, moving_face
 from webrtc_client import Peer, video_codec
 
 from gateway.settings import Settings
@@ -82,6 +83,32 @@ def test_a_clip_over_webrtc_delivers_every_frame_in_order_with_its_audio(
     heard = peer.got.audio_samples()
     assert heard.size >= pcm.size * peer.got.audio_rate // 16000  # the speech, and silence around it
     assert np.abs(heard.astype(np.int32)).max() > 1000  # the speech came through (Opus, 48 kHz)
+
+
+def test_a_video_avatar_plays_over_webrtc(gateway_url: str, speech: np.ndarray) -> None:
+    clip = clip_bytes(moving_face(12))
+    response = httpx.post(f"{gateway_url}/v1/avatars", files={"video": ("c.mp4", clip)}, timeout=120)
+    assert response.status_code == 200 and response.json()["kind"] == "video", response.text
+    pcm = speech[:16000]
+
+    async def session() -> Peer:
+        peer = Peer(gateway_url)
+        try:
+            start = {"avatar_id": response.json()["avatar_id"], "options": {"engine": "wav2lip", "frame_code": True}}
+            await peer.connect(start)
+            await peer.message("ready")
+            peer.send(pcm.tobytes())
+            peer.send({"type": "end"})
+            end = await peer.message("end")
+            await peer.frame_coded(end["frames"] - 1)
+            return peer
+        finally:
+            await peer.close()
+
+    peer = asyncio.run(session())
+    assert peer.got.of_type("end")[0]["frames"] == 25
+    assert sorted({code for code in peer.got.codes if code is not None}) == list(range(25))
+    assert peer.got.video_size == (384, 384)
 
 
 def active_sessions(url: str) -> float:

@@ -182,9 +182,10 @@ def _resampled(
 
 
 def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as players show it: a phone's clip is stored turned, with the turn in its display matrix."""
     image = frame.to_ndarray(format="rgb24")
-    turns = (round(frame.rotation / 90) % 4) if frame.rotation else 0  # degrees counter-clockwise to display
-    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+    turns = round(frame.rotation / 90) % 4 if frame.rotation else 0  # quarter turns clockwise to display
+    return np.ascontiguousarray(np.rot90(image, k=-turns)) if turns else image
 
 
 # ---------------------------------------------------------------------------------------------------------------

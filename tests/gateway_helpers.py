@@ -21,6 +21,7 @@ import numpy as np
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.session.core import StreamSession
 from gateway.settings import Settings
 from gateway.transport.http_server import bind, make_server
 
@@ -84,6 +85,21 @@ def stream(client: TestClient, avatar_id: str, pcm: np.ndarray, *, piece: int = 
                 return result
             else:
                 raise AssertionError(f"unexpected message {payload}")
+
+
+async def run_fed_in_pieces(session: StreamSession, pcm: np.ndarray, piece: int = 2731) -> None:
+    """Run ``session`` to its end with int16 ``pcm`` fed in pieces, as a socket would bring it (messages and
+    fragments are dropped: callers look at what the session observed or sank)."""
+
+    async def discard(item: object) -> None:
+        pass
+
+    running = asyncio.create_task(session.run(discard))
+    for start in range(0, pcm.size, piece):
+        session.feed(pcm[start : start + piece].astype(np.float32) / 32768.0)
+        await asyncio.sleep(0)  # let the session schedule work between pieces
+    session.end()
+    await running
 
 
 def decode_video(mp4: bytes) -> tuple[list[np.ndarray], list[bool], list[int], float]:

@@ -15,6 +15,7 @@ import logging
 import re
 import select
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -221,7 +222,9 @@ def test_the_cli_refuses_an_open_address_in_one_line(
 
 @pytest.fixture(scope="module")
 def guarded(triton_server: EmbeddedTriton) -> Iterator[str]:
-    settings = _settings(triton_server, auth_token=TOKEN, max_portrait_bytes=2**20, max_message_bytes=2**20)
+    settings = _settings(
+        triton_server, auth_token=TOKEN, max_portrait_bytes=2**20, max_video_bytes=2**20, max_message_bytes=2**20
+    )
     with running_gateway(settings) as url:
         yield url
 
@@ -401,24 +404,31 @@ def _oneshot_client(monkeypatch: pytest.MonkeyPatch, clock: ManualClock | None =
         yield client
 
 
+class StuckRender:
+    """An offline render that never finishes by itself (a stuck Triton): it says when it started and when it was
+    cancelled, and ``release`` ends it should the cap under test not come."""
+
+    def __init__(self) -> None:
+        self.started, self.cancelled, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    async def __call__(self, *args: Any) -> bytes:
+        self.started.set()
+        try:
+            await asyncio.to_thread(self.release.wait, 120)
+        finally:
+            self.cancelled.set()
+        return b"too late"
+
+
 def test_a_lipsync_request_ends_at_its_absolute_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A render that never finishes (a stuck Triton, say) is cancelled at the session limit plus the time to
     finish it, answered in words, and its slot freed."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from gateway.transport.routes import oneshot
 
-    started, cancelled, release = threading.Event(), threading.Event(), threading.Event()
-
-    async def stuck(*args: Any) -> bytes:
-        started.set()
-        try:
-            await asyncio.to_thread(release.wait, 120)  # released by the test's end, should the cap not come
-        finally:
-            cancelled.set()
-        return b"too late"
-
+    stuck = StuckRender()
+    started, cancelled, release = stuck.started, stuck.cancelled, stuck.release
     monkeypatch.setattr(oneshot, "render_offline", stuck)
     clock = ManualClock()
     with _oneshot_client(monkeypatch, clock) as client, ThreadPoolExecutor(1) as pool:
@@ -443,20 +453,11 @@ def test_a_lipsync_request_ends_at_its_absolute_cap(monkeypatch: pytest.MonkeyPa
 def test_a_compatible_request_ends_at_its_absolute_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """/ws/lipsync: the same cap, per request, answered in that protocol's own format before the close."""
     import base64
-    import threading
 
     from gateway.transport.routes import compat
 
-    started, cancelled, release = threading.Event(), threading.Event(), threading.Event()
-
-    async def stuck(*args: Any) -> bytes:
-        started.set()
-        try:
-            await asyncio.to_thread(release.wait, 120)  # released by the test's end, should the cap not come
-        finally:
-            cancelled.set()
-        return b"too late"
-
+    stuck = StuckRender()
+    started, cancelled, release = stuck.started, stuck.cancelled, stuck.release
     monkeypatch.setattr(compat, "render_offline", stuck)
     clock = ManualClock()
     form = _lipsync_form()
@@ -483,7 +484,6 @@ def test_a_compatible_request_ends_at_its_absolute_cap(monkeypatch: pytest.Monke
 
 def test_a_lipsync_requests_audio_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding a long file takes seconds: on the event loop's thread it would stall every other client."""
-    import threading
 
     from gateway.transport.routes import oneshot
 

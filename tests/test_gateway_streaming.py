@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gateway_helpers import decode_video, read_wav_int16, stream
+from gateway_helpers import decode_video, read_wav_int16, run_fed_in_pieces, stream
 from PIL import Image
 from skimage import data
 from starlette.testclient import TestClient
@@ -71,17 +71,9 @@ async def _served_faces(url: str, avatar: AvatarState, pcm: np.ndarray, options:
         for frame, face in zip(request.frames, chunk, strict=True):
             faces[frame] = face
 
-    async def discard(item: bytes | dict[str, object]) -> None:
-        pass
-
     session = StreamSession(avatar, options, engines()[options.engine], triton, Metrics(), observe=observe)
     try:
-        running = asyncio.create_task(session.run(discard))
-        for start in range(0, pcm.size, 2731):
-            session.feed(pcm[start : start + 2731].astype(np.float32) / 32768.0)
-            await asyncio.sleep(0)  # let the session schedule work between pieces, as a socket would
-        session.end()
-        await running
+        await run_fed_in_pieces(session, pcm)
     finally:
         await triton.close()
     return np.stack([faces[i] for i in range(len(faces))])

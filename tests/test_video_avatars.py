@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_helpers import decode_video, read_wav_int16, wav_bytes
+from gateway_helpers import decode_video, read_wav_int16, run_fed_in_pieces, wav_bytes
 from starlette.testclient import TestClient
 from video_helpers import clip_bytes, moving_face
 
@@ -203,20 +203,12 @@ async def _served(
     def observe(request: RenderRequest, chunk: np.ndarray) -> None:
         faces.update(zip(request.frames, chunk, strict=True))
 
-    async def messages(item: object) -> None:
-        pass
-
     engine = engines()[options.engine]
     sink = CollectingSink()
     try:
         await engine.prepare(avatar, triton)
         session = StreamSession(avatar, options, engine, triton, Metrics(), observe=observe, sink=sink)
-        running = asyncio.create_task(session.run(messages))
-        for start in range(0, pcm.size, 2731):
-            session.feed(pcm[start : start + 2731].astype(np.float32) / 32768.0)
-            await asyncio.sleep(0)  # let the session schedule work between pieces, as a socket would
-        session.end()
-        await running
+        await run_fed_in_pieces(session, pcm)
     finally:
         await triton.close()
     count = len(faces)
@@ -340,7 +332,21 @@ def test_a_video_is_dubbed_frame_for_frame_then_played_back_and_forth(
         ws.send_text(json.dumps(request))
         answer = ws.receive_json()
         assert answer["status"] == "success", answer
-        assert len(decode_video(base64.b64decode(answer["video"]))[0]) == 37
+        dubbed = decode_video(base64.b64decode(answer["video"]))[0]
+        assert len(dubbed) == 37
+        # Upstream's options apply to a video as to a photo: the whole face box pasted, lower.
+        ws.send_text(json.dumps({**request, "no_segmentation": True, "pads": [0, 40, 0, 0]}))
+        boxed = ws.receive_json()
+        assert boxed["status"] == "success", boxed
         ws.send_text(json.dumps({**request, "image": request["video"]}))
         both = ws.receive_json()
     assert both["status"] == "error" and "either `image`" in both["message"]
+    boxed_frames = decode_video(base64.b64decode(boxed["video"]))[0]
+    assert len(boxed_frames) == 37
+    # The whole box (eyes and brows too) and 40 more pixels below the chin now carry the network's face.
+    changed = [np.abs(a.astype(int) - b).mean() for a, b in zip(dubbed, boxed_frames, strict=True)]
+    assert np.median(changed) > 0.5, changed
+    face_framing = client.post(
+        "/v1/lipsync?framing=face", files={"video": ("clip.mp4", clip), "audio": ("s.wav", wav_bytes(speech))}
+    )
+    assert face_framing.status_code == 200 and decode_video(face_framing.content)[0][0].shape == (512, 512, 3)

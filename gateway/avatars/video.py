@@ -137,6 +137,8 @@ def decode_frames(data: bytes, limits: ClipLimits) -> Iterator[np.ndarray]:
             raise ImageTooLarge(
                 f"The video is too large: {width}×{height} pixels a frame; the limit is {limits.max_pixels:,}."
             )
+        # The header may understate a later frame: the decoder itself refuses any frame past the limit.
+        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
         yield from _resampled(container, stream, limits)
 
 

@@ -1,6 +1,6 @@
 """Both transports side by side in Chromium, on the page, against a running gateway: what a person sees.
 
-    python -m gateway up --demo --port 8765 &                 # or any running system (the demo models here)
+    LIPSYNC_PORT=8765 python -m gateway up --demo &          # or any running system (the demo models here)
     python bench/browser_latency.py --url http://127.0.0.1:8765 [--engine wav2lip] [--interrupts 3]
                                     [--server-pid PID] [--no-assert]
 

@@ -194,7 +194,7 @@ def _check_exact(conversing: Conversing, factory: StageFactory, cut_at: int | No
 def test_idle_then_a_burst_in_order_then_exact(
     triton_server: EmbeddedTriton, reduced_factory: StageFactory, astronaut_jpeg: bytes, speech: np.ndarray
 ) -> None:
-    burst = speech[: 16000 * 3 // 2]
+    burst = speech[: 16000 * 5 // 2]  # longer than the audio admitted ahead of the clock
 
     async def script(c: Conversing) -> None:
         await c.walk(2.0)
@@ -286,6 +286,38 @@ def test_an_interrupt_drops_the_rest_and_the_next_utterance_is_spoken(
     assert replies[0]["received"] == long_answer.size  # the dropped rest of the answer is skipped
     played = _check_exact(c, reduced_factory, cut_at=interrupted["frame"])
     assert np.abs(played[interrupted["frame"] * 640 : replies[0]["start"]]).max() == 0  # idle is silence
+
+
+def test_the_first_idle_fragment_after_an_interrupt_is_sent_when_due_not_when_its_silence_would_be(
+    triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
+) -> None:
+    """Over fMP4 the cut lies at the frames already sent, up to a fragment past the send horizon: the idle fragment
+    that starts there must be renderable at once (its frames' silence and look-ahead played by the interrupt),
+    not wait until that silence came due on the clock (≈ 1.6 s later: what the page saw)."""
+
+    async def script(c: Conversing) -> None:
+        await c.walk(0.6)
+        c.session.utterance("answer")
+        c.feed(speech[: 16000 * 3])
+        conversation = c.session.conversation
+        assert conversation is not None
+        first = conversation.utterances["answer"].first_frame
+        assert first is not None
+        await c.walk(1.0)
+        await c.until(first + 10)
+        # Everything the clock allows is sent: the next fragment waits for its send time (the page's case).
+        deadline = asyncio.get_running_loop().time() + 60
+        while conversation.send_time(c.session.frames_sent) <= c.clock.now():
+            assert asyncio.get_running_loop().time() < deadline, "the renderer never reached the send horizon"
+            await asyncio.sleep(0.02)  # polling what the session sent, against a deadline
+        cut = c.session.interrupt().next_frame
+        assert cut == c.session.frames_sent
+        # The clock moves only to the idle fragment's send time, then stands still: the fragment must come.
+        await c.walk(max(0.0, conversation.send_time(cut) - c.clock.now()) + FRAME)
+        await c.until(cut + 1, timeout_s=60)
+
+    c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script))
+    assert c.session.frames_sent > 0
 
 
 def test_over_webrtc_an_interrupt_takes_back_what_was_not_played_and_the_frames_stay_exact(

@@ -75,6 +75,9 @@ class Conversation:
     lookahead_ms: float  # the audio a frame's models read after its start, and the rest of an audio block
     max_ahead_ms: float = 500.0
     margin_ms: float = 120.0
+    # Frames a fragment holds: the one that starts at the send horizon ends this many frames later, and is rendered
+    # only once their audio is played too.
+    chunk_frames: int = 1
     start_time: float = 0.0  # the clock time of `ready`: frame n is shown at start_time + n·40 ms
     segments: list[Segment] = field(default_factory=list)
     utterances: dict[str, Utterance] = field(default_factory=dict)  # those whose first frame is not reported yet
@@ -116,8 +119,10 @@ class Conversation:
         if rewound:
             self._forget_after(cut * SAMPLES_PER_VIDEO_FRAME)
             # Silence now for every frame that may be sent, not when each becomes overdue: the idle frames
-            # replace the cut ones at once. (Audio that follows is spoken after it, as after any silence.)
-            self._silence(until=self._admit_limit(now))
+            # replace the cut ones at once. That is at least the fragment that starts at the cut, which may lie
+            # past the send horizon (the fragment committed last ran beyond it), and its look-ahead. (Audio that
+            # follows is spoken after it, as after any silence.)
+            self._silence(until=max(self._admit_limit(now), self._audio_for_fragment_at(cut)))
         first_idle = cut if rewound else math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
         self.advance(now)
         return first_idle, rewound
@@ -162,10 +167,16 @@ class Conversation:
             self.timeline.finish()
 
     def _admit_limit(self, now: float) -> int:
-        """Samples the timeline may hold now: the audio of the frames that may be sent, and their look-ahead."""
-        horizon_frames = math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S)
+        """Samples the timeline may hold now: the audio of the fragments that may be sent (the last one starts at
+        the horizon), and their look-ahead."""
+        return self._audio_for_fragment_at(math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S))
+
+    def _audio_for_fragment_at(self, frame: int) -> int:
+        """Samples a fragment that starts at ``frame`` needs played before it can be rendered: its
+        ``chunk_frames`` frames and their look-ahead. (Short of this an interrupt's idle fragment, due at once,
+        waited for its last frames' silence to come due: 1.6–1.9 s on the page.)"""
         lookahead_frames = math.ceil(self.lookahead_ms / 1000 / FRAME_S)
-        return (horizon_frames + 1 + lookahead_frames) * SAMPLES_PER_VIDEO_FRAME
+        return (frame + self.chunk_frames + lookahead_frames) * SAMPLES_PER_VIDEO_FRAME
 
     def _admit(self, limit: int) -> None:
         while self._queue and self.timeline.samples_heard < limit:

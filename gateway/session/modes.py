@@ -96,7 +96,14 @@ def mode_for(
     """The session's mode; ``lookahead_ms`` is the audio a frame reads after its start (models and audio block)."""
     if options.mode == "conversation":
         return ConversationMode(
-            Conversation(timeline, lookahead_ms=lookahead_ms, max_ahead_ms=max_ahead_ms, margin_ms=margin_ms), clock
+            Conversation(
+                timeline,
+                lookahead_ms=lookahead_ms,
+                max_ahead_ms=max_ahead_ms,
+                margin_ms=margin_ms,
+                chunk_frames=options.chunk_frames,
+            ),
+            clock,
         )
     return ClipMode(timeline)
 

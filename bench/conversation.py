@@ -58,6 +58,7 @@ async def _session(url: str, avatar_id: str, pcm: np.ndarray, args: argparse.Nam
     sent_at: dict[str, float] = {}
     interrupts: list[tuple[float, int]] = []  # (sent, first idle frame) once answered
     interrupt_sent: list[float] = []
+    answered = 0  # `interrupted` answers received
     started = time.perf_counter()
     try:
         async with websockets.connect(url, max_size=None) as ws:
@@ -86,7 +87,9 @@ async def _session(url: str, avatar_id: str, pcm: np.ndarray, args: argparse.Nam
                 if payload["type"] == "error":
                     raise RuntimeError(f"{payload['code']}: {payload['message']}")
                 if payload["type"] == "interrupted":
-                    interrupts.append((interrupt_sent[len(interrupts)], int(payload["frame"])))
+                    # Paired with its own `interrupt` by count (the list below is emptied as they are timed).
+                    interrupts.append((interrupt_sent[answered], int(payload["frame"])))
+                    answered += 1
                 elif payload["type"] == "stats":
                     result.frames = int(payload["frames"])
                     result.behind_ms.append(float(payload.get("behind_ms", 0.0)))

@@ -218,24 +218,32 @@ class FaceDetection:
         return round((self.rect.width + self.rect.height) / 2)
 
 
-def _shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """A C-contiguous copy no larger than ``max_side`` on its long side (the image itself if it fits), and its scale."""
-    height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
+def _fitting(image: np.ndarray, max_side: int) -> float:
+    """The scale (≤ 1) that brings ``image``'s long side within ``max_side``."""
+    return min(1.0, max_side / max(image.shape[:2]))
+
+
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    """A C-contiguous copy scaled by ``scale`` (≤ 1; the image itself, contiguous, at 1)."""
     if scale < 1.0:
-        image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image), scale
+        height, width = image.shape[:2]
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image)
 
 
-def _hog_faces(image: np.ndarray, models: _Dlib) -> list[tuple[dlib.rectangle, float, float]]:
-    work, scale = _shrunk(image, DETECT_MAX_SIDE)
+def _hog_faces(image: np.ndarray, scale: float, upsample: int) -> list[tuple[dlib.rectangle, float, float]]:
+    """HOG's faces on a copy scaled by ``scale``: (rectangle in the copy, score, scale)."""
+    models = _models()
+    work = _scaled(image, scale)
     with models.lock:
-        rects, scores, _ = models.detector.run(work, DETECT_UPSAMPLE, DETECT_THRESHOLD)
+        rects, scores, _ = models.detector.run(work, upsample, DETECT_THRESHOLD)
     return [(r, score, scale) for r, score in zip(rects, scores, strict=True)]
 
 
 def _cnn_faces(image: np.ndarray) -> list[tuple[dlib.rectangle, float, float]]:
-    work, scale = _shrunk(image, CNN_MAX_SIDE)
+    scale = _fitting(image, CNN_MAX_SIDE)
+    work = _scaled(image, scale)
     # Its filters need some pixels (dlib raises on an 8-pixel picture), and it finds no face under ≈ 80 px.
     if min(work.shape[:2]) < CNN_MIN_SIDE:
         return []
@@ -253,9 +261,8 @@ def detect_face(image: np.ndarray) -> FaceDetection:
 
     dlib's HOG detector first; only where it finds nothing, its CNN detector (slower, but it finds faces HOG
     misses). ``faces_seen`` counts the faces of the detector that found the face."""
-    models = _models()
     detector: Detector = "hog"
-    faces = _hog_faces(image, models)
+    faces = _hog_faces(image, _fitting(image, DETECT_MAX_SIDE), DETECT_UPSAMPLE)
     if not faces:
         detector, faces = "cnn", _cnn_faces(image)
     if not faces:
@@ -271,18 +278,12 @@ def _box(rect: dlib.rectangle, scale: float) -> Box:
     return Box(*(round(v / scale) for v in (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)))
 
 
-def face_rects(image: np.ndarray, *, scale: float, upsample: int) -> list[Box]:
-    """HOG's faces in ``image`` searched on a copy scaled by ``scale`` (≤ 1), in ``image``'s pixels: the cheap
-    search near a known face (a video's next frame) that :func:`detect_face` is too thorough for."""
-    height, width = image.shape[:2]
-    work = image
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    models = _models()
-    with models.lock:
-        rects, _, _ = models.detector.run(np.ascontiguousarray(work), upsample, DETECT_THRESHOLD)
-    return [_box(r, min(scale, 1.0)) for r in rects]
+def face_rects(image: np.ndarray, *, scale: float | None = None, upsample: int = DETECT_UPSAMPLE) -> list[Box]:
+    """HOG's faces in ``image``, in its pixels: searched as :func:`detect_face` searches (a copy no larger than
+    ``DETECT_MAX_SIDE``), or on a copy scaled by ``scale`` — the cheap search near a known face (a video's next
+    frame)."""
+    scale = _fitting(image, DETECT_MAX_SIDE) if scale is None else min(scale, 1.0)
+    return [_box(r, scale) for r, _, _ in _hog_faces(image, scale, upsample)]
 
 
 def cnn_face_rects(image: np.ndarray) -> list[Box]:

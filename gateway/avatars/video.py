@@ -33,8 +33,6 @@ import numpy as np
 
 from gateway.avatars.framing import Framing, face_framing, portrait_framing
 from gateway.avatars.portrait import (
-    DETECT_MAX_SIDE,
-    DETECT_UPSAMPLE,
     AvatarLimits,
     Box,
     Detector,
@@ -229,8 +227,7 @@ class _Tracker:
             scale = min(1.0, TRACK_FACE_PX / max(self.previous.width, 1))
             found = face_rects(_cut(image, near), scale=scale, upsample=0)
         if not found:
-            scale = min(1.0, DETECT_MAX_SIDE / max(width, height))
-            region, found = whole, face_rects(image, scale=scale, upsample=DETECT_UPSAMPLE)
+            region, found = whole, face_rects(image)
         if not found:
             if self.cnn_runs >= self.cnn_frames:
                 raise NoFaceInClip(
@@ -412,10 +409,8 @@ def read_clip(data: bytes, limits: ClipLimits, avatar_limits: AvatarLimits, max_
     assert first_portrait is not None  # decode_frames yields at least one frame or raises
     landmarks = smooth(_fill_lost(found))
     assert first is not None  # _fill_lost raised if no frame had a face
-    sizes = [
-        (points[:, 0].max() - points[:, 0].min() + points[:, 1].max() - points[:, 1].min()) / 2
-        for points in (landmarks[i] for i in range(len(landmarks)))
-    ]
+    # A face's size: the mean of its landmarks' width and height, as a photo's is its box's.
+    sizes = (landmarks.max(axis=1) - landmarks.min(axis=1)).mean(axis=1)
     face_px = round(float(np.median(sizes)))
     if face_px < avatar_limits.min_face_px:
         raise FaceTooSmall(face_px, avatar_limits.min_face_px)

@@ -61,9 +61,7 @@ def test_a_clip_over_webrtc_delivers_every_frame_in_order_with_its_audio(
             assert ready["mime_type"] == "webrtc" and ready["session_id"] == answer["session_id"]
             for piece in range(0, pcm.size, 3200):
                 peer.send(pcm[piece : piece + 3200].tobytes())
-            peer.send({"type": "end"})
-            end = await peer.message("end")
-            await peer.frame_coded(end["frames"] - 1)  # `end` follows the last frame sent, not decoded here
+            await peer.end()
             return peer, answer
         finally:
             await peer.close()
@@ -98,9 +96,7 @@ def test_a_video_avatar_plays_over_webrtc(gateway_url: str, speech: np.ndarray) 
             await peer.connect(start)
             await peer.message("ready")
             peer.send(pcm.tobytes())
-            peer.send({"type": "end"})
-            end = await peer.message("end")
-            await peer.frame_coded(end["frames"] - 1)
+            await peer.end()
             return peer
         finally:
             await peer.close()
@@ -261,9 +257,7 @@ def test_the_clients_audio_track_is_heard_like_pcm(
             await peer.connect({"avatar_id": avatar_id, "options": {"engine": "wav2lip", "frame_code": True}})
             await peer.message("ready")
             await asyncio.wait_for(finished.wait(), 30)
-            peer.send({"type": "end"})
-            end = await peer.message("end")
-            await peer.frame_coded(end["frames"] - 1)
+            await peer.end()
             return peer
         finally:
             await peer.close()

@@ -115,6 +115,14 @@ class Peer:
                 samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
                 self.got.audio.append(samples.astype(np.int16))
 
+    async def end(self) -> dict[str, Any]:
+        """Send `end`; the server's `end`, once its last frame has arrived too (`end` follows the last frame sent,
+        not the last decoded here)."""
+        self.send({"type": "end"})
+        end = await self.message("end")
+        await self.frame_coded(end["frames"] - 1)
+        return end
+
     async def close(self) -> None:
         await self.pc.close()
         for reader in self._readers:

@@ -1,6 +1,7 @@
 """Wav2Lip on this CPU: frames per second through the whole served path against raw ONNX Runtime.
 
     python bench/wav2lip.py [--seconds 8] [--sessions 1,2,4] [--batch 8] [--threads 0] [--int8] [--openvino] [--clip 4]
+                            [--browser 8,4]
 
 The full-size network (official layout, synthetic weights: the values do not change the cost) is exported
 with the mel front-end and its ensemble glue, served by the embedded Triton (cpu repository, as ``make up``
@@ -19,6 +20,10 @@ writes it) behind the real gateway on loopback. Measured:
 - ``--openvino``: Wav2Lip run by OpenVINO in the Python backend (``LIPSYNC_OPENVINO_MODELS=wav2lip``); the raw
   rows then show both runtimes on the same graph(s).
 
+- ``--browser CHUNKS``: then the page in Chromium against this gateway (``bench/browser_latency.py``: both
+  transports, the microphone and 5 interrupts), once per fragment size listed; ``--sessions none`` skips the
+  sessions above.
+
 The table's first line names the CPU class (``lscpu`` flags that decide the kernels: avx2, avx512f, avx512_vnni,
 avx512_bf16, amx). ``ONEDNN_MAX_CPU_ISA=AVX2`` holds OpenVINO (not ONNX Runtime) to AVX2 kernels on a larger CPU.
 
@@ -32,6 +37,7 @@ import asyncio
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,6 +133,9 @@ def main() -> int:
     parser.add_argument(
         "--clip", type=float, default=0.0, help="also serve a video avatar of this many seconds (0: photo only)"
     )
+    parser.add_argument(
+        "--browser", default="", help="chunk sizes (e.g. 8,4): also run bench/browser_latency.py on this gateway"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from gateway.settings import Settings
@@ -167,10 +176,11 @@ def main() -> int:
                 avatars = [("photo", ("image", _portrait(None)))]
                 if args.clip:
                     avatars.append((f"{args.clip:g} s clip", ("video", clip_avatar(args.clip))))
+                bursts = [] if args.sessions == "none" else [int(n) for n in args.sessions.split(",")]
                 runs = [
                     (kind, avatar, pace, count)
                     for kind, avatar in avatars
-                    for pace, counts in (("burst", [int(n) for n in args.sessions.split(",")]), ("realtime", [1]))
+                    for pace, counts in (("burst", bursts), ("realtime", [1] if bursts else []))
                     for count in counts
                 ]
                 for kind, avatar, pace, count in runs:
@@ -188,6 +198,10 @@ def main() -> int:
                         f"{total:.1f} | {first:.2f} | {gflop * total:.0f} |"
                     )
                     LOG.info("%s × %d: %.1f frames/s per session, %.1f in total", pace, count, per_session, total)
+                for chunk in [c for c in args.browser.split(",") if c]:
+                    browser = Path(__file__).with_name("browser_latency.py")
+                    command = [sys.executable, str(browser), "--url", url, "--interrupts", "5", "--chunk", chunk]
+                    subprocess.run([*command, "--server-pid", str(os.getpid()), "--no-assert"], check=True)
     cores = os.cpu_count()
     print(f"Wav2Lip full size ({gflop:.2f} GFLOP/frame), {cores} CPU cores, {args.seconds:g} s of audio per session")
     print(f"CPU: {cpu_class()}\n")

@@ -288,12 +288,14 @@ def test_an_interrupt_drops_the_rest_and_the_next_utterance_is_spoken(
     assert np.abs(played[interrupted["frame"] * 640 : replies[0]["start"]]).max() == 0  # idle is silence
 
 
-def test_the_first_idle_fragment_after_an_interrupt_is_sent_when_due_not_when_its_silence_would_be(
+def test_the_idle_fragments_after_an_interrupt_are_sent_when_due_not_when_their_silence_would_be(
     triton_server: EmbeddedTriton, astronaut_jpeg: bytes, speech: np.ndarray
 ) -> None:
     """Over fMP4 the cut lies at the frames already sent, up to a fragment past the send horizon: the idle fragment
     that starts there must be renderable at once (its frames' silence and look-ahead played by the interrupt),
-    not wait until that silence came due on the clock (≈ 1.6 s later: what the page saw)."""
+    not wait until that silence came due on the clock (≈ 1.6 s later: what the page saw). And the idle
+    fragments after it follow one a fragment's time later, as a player that jumped to the cut plays them, not
+    once the clock has caught up with the speech sent ahead of it (the page froze ≈ 1.5 s)."""
 
     async def script(c: Conversing) -> None:
         await c.walk(0.6)
@@ -315,6 +317,9 @@ def test_the_first_idle_fragment_after_an_interrupt_is_sent_when_due_not_when_it
         # The clock moves only to the idle fragment's send time, then stands still: the fragment must come.
         await c.walk(max(0.0, conversation.send_time(cut) - c.clock.now()) + FRAME)
         await c.until(cut + 1, timeout_s=60)
+        # Two fragments' time later (and no more), the two idle fragments after it were sent too.
+        await c.walk(2 * OPTIONS.chunk_frames * FRAME)
+        await c.until(cut + 2 * OPTIONS.chunk_frames + 1, timeout_s=60)
 
     c = asyncio.run(_converse(triton_server.grpc_url, astronaut_jpeg, script))
     assert c.session.frames_sent > 0

@@ -30,13 +30,14 @@ function emptyStats() {
     droppedFrames: null, // getVideoPlaybackQuality
     decodedFrames: null,
     bufferedS: null, // buffered media ahead of the playhead
+    liveJumps: 0, // times the player skipped forward to catch up with the live edge (media never shown)
     currentTime: 0,
     serverFrames: null,
     serverAudioSeconds: null,
     serverRenderedSeconds: null,
     serverDelayMs: null,
     firstFragmentMs: null,
-    glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs, interruptsMs} (see latency.js)
+    glassToGlass: null, // with frame_code: {frames, medianMs, p95Ms, lastMs, interruptsMs, interruptFreezesMs} (latency.js)
     displayedFrame: null, // with frame_code: the number of the last frame displayed (read from its corner)
     audioSecondsSent: 0, // microphone mode: 16 kHz audio handed to the socket (WebRTC: captured while the track was sent)
     segments: 0, // media segments received
@@ -571,7 +572,11 @@ function onReady(session, msg) {
   const mic = page.mode === "mic";
   const conversation = msg.mode === "conversation";
   if (session.transport === "websocket") {
-    player.open(msg.mime_type, { live: mic || conversation }).catch((err) => {
+    // A conversation sends speech up to max_ahead_ms before it is due and idle frames once their silence is
+    // overdue (docs/protocol.md): the buffer swings by that much, which is not falling behind.
+    const fragmentS = Number($("opt-chunk").value) / msg.fps;
+    const swingS = conversation ? (msg.limits.max_ahead_ms + msg.lookahead_ms) / 1000 + 2 * fragmentS : 0;
+    player.open(msg.mime_type, { live: mic || conversation, swingS }).catch((err) => {
       reportError("player", "unsupported_media", err.message);
       session.cancel();
       stopMic(false);
@@ -806,6 +811,7 @@ function updateStats() {
   s.currentTime = video.currentTime;
   if (player.sourceBuffer) {
     s.bufferedS = player.bufferedAhead;
+    s.liveJumps = player.liveJumps;
     const quality = player.playbackQuality();
     if (quality) {
       s.droppedFrames = quality.dropped;

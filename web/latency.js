@@ -11,6 +11,7 @@ const MIDPOINT = (16 + 235) / 2; // between the code's black and white levels
 const SAMPLES_PER_FRAME = 640; // 16 kHz / 25 frames per second
 const MAX_MARKS = 4096; // capture times kept: minutes of microphone chunks
 const MAX_LATENCIES = 3000; // the figures summarise the last two minutes of frames
+const AFTER_INTERRUPT_MS = 2000; // how long the idle video is watched for freezes after an interrupt
 
 export class FrameLatency {
   constructor(video) {
@@ -26,6 +27,8 @@ export class FrameLatency {
     this.running = false;
     this.interrupt = null; // {at: click time, frame: the first idle frame, once the server said}
     this.interrupts = []; // ms from each interrupt to its first idle frame displayed
+    this.afterInterrupt = null; // {from, last, longest}: new frames displayed since the first idle one
+    this.interruptFreezes = []; // per interrupt, the longest wait for a new frame in the idle video after it
   }
 
   // The user interrupted at `time`; the server's `interrupted` names the first idle frame later.
@@ -62,9 +65,19 @@ export class FrameLatency {
     if (frame !== null && frame !== this.lastFrame) {
       this.lastFrame = frame;
       const pending = this.interrupt;
+      const shown = meta.expectedDisplayTime;
       if (pending && pending.frame !== null && frame >= pending.frame) {
-        this.interrupts.push(meta.expectedDisplayTime - pending.at);
+        this.interrupts.push(shown - pending.at);
         this.interrupt = null;
+        this.afterInterrupt = { from: shown, last: shown, longest: 0 };
+      } else if (this.afterInterrupt) {
+        const watch = this.afterInterrupt;
+        watch.longest = Math.max(watch.longest, shown - watch.last);
+        watch.last = shown;
+        if (shown - watch.from >= AFTER_INTERRUPT_MS) {
+          this.interruptFreezes.push(watch.longest);
+          this.afterInterrupt = null;
+        }
       }
       const captured = this.capturedAt((frame + 1) * SAMPLES_PER_FRAME);
       if (captured !== null) {
@@ -102,11 +115,18 @@ export class FrameLatency {
     return marks[low][1];
   }
 
-  // {frames, medianMs, p95Ms, lastMs, interruptsMs} of the frames measured so far (null before the first).
+  // {frames, medianMs, p95Ms, lastMs, interruptsMs, interruptFreezesMs} of the frames measured so far.
   summary() {
     const sorted = [...this.latencies].sort((a, b) => a - b);
     const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null);
     const last = this.latencies.length ? this.latencies[this.latencies.length - 1] : null;
-    return { frames: sorted.length, medianMs: at(0.5), p95Ms: at(0.95), lastMs: last, interruptsMs: [...this.interrupts] };
+    return {
+      frames: sorted.length,
+      medianMs: at(0.5),
+      p95Ms: at(0.95),
+      lastMs: last,
+      interruptsMs: [...this.interrupts],
+      interruptFreezesMs: [...this.interruptFreezes],
+    };
   }
 }

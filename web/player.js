@@ -4,7 +4,7 @@
 // they are appended in order, one at a time (a SourceBuffer takes one append while not `updating`), in
 // "segments" mode. Every byte is also kept, so the finished stream can be saved as one MP4 file.
 
-const LIVE_MAX_LAG_S = 1.0; // live: jump forward when playback falls this far behind the buffered end...
+const LIVE_MAX_LAG_S = 1.0; // live: jump forward when playback falls this far (+ the stream's swing) behind...
 const LIVE_TARGET_LAG_S = 0.3; // ...to this far behind it
 const KEEP_BEHIND_S = 20; // buffered media kept behind the playhead; older media is removed from the buffer
 const TRIM_SLACK_S = 10; // trim only once this much more has piled up (fewer remove() calls)
@@ -34,11 +34,14 @@ export class MsePlayer {
     this.bytes = 0;
     this.segments = 0;
     this.live = false;
+    this.maxLagS = LIVE_MAX_LAG_S;
+    this.liveJumps = 0;
     this.finishing = false;
     this.finished = false;
     this.failed = false;
     this.firstFrameSeen = false;
     this.playRequested = false;
+    this.seekTo = null; // where to jump once it is buffered (an interrupt's next fragment)
     if (this.video.getAttribute("src")) {
       URL.revokeObjectURL(this.video.src);
       this.video.removeAttribute("src");
@@ -47,13 +50,16 @@ export class MsePlayer {
   }
 
   // Attaches a new MediaSource with one SourceBuffer of `mimeType`; `live` keeps playback near the live edge.
-  async open(mimeType, { live }) {
+  // `swingS`: how far ahead of the playhead the server may send by design (a conversation's speech), never
+  // skipped as lag.
+  async open(mimeType, { live, swingS = 0 }) {
     this.reset();
     if (!("MediaSource" in window)) throw new Error("This browser has no Media Source Extensions: it cannot play the stream.");
     if (!MediaSource.isTypeSupported(mimeType)) {
       throw new Error(`This browser cannot play the stream's format (${mimeType}).`);
     }
     this.live = live;
+    this.maxLagS = LIVE_MAX_LAG_S + swingS;
     const mediaSource = new MediaSource();
     this.mediaSource = mediaSource;
     const url = URL.createObjectURL(mediaSource);
@@ -81,8 +87,11 @@ export class MsePlayer {
     this.pump();
   }
 
-  // An interrupt: once what came before is appended, drop the video buffered after the playhead and play the
-  // next fragment (the one starting at `nextStartS`, stream time) from the playhead on.
+  // An interrupt: once what came before is appended, drop the video buffered after the playhead, and jump to
+  // the next fragment (the one starting at `nextStartS`, stream time) as soon as it is appended. A seek to a
+  // buffered key frame shows it at once, and keeps the playhead on the server's clock: re-timing the fragment
+  // to the playhead instead left Chromium waiting ≈ 2 s before it played it, and then starved until the
+  // server's clock caught up with the frames skipped.
   cutAhead(nextStartS) {
     if (this.failed || this.finishing) return;
     this.queue.push({ cut: nextStartS, removed: false });
@@ -98,6 +107,7 @@ export class MsePlayer {
   pump() {
     const sb = this.sourceBuffer;
     if (!sb || sb.updating || this.failed || this.mediaSource.readyState !== "open") return;
+    this.seekIfDue();
     if (this.trimOld()) return; // remove() runs; updateend calls pump again
     if (this.queue.length === 0) {
       if (this.finishing && !this.finished) {
@@ -134,9 +144,22 @@ export class MsePlayer {
         return;
       }
     }
-    sb.timestampOffset = now - cut.cut;
+    this.seekTo = Math.max(now, cut.cut + sb.timestampOffset);
     this.queue.shift();
     this.pump();
+  }
+
+  // After an interrupt: the jump to the next fragment, once it is buffered.
+  seekIfDue() {
+    if (this.seekTo === null) return;
+    const b = this.video.buffered;
+    for (let i = 0; i < b.length; i += 1) {
+      if (b.start(i) <= this.seekTo + 0.001 && this.seekTo < b.end(i)) {
+        this.video.currentTime = Math.max(this.seekTo, b.start(i));
+        this.seekTo = null;
+        return;
+      }
+    }
   }
 
   // Removes media well behind the playhead; true when a remove() was started.
@@ -173,7 +196,10 @@ export class MsePlayer {
   keepNearLiveEdge() {
     if (!this.live || this.finished || !this.sourceBuffer) return;
     const end = this.bufferedEnd;
-    if (end - this.video.currentTime > LIVE_MAX_LAG_S) this.video.currentTime = end - LIVE_TARGET_LAG_S;
+    if (end - this.video.currentTime > this.maxLagS) {
+      this.video.currentTime = end - LIVE_TARGET_LAG_S;
+      this.liveJumps += 1;
+    }
   }
 
   watchFirstFrame() {

@@ -118,11 +118,14 @@ class Conversation:
         rewound = cut * SAMPLES_PER_VIDEO_FRAME < self.timeline.samples_heard and self.timeline.rewind(cut)
         if rewound:
             self._forget_after(cut * SAMPLES_PER_VIDEO_FRAME)
-            # Silence now for every frame that may be sent, not when each becomes overdue: the idle frames
-            # replace the cut ones at once. That is at least the fragment that starts at the cut, which may lie
-            # past the send horizon (the fragment committed last ran beyond it), and its look-ahead. (Audio that
-            # follows is spoken after it, as after any silence.)
-            self._silence(until=max(self._admit_limit(now), self._audio_for_fragment_at(cut)))
+            # Speech is sent up to max_ahead_ms ahead of the clock, idle frames once their silence is overdue:
+            # the cut can lie a second or more ahead of the idle schedule. The frames between are dropped (a
+            # player jumps to the cut), so the clock moves on to the cut: the session goes on as an idle one
+            # whose fragment at the cut is due now, and the idle frames after it follow at 25 frames/s. (Left
+            # where it was, the first idle fragment went out at once and the next only once the clock caught
+            # up: the page froze ≈ 1.5 s.)
+            self.start_time = min(self.start_time, now - self._idle_render_clock(cut) * FRAME_S)
+            self._silence(until=self._audio_for_fragment_at(cut))
         first_idle = cut if rewound else math.ceil(self.timeline.samples_heard / SAMPLES_PER_VIDEO_FRAME)
         self.advance(now)
         return first_idle, rewound
@@ -170,6 +173,12 @@ class Conversation:
         """Samples the timeline may hold now: the audio of the fragments that may be sent (the last one starts at
         the horizon), and their look-ahead."""
         return self._audio_for_fragment_at(math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S))
+
+    def _idle_render_clock(self, frame: int) -> float:
+        """The clock, in frames, at which the idle fragment starting at ``frame`` can be rendered: its audio
+        (:meth:`_audio_for_fragment_at`) is all overdue silence."""
+        last_frame = self._audio_for_fragment_at(frame) // SAMPLES_PER_VIDEO_FRAME - 1
+        return last_frame + (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S
 
     def _audio_for_fragment_at(self, frame: int) -> int:
         """Samples a fragment that starts at ``frame`` needs played before it can be rendered: its

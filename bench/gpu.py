@@ -51,10 +51,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from export import precision, tensorrt
+from export.engines import STAGES
 from export.models.generator import Generator, GridSampleForm, SamplingPrecision
 from export.onnx import TRACE_SIZES, export_stage, opset_for, relative_error, sample_inputs
 from export.precision import DTypeName
-from export.specs import STAGES
 from export.stages import BUILDERS, StageFactory, Variant
 from export.synthetic import SyntheticWeights
 from lipsync.audio import FPS, HOP, MEL_FRAMES_PER_SECOND, N_FFT

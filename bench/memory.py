@@ -29,7 +29,7 @@ CHILD = """
 import json, sys
 import numpy as np, onnxruntime as ort
 from export.onnx import TRACE_SIZES, sample_inputs
-from export.specs import STAGES
+from export.engines import STAGES
 import torch
 
 def peak_mb():

@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_class
 
-from export.repository import ENSEMBLES, EnsembleSpec, RepositorySettings, triton_batched, write_repository
-from export.specs import STAGES, StageSpec, TensorIO
+from export.engines import ENSEMBLES, STAGES
+from export.repository import RepositorySettings, triton_batched, write_repository
+from export.specs import EnsembleSpec, StageSpec, TensorIO
 from lipsync.audio import SAMPLES_PER_VIDEO_FRAME, mel_window_indices, num_mel_frames
 
 log = logging.getLogger("bench.perf")

@@ -24,8 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from export.engines import STAGES
 from export.onnx import TRACE_SIZES, export_stage, opset_for, sample_inputs
-from export.specs import STAGES
 from export.stages import BUILDERS, StageFactory, Variant
 from export.synthetic import write_synthetic_checkpoint
 from export.weights import MANIFESTED_FILES

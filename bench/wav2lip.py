@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import Result, _portrait, _session, _speech
 from machine import cpu_class
 
+from export.engines import STAGES
 from export.onnx import TRACE_SIZES, export_and_check, sample_inputs
 from export.quantize import int8_graph, quantize_stage
 from export.repository import RepositorySettings, write_repository
-from export.specs import STAGES
 from export.stages import BUILDERS, Variant
 from export.synthetic import SyntheticWeights
 

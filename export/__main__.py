@@ -104,8 +104,8 @@ def optional_weights_here(variant: Variant) -> bool:
 
 
 def _onnx(args: argparse.Namespace) -> int:
+    from export.engines import STAGES
     from export.onnx import export_and_check
-    from export.specs import STAGES
     from export.stages import BUILDERS, StageFactory, Variant
 
     if args.reduced == (args.checkpoints is not None):
@@ -190,7 +190,7 @@ def _quantize(args: argparse.Namespace) -> int:
             if args.calibration:
                 calibration, described = load_calibration(args.calibration, stage), args.calibration.name
             elif args.calibration_audio:
-                faces = load_faces(args.calibration_faces)
+                faces = load_faces(args.calibration_faces, stage)
                 calibration = calibration_from_media(stage, args.calibration_audio, faces)
                 described = f"{args.calibration_audio.name} with {len(faces)} face(s)"
             quantize_stage(args.onnx, stage, calibration, described=described)

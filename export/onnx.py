@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.specs import STAGES, StageSpec, TensorIO
+from export.engines import STAGES
+from export.specs import StageSpec, TensorIO
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """int8 graphs for CPU serving: ONNX Runtime's static quantization, checked against the fp32 graph.
 
-Wav2Lip is the engine meant to run live on a CPU, and at fp32 it does not quite: ≈ 7.9 GFLOP per frame, 25
-frames per second, ≈ 200 GFLOP/s, more than ONNX Runtime's fp32 convolutions reach on two cores
-(docs/measurements.md). Its convolutions in int8 (VNNI's u8×s8 dot products) run ≈ 1.6× faster there.
+An engine meant to run live on a CPU may declare an int8 form for a stage (``EngineExport.int8``: why, and
+how to make calibration inputs). Wav2Lip's is the one now: at fp32, ≈ 7.9 GFLOP per frame at 25 frames per
+second is ≈ 200 GFLOP/s, more than ONNX Runtime's fp32 convolutions reach on two cores
+(docs/measurements.md); its convolutions in int8 (VNNI's u8×s8 dot products) run ≈ 1.6× faster there.
 
 Static QDQ quantization: weights per output channel in int8, activations in uint8 with ranges measured on
 calibration inputs (min–max). The graph keeps the fp32 graph's inputs and outputs, so the served model, its
@@ -10,9 +11,10 @@ config and its ensembles are unchanged; only ``model.onnx`` differs. Every quant
 fp32 graph on held-out inputs and refused when the error passes :data:`INT8_TOLERANCE`; the measured error is
 recorded in its sidecar.
 
-The ranges are only as good as the calibration inputs: by default, mel windows of a synthetic voice through the
-real front-end and smooth random faces; ``--calibration-audio SPEECH --calibration-faces FACES.npz`` builds
-them from real speech and real faces as a session does (the faces' inputs come from the gateway's face finder:
+The ranges are only as good as the calibration inputs: by default the form's synthetic ones (for Wav2Lip, mel
+windows of a synthetic voice through the real front-end, and smooth random faces);
+``--calibration-audio SPEECH --calibration-faces FACES.npz`` builds them from real speech and real faces as a
+session does (Wav2Lip's face inputs come from the gateway's face finder:
 ``python -m gateway.engines.wav2lip.calibration PHOTO… --out FACES.npz``), and ``--calibration FILE.npz``
 takes the model's own inputs (one array per input name).
 """
@@ -30,20 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from export.specs import STAGES
+from export.engines import QUANTIZABLE, STAGES
+from export.specs import Int8Form
 
 log = logging.getLogger(__name__)
 
-# Stages with an int8 form, and why they may have one.
-QUANTIZABLE: dict[str, str] = {
-    "wav2lip": "the live CPU engine: its convolutions are all its cost, and int8 makes 25 fps reachable on 2 cores",
-}
 # The int8 output's error against fp32 that an export refuses to pass, relative to how much the fp32 output
 # varies (:func:`variation_error`; measured ≈ 0.04 for full-size Wav2Lip with synthetic weights).
 INT8_TOLERANCE = 0.1
 CALIBRATION_ROWS = 32
 CHECK_ROWS = 16
-SAMPLE_RATE = 16000
 
 
 def int8_graph(onnx_dir: Path, stage: str) -> Path:
@@ -60,55 +58,27 @@ def int8_is_current(onnx_dir: Path, stage: str) -> bool:
     return made_from is not None and made_from == json.loads(source.read_text()).get("sha256")
 
 
-def synthetic_voice(seconds: float, seed: int) -> np.ndarray:
-    """A voiced, vowel-like signal: a glottal pulse train at a wandering pitch through moving formants."""
-    rng = np.random.default_rng(seed)
-    n = int(SAMPLE_RATE * seconds)
-    t = np.arange(n) / SAMPLE_RATE
-    pitch = 110 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6.3))
-    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
-    wav = np.zeros(n)
-    for formant, width in ((700, 0.8), (1200, 0.5), (2600, 0.25)):
-        moving = formant * (1 + 0.25 * np.sin(2 * np.pi * rng.uniform(1, 4) * t))
-        harmonic = np.clip(np.round(moving / pitch), 1, None)
-        wav += width * np.sin(harmonic * phase)
-    syllables = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6.3))  # ≈ 4 syllables a second
-    wav = wav * syllables + 0.01 * rng.standard_normal(n)
-    return (0.3 * wav / np.abs(wav).max()).astype(np.float32)
-
-
-def _smooth_faces(rows: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, 3, 96, 96) in [0, 1]: low-frequency colour fields, closer to a face's statistics than pixel noise."""
-    import torch
-
-    coarse = torch.from_numpy(rng.random((rows, 3, 6, 6), dtype=np.float32))
-    fields = torch.nn.functional.interpolate(coarse, size=(96, 96), mode="bicubic", align_corners=False).numpy()
-    detail = 0.05 * rng.standard_normal((rows, 3, 96, 96)).astype(np.float32)
-    return np.clip(0.2 + 0.6 * fields + detail, 0.0, 1.0)
+def int8_form(stage: str) -> Int8Form:
+    if stage not in QUANTIZABLE:
+        raise ValueError(f"{stage} has no int8 form (these do: {', '.join(QUANTIZABLE)})")
+    return QUANTIZABLE[stage]
 
 
 def synthetic_inputs(stage: str, rows: int, seed: int) -> dict[str, np.ndarray]:
     """Inputs for ``stage`` that look like what it is served: the default calibration and check data."""
-    if stage != "wav2lip":
-        raise ValueError(f"no synthetic calibration inputs for {stage!r}")
-    from export.mel import log_mel
-    from lipsync.wav2lip import face_input, wav2lip_mel_windows
-
-    rng = np.random.default_rng(seed)
-    mel = log_mel(synthetic_voice(rows / 25 + 0.5, seed), crop_to_frames=False)
-    windows = wav2lip_mel_windows(mel, rows)  # (rows, 1, 80, 16)
-    faces_bgr = np.rint(_smooth_faces(rows, rng).transpose(0, 2, 3, 1) * 255).astype(np.uint8)
-    return {"mel_window": windows, "face": face_input(faces_bgr)}
+    return int8_form(stage).synthetic_inputs(rows, seed)
 
 
-def load_faces(path: Path) -> np.ndarray:
-    """The face inputs (N, 6, 96, 96) float32 of ``python -m gateway.engines.wav2lip.calibration``."""
+def load_faces(path: Path, stage: str) -> np.ndarray:
+    """The face inputs float32 of ``stage`` (N rows of its int8 form's face input) from an ``.npz`` with an array
+    ``face`` (for Wav2Lip, as ``python -m gateway.engines.wav2lip.calibration`` writes it)."""
+    want = next(t.shape[1:] for t in STAGES[stage].inputs if t.name == int8_form(stage).face_input)
     with np.load(path) as data:
         if "face" not in data.files:
             raise ValueError(f"{path} has no array `face` (it has {data.files})")
         faces = np.asarray(data["face"], dtype=np.float32)
-    if faces.ndim != 4 or faces.shape[1:] != (6, 96, 96) or len(faces) == 0:
-        raise ValueError(f"{path}: faces of shape {faces.shape}, not (N ≥ 1, 6, 96, 96)")
+    if faces.shape[1:] != want or len(faces) == 0:
+        raise ValueError(f"{path}: faces of shape {faces.shape}, not (N ≥ 1, {', '.join(map(str, want))})")
     return faces
 
 
@@ -117,23 +87,10 @@ def calibration_from_media(
 ) -> dict[str, np.ndarray]:
     """Inputs for ``stage`` from real speech and real faces, built as a session builds them: the mel windows of
     ``rows`` frames spread over the recording, each with one of the faces in turn."""
-    if stage != "wav2lip":
+    form = int8_form(stage)
+    if form.media_inputs is None:
         raise ValueError(f"no calibration from media for {stage!r}")
-    if len(faces) == 0:
-        raise ValueError("give at least one face to calibrate with")
-    from export.mel import log_mel
-    from lipsync.audio import num_video_frames
-    from lipsync.audio_io import decode_audio
-    from lipsync.wav2lip import wav2lip_mel_windows
-
-    wav = decode_audio(Path(audio))
-    frames = num_video_frames(wav.size)
-    if frames < 1:
-        raise ValueError(f"{audio} is too short to calibrate with")
-    windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), frames)
-    chosen = np.unique(np.linspace(0, frames - 1, min(rows, frames)).round().astype(int))
-    face_rows = faces[np.arange(chosen.size) % len(faces)]
-    return {"mel_window": windows[chosen], "face": face_rows}
+    return form.media_inputs(Path(audio), faces, rows)
 
 
 def load_calibration(path: Path, stage: str) -> dict[str, np.ndarray]:
@@ -207,8 +164,7 @@ def quantize_stage(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if stage not in QUANTIZABLE:
-        raise ValueError(f"{stage} has no int8 form (these do: {', '.join(QUANTIZABLE)})")
+    int8_form(stage)
     onnx_dir = Path(onnx_dir)
     source = onnx_dir / f"{stage}.onnx"
     if not source.is_file():

@@ -13,9 +13,9 @@ import pytest
 import torch
 from golden_data import GOLDEN_DIR
 
+from export.engines import STAGES
 from export.onnx import TRACE_SIZES, export_stage, opset_for
 from export.onnx import relative_error as rel_err
-from export.specs import STAGES
 from export.stages import StageFactory, Variant
 from lipsync.audio import padded_signal
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from export import precision, tensorrt
-from export.specs import STAGES
+from export.engines import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "bench" / "gpu.py"

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from export.engines import STAGES
 from export.onnx import TRACE_SIZES, sample_inputs
-from export.specs import STAGES
 
 
 def _declared(values: list[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:

@@ -13,8 +13,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from export.repository import ENSEMBLES, RepositorySettings, write_repository
-from export.specs import STAGES
+from export.engines import ENSEMBLES, STAGES
+from export.repository import RepositorySettings, write_repository
 from gateway.triton.server import EmbeddedTriton
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from export import precision
+from export.engines import STAGES
 from export.models.generator import Generator, SamplingPrecision
 from export.onnx import TRACE_SIZES, sample_inputs
 from export.precision import DTypeName, Precision, RenderError, StageError
-from export.specs import STAGES
 from export.stages import StageFactory, Variant
 
 pytestmark = pytest.mark.slow  # ≈ 30 s on 2 cores

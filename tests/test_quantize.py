@@ -197,7 +197,7 @@ def test_calibration_from_real_speech_and_portraits(
     faces_file = tmp_path / "faces.npz"
     # The gateway's face finder writes the faces; the export reads only the arrays.
     assert calibration.main([str(portrait), "--out", str(faces_file)]) == 0
-    inputs = calibration_from_media("wav2lip", spoken_wav, load_faces(faces_file), rows=20)
+    inputs = calibration_from_media("wav2lip", spoken_wav, load_faces(faces_file, "wav2lip"), rows=20)
     wav = decode_audio(spoken_wav)
     windows = wav2lip_mel_windows(log_mel(wav, crop_to_frames=False), wav.size // 640)
     assert inputs["mel_window"].shape == (20, 1, 80, 16) and inputs["face"].shape == (20, 6, 96, 96)
@@ -215,7 +215,7 @@ def test_calibration_from_real_speech_and_portraits(
     assert export_main(["quantize", "--onnx", str(onnx_dir), "--calibration", str(tmp_path / "x.npz"), *media]) == 2
     np.savez(tmp_path / "x.npz", face=inputs["mel_window"])
     with pytest.raises(ValueError, match=r"x\.npz: faces of shape \(20, 1, 80, 16\)"):
-        load_faces(tmp_path / "x.npz")
+        load_faces(tmp_path / "x.npz", "wav2lip")
 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))

@@ -18,14 +18,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.__main__ import main
+from export.engines import ENSEMBLES, STAGES, TENSORRT_FP32_MODELS
 from export.repository import (
-    ENSEMBLES,
     GATEWAY_INFLIGHT_CALLS,
     GATEWAY_INFLIGHT_RENDERS,
     GATEWAY_MAX_SESSIONS,
     GATEWAY_PORTRAIT_PREPARATIONS,
     GENERATED_MARK,
-    TENSORRT_FP32_MODELS,
     TENSORRT_OPTIONS,
     RepositorySettings,
     WrittenRepository,
@@ -34,7 +33,6 @@ from export.repository import (
     validate_ensemble,
     write_repository,
 )
-from export.specs import STAGES
 from export.triton_model import concatenate, group_by_row_shape, run_in_pieces, split
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -365,3 +363,19 @@ def test_model_source_batches_by_row_shape_and_splits_back() -> None:
     np.testing.assert_array_equal(parts[1][0], np.full((1, 3), 2.0))
     with pytest.raises(RuntimeError, match="rows"):
         split([np.zeros((4, 3))], rows)
+
+
+def test_engine_exports_are_checked_when_registered() -> None:
+    """A name two engines share would be one Triton model; a rule about a stage its engine does not declare
+    would silently apply to nothing."""
+    from export.engines import EXPORTS, check_exports
+    from export.specs import EngineExport
+
+    check_exports(EXPORTS)
+    first = EXPORTS[0]
+    clash = EngineExport("clash", stages=first.stages[:1], builders="nowhere")
+    with pytest.raises(ValueError, match=f"named twice across engines: {first.stages[0].name}"):
+        check_exports([*EXPORTS, clash])
+    stray = EngineExport("stray", stages=(), builders="nowhere", tensorrt_fp32={"generator": "why"})
+    with pytest.raises(ValueError, match="stray describes stages it does not declare: generator"):
+        check_exports([stray])

@@ -19,9 +19,10 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from export.engines import ENSEMBLES
 from export.ensemble_steps import FaceToUint8
 from export.onnx import relative_error
-from export.repository import ENSEMBLES, RepositorySettings, WrittenRepository, write_repository
+from export.repository import RepositorySettings, WrittenRepository, write_repository
 from export.stages import StageFactory
 from gateway.media.pasteback import from_enhancer, to_enhancer
 from gateway.triton.server import EmbeddedTriton, process_group_members
@@ -328,8 +329,8 @@ def test_stopped_launcher_leaves_no_process(repository: WrittenRepository) -> No
 
 def test_triton_loads_each_batched_models_queue_bound(client: grpcclient.InferenceServerClient) -> None:
     """The default repository's queue policies, as the real Triton parsed them: bounded, refusing at once."""
+    from export.engines import STAGES
     from export.repository import queue_size
-    from export.specs import STAGES
 
     for name in ("audio2exp", "mapping", "generator", "wav2lip_to_uint8"):
         batching = client.get_model_config(name, as_json=True)["config"]["dynamic_batching"]

@@ -16,11 +16,11 @@ from golden_data import GOLDEN_DIR
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from export.engines import STAGES
 from export.layers import fold_batch_norms
 from export.models.wav2lip import FULL, REDUCED, Wav2Lip, convert_state_dict, load_wav2lip
 from export.onnx import check_parity, export_stage
 from export.onnx import relative_error as rel_err
-from export.specs import STAGES
 from export.stages import StageFactory, Variant
 from export.synthetic import golden_weights
 from export.weights import CheckpointError, StateDict, read_checkpoint, read_manifest

@@ -2,17 +2,17 @@
 
 Commands:
   check      --checkpoints DIR [--size 256|512]   are the official files there? (exit 1 with instructions if not)
-  download   --checkpoints DIR [--size 256|512] [--gfpgan] [--base-url URL]
-             [--wav2lip [FILE_NAME] --accept-wav2lip-licence]
+  download   --checkpoints DIR [--size 256|512] [--base-url URL] [--STAGE] [--ENGINE [FILE] --accept-ENGINE-licence]
                                                   fetch the official files (resumable; a mirror via --base-url);
-                                                  Wav2Lip's weights (non-commercial) only with the explicit flag
-  onnx       --out DIR (--checkpoints DIR [--size 256|512] [--wav2lip FILE] | --reduced) [--grid-sample 4d|5d]
-             [--stages a,b,...] [--with-gfpgan | --with-optional] [--check]
-                                                  one ONNX graph + JSON sidecar per stage; `wav2lip` is exported
-                                                  when DIR holds wav2lip_gan.pth (or --wav2lip names a file)
+                                                  an optional stage's with --STAGE, a licensed engine's only
+                                                  with its licence flag (`download --help` lists them)
+  onnx       --out DIR (--checkpoints DIR [--size 256|512] [--ENGINE FILE] | --reduced) [--grid-sample 4d|5d]
+             [--stages a,b,...] [--with-STAGE | --with-optional] [--check]
+                                                  one ONNX graph + JSON sidecar per stage; a licensed engine's
+                                                  stages when DIR holds its file (or --ENGINE names one)
   repository --onnx DIR --out DIR [--target cpu|gpu] [--max-queue-delay-us N] [--instances N] [...]
                                                   the Triton model repository (configs generated from the specs)
-  quantize   --onnx DIR [--stages wav2lip] [--calibration-audio F --calibration-faces F.npz | --calibration F]
+  quantize   --onnx DIR [--stages a,b] [--calibration-audio F --calibration-faces F.npz | --calibration F]
              [--if-stale]                         int8 graphs for the cpu target, checked against fp32
   synthetic  --out DIR [--seed N]                 write checkpoints in the official layouts, filled with
                                                   deterministic synthetic values (for tests and demos; NOT weights)
@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from export.official import WAV2LIP, WAV2LIP_FILES, how_to_get, missing_files
+from export.engines import QUANTIZABLE
+from export.official import LICENSED, OPTIONAL_FILES, how_to_get, missing_files
 
 if TYPE_CHECKING:
     from export.stages import Variant
@@ -56,21 +58,26 @@ def _check(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from export.download import DownloadError, download_official
-    from export.official import OFFICIAL_FILES, OPTIONAL, REQUIRED_FOR_SIZE, WAV2LIP_LICENCE
+    from export.official import OFFICIAL_FILES, REQUIRED_FOR_SIZE
 
-    if args.wav2lip and not args.accept_wav2lip_licence:
-        log.error(
-            "%s\nNothing was downloaded. To fetch %s, confirm that your use is non-commercial by adding "
-            "--accept-wav2lip-licence (or download it by hand from %s).",
-            WAV2LIP_LICENCE,
-            args.wav2lip,
-            OFFICIAL_FILES[args.wav2lip].url,
-        )
-        return 2
-    names = REQUIRED_FOR_SIZE[args.size] + (OPTIONAL if args.gfpgan else ())
-    if args.wav2lip:
-        log.warning("fetching %s under its licence terms: %s", args.wav2lip, WAV2LIP_LICENCE)
-        names += (args.wav2lip,)
+    names = REQUIRED_FOR_SIZE[args.size]
+    names += tuple(name for stage, files in OPTIONAL_FILES.items() if getattr(args, stage) for name in files)
+    for engine, part in LICENSED.items():
+        chosen = getattr(args, engine)
+        if not chosen:
+            continue
+        if not getattr(args, f"accept_{engine}_licence"):
+            log.error(
+                "%s\nNothing was downloaded. To fetch %s, confirm that your use keeps these terms by adding "
+                "--accept-%s-licence (or download it by hand from %s).",
+                part.licence,
+                chosen,
+                engine,
+                OFFICIAL_FILES[chosen].url,
+            )
+            return 2
+        log.warning("fetching %s under its licence terms: %s", chosen, part.licence)
+        names += (chosen,)
     try:
         download_official(names, args.checkpoints, base_url=args.base_url)
     except DownloadError as err:
@@ -82,56 +89,65 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_stages(variant: Variant, with_gfpgan: bool) -> list[str]:
-    """What `onnx` exports without --stages: every stage, GFPGAN only when asked for, Wav2Lip only when its
-    weights are there (always for the reduced architecture)."""
+def default_stages(variant: Variant, with_optional: Iterable[str] = ()) -> list[str]:
+    """What `onnx` exports without --stages: every stage, the optional ones (GFPGAN) only when asked for, and a
+    licensed engine's only when its weights are there (always for the reduced architecture)."""
     from export.stages import BUILDERS
 
-    stages = [s for s in BUILDERS if s != "gfpgan" or with_gfpgan]
-    wav2lip_file = variant.wav2lip_checkpoint
-    if wav2lip_file is not None and not wav2lip_file.is_file():
-        log.info("not exporting wav2lip: %s is not there (optional; non-commercial weights)", wav2lip_file)
-        stages.remove("wav2lip")
+    asked = set(with_optional)
+    stages = [s for s in BUILDERS if s not in OPTIONAL_FILES or s in asked]
+    for engine, part in LICENSED.items():
+        path = variant.file(part.files[0].name)
+        if path is not None and not path.is_file():
+            log.info("not exporting %s: %s is not there (optional; %s)", engine, path, part.files[0].purpose)
+            own = {stage.name for stage in part.stages}
+            stages = [s for s in stages if s not in own]
     return stages
 
 
-def optional_weights_here(variant: Variant) -> bool:
-    """Whether the optional stages' weights (the enhancer's) are there: always for the reduced architecture's
+def optional_weights_here(variant: Variant, stage: str) -> bool:
+    """Whether an optional stage's weights (the enhancer's) are there: always for the reduced architecture's
     random ones."""
-    from export.official import OPTIONAL
-
-    return variant.checkpoints is None or all((variant.checkpoints / name).is_file() for name in OPTIONAL)
+    return variant.checkpoints is None or all((variant.checkpoints / name).is_file() for name in OPTIONAL_FILES[stage])
 
 
 def _onnx(args: argparse.Namespace) -> int:
     from export.engines import STAGES
+    from export.official import file_for_size
     from export.onnx import export_and_check
     from export.stages import BUILDERS, StageFactory, Variant
 
     if args.reduced == (args.checkpoints is not None):
         log.error("give exactly one of --checkpoints DIR (official weights) or --reduced (random demo weights)")
         return 2
-    if args.reduced and args.wav2lip is not None:
-        log.error("--wav2lip FILE loads official weights; it does not go with --reduced")
+    named = [engine for engine in LICENSED if getattr(args, engine) is not None]
+    if args.reduced and named:
+        log.error("--%s FILE loads official weights; it does not go with --reduced", named[0])
         return 2
-    variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed, args.wav2lip)
-    wav2lip_file = variant.wav2lip_checkpoint
-    with_gfpgan = args.with_gfpgan or (args.with_optional and optional_weights_here(variant))
-    stages = args.stages.split(",") if args.stages else default_stages(variant, with_gfpgan)
+    files = tuple((LICENSED[engine].files[0].name, getattr(args, engine)) for engine in named)
+    variant = Variant(None if args.reduced else args.checkpoints, args.size, args.grid_sample, args.seed, files)
+    with_optional = [
+        stage
+        for stage in OPTIONAL_FILES
+        if getattr(args, f"with_{stage}") or (args.with_optional and optional_weights_here(variant, stage))
+    ]
+    stages = args.stages.split(",") if args.stages else default_stages(variant, with_optional)
     if unknown := [s for s in stages if s not in BUILDERS]:
         log.error("unknown stage(s) %s; stages: %s", ", ".join(unknown), ", ".join(BUILDERS))
         return 2
     if variant.reduced:
         log.warning("exporting the REDUCED architecture with RANDOM weights: for tests and demos, not results")
     else:
-        # Only the files the chosen stages read must be there (`--stages wav2lip` needs no SadTalker file).
-        needed = {STAGES[s].checkpoint.split(":")[0].replace("_256.", f"_{args.size}.") for s in stages}
+        # Only the files the chosen stages read must be there (one engine's stages need no other engine's files).
+        needed = {file_for_size(STAGES[s].checkpoint.split(":")[0], args.size) for s in stages} - {""}
         if missing := [f for f in missing_files(args.checkpoints, args.size) if f.name in needed]:
             log.error("%s", how_to_get(missing, args.checkpoints))
             return 1
-        if "wav2lip" in stages and wav2lip_file is not None and not wav2lip_file.is_file():
-            log.error("the wav2lip stage needs %s, which does not exist", wav2lip_file)
-            return 1
+        for stage in stages:
+            path = variant.file(file_for_size(STAGES[stage].checkpoint.split(":")[0], args.size))
+            if STAGES[stage].checkpoint and path is not None and not path.is_file():
+                log.error("the %s stage needs %s, which does not exist", stage, path)
+                return 1
     factory = StageFactory(variant)
     for stage in tqdm(stages, desc="export", unit="stage"):
         export_and_check(
@@ -224,21 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     download = sub.add_parser("download", help="download the official checkpoint files")
     download.add_argument("--checkpoints", type=Path, required=True)
     download.add_argument("--size", type=int, choices=(256, 512), default=256)
-    download.add_argument("--gfpgan", action="store_true", help="also fetch GFPGANv1.4.pth (face enhancement)")
     download.add_argument("--base-url", default=None, help="a mirror serving the files by name")
-    download.add_argument(
-        "--wav2lip",
-        nargs="?",
-        const=WAV2LIP,
-        choices=WAV2LIP_FILES,
-        default=None,
-        help=f"also fetch a Wav2Lip file (default {WAV2LIP}); NON-COMMERCIAL weights, needs --accept-wav2lip-licence",
-    )
-    download.add_argument(
-        "--accept-wav2lip-licence",
-        action="store_true",
-        help="confirm that you use Wav2Lip's weights for non-commercial purposes only (LRS2-trained)",
-    )
+    for stage, files in OPTIONAL_FILES.items():
+        download.add_argument(f"--{stage}", action="store_true", help=f"also fetch {', '.join(files)} ({stage})")
+    for engine, part in LICENSED.items():
+        default, choices = part.files[0].name, [f.name for f in part.files]
+        download.add_argument(
+            f"--{engine}",
+            nargs="?",
+            const=default,
+            choices=choices,
+            default=None,
+            help=f"also fetch a {engine} file (default {default}); needs --accept-{engine}-licence",
+        )
+        download.add_argument(
+            f"--accept-{engine}-licence", action="store_true", help=f"confirm that you keep its terms: {part.licence}"
+        )
     download.set_defaults(run=_download)
 
     onnx = sub.add_parser("onnx", help="export every stage to ONNX with a JSON sidecar")
@@ -248,16 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     onnx.add_argument("--size", type=int, choices=(256, 512), default=256)
     onnx.add_argument("--grid-sample", choices=("5d", "4d"), default="5d", help="4d: the TensorRT-friendly form")
     onnx.add_argument("--stages", default=None, help="comma-separated subset (default: all)")
-    onnx.add_argument("--with-gfpgan", action="store_true", help="also export GFPGAN (needs GFPGANv1.4.pth)")
+    for stage, files in OPTIONAL_FILES.items():
+        onnx.add_argument(
+            f"--with-{stage}", action="store_true", help=f"also export {stage} (needs {', '.join(files)})"
+        )
     onnx.add_argument(
         "--with-optional", action="store_true", help="also export the optional stages whose weights are there"
     )
-    onnx.add_argument(
-        "--wav2lip",
-        type=Path,
-        default=None,
-        help=f"Wav2Lip checkpoint file for the wav2lip stage (default: {WAV2LIP} in --checkpoints, if there)",
-    )
+    for engine, part in LICENSED.items():
+        onnx.add_argument(
+            f"--{engine}",
+            type=Path,
+            default=None,
+            help=f"{engine} checkpoint file (default: {part.files[0].name} in --checkpoints, if there)",
+        )
     onnx.add_argument("--seed", type=int, default=0, help="seed of the reduced random weights")
     onnx.add_argument("--check", action="store_true", help="compare each graph with PyTorch (batch 1 and 3)")
     onnx.set_defaults(run=_onnx)
@@ -300,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
     quantize = sub.add_parser("quantize", help="int8 graphs for CPU serving, checked against fp32 (export/quantize.py)")
     quantize.add_argument("--onnx", type=Path, required=True, help="directory written by `onnx`")
-    quantize.add_argument("--stages", default="wav2lip", help="comma-separated (default: wav2lip)")
+    quantize.add_argument(
+        "--stages", default=",".join(QUANTIZABLE), help=f"comma-separated (default: {','.join(QUANTIZABLE)})"
+    )
     quantize.add_argument(
         "--calibration", type=Path, default=None, help=".npz of the model's inputs from real speech and faces"
     )
@@ -309,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "--calibration-faces",
         type=Path,
         default=None,
-        help="the faces to serve, as `python -m gateway.engines.wav2lip.calibration PHOTO… --out F.npz` wrote them",
+        help="the face inputs of the faces to serve (.npz, array `face`), as the engine's calibration tool writes them",
     )
     quantize.add_argument(
         "--if-stale", action="store_true", help="only where the int8 graph is missing or made from another export"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from export.official import WAV2LIP
+from export.official import file_for_size
 from export.weights import MANIFESTED_FILES, StateDict, is_synthetic, read_checkpoint, strip_prefix
 
 if TYPE_CHECKING:
@@ -21,25 +21,27 @@ if TYPE_CHECKING:
 class Variant:
     """Which weights and forms to build. ``checkpoints=None`` is the reduced demo architecture.
 
-    ``wav2lip``: the Wav2Lip checkpoint file (default: ``wav2lip_gan.pth`` in ``checkpoints``).
+    ``size``: the render size (a file with render sizes stands in for another, export/official.py).
+    ``files``: official files read from elsewhere than ``checkpoints``, as (official name, path) pairs (a
+    licensed engine's file named on the command line).
     """
 
     checkpoints: Path | None
     size: Literal[256, 512] = 256
     grid_sample: Literal["4d", "5d"] = "5d"
     seed: int = 0
-    wav2lip: Path | None = None
+    files: tuple[tuple[str, Path], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.checkpoints is None and self.wav2lip is not None:
-            raise ValueError("a Wav2Lip checkpoint file needs official weights (checkpoints), not the reduced variant")
+        if self.checkpoints is None and self.files:
+            raise ValueError("checkpoint files need official weights (checkpoints), not the reduced variant")
 
-    @property
-    def wav2lip_checkpoint(self) -> Path | None:
-        """The Wav2Lip file this variant reads (``None`` for the reduced variant); it may not exist."""
+    def file(self, name: str) -> Path | None:
+        """Where this variant reads the official file ``name`` (``None`` for the reduced variant); it may not
+        exist."""
         if self.checkpoints is None:
             return None
-        return self.wav2lip if self.wav2lip is not None else self.checkpoints / WAV2LIP
+        return dict(self.files).get(name, self.checkpoints / file_for_size(name, self.size))
 
     @property
     def reduced(self) -> bool:
@@ -59,32 +61,31 @@ class Variant:
             "size": self.size,
             "grid_sample": self.grid_sample,
         }
-        if self.wav2lip is not None:
-            described["wav2lip_checkpoint"] = str(self.wav2lip)
+        if self.files:
+            described["checkpoint_files"] = {name: str(path) for name, path in self.files}
         return described
 
     def _files(self, directory: Path) -> list[Path]:
         """The official-layout files this variant may read."""
         files = [p for p in sorted(directory.glob("*")) if p.name in MANIFESTED_FILES]
-        if self.wav2lip is not None and self.wav2lip.is_file():
-            files.append(self.wav2lip)
-        return files
+        return files + [path for _, path in self.files if path.is_file()]
 
 
 @dataclass
 class WeightFiles:
-    """Reads each official file once per build session."""
+    """Reads each official file once per build session, from the variant's directory or where it names one."""
 
-    directory: Path
-    size: int
+    variant: Variant
     _files: dict[str, StateDict] = field(default_factory=dict)
 
     def get(self, file_name: str, prefix: str = "") -> tuple[StateDict, str]:
-        file_name = file_name.replace("_256.", f"_{self.size}.")
-        if file_name not in self._files:
-            self._files[file_name] = read_checkpoint(self.directory / file_name)
-        state = self._files[file_name]
-        return (strip_prefix(state, prefix) if prefix else state), f"{file_name} [{prefix or 'all'}]"
+        path = self.variant.file(file_name)
+        if path is None:
+            raise ValueError("the reduced variant reads no files")
+        if path.name not in self._files:
+            self._files[path.name] = read_checkpoint(path)
+        state = self._files[path.name]
+        return (strip_prefix(state, prefix) if prefix else state), f"{path.name} [{prefix or 'all'}]"
 
 
 class WeightSource(Protocol):

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from export.ensemble_steps import FaceToUint8
+from export.engines.sadtalker.steps import FaceToUint8
 from export.models.generator import Generator, SamplingPrecision
 from export.onnx import relative_error
 

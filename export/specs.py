@@ -91,6 +91,27 @@ class EnsembleSpec:
     calls: Literal["audio", "render"] = "render"
 
 
+@dataclass(frozen=True)
+class OfficialFile:
+    """An official weights file: where upstream publishes it, how it is stored, and when it is needed."""
+
+    name: str
+    url: str
+    # Top-level key of the torch pickle that holds the state dict; None for a flat safetensors file.
+    pickle_key: str | None
+    purpose: str
+    # The published file's SHA-256 and size in bytes, where a public source states them (each entry names its
+    # source); a file without a digest is downloaded with a warning that it is unverified.
+    sha256: str | None = None
+    size: int | None = None
+    # `required`: fetched by a default download and checked by `export check`; `optional`: fetched with its
+    # stage's flag (`download --gfpgan`); `licensed`: only once its engine's licence is accepted.
+    need: Literal["required", "optional", "licensed"] = "required"
+    # Needed only for these render sizes (empty: any); `replaces` names the file it stands in for at them.
+    render_sizes: tuple[int, ...] = ()
+    replaces: str | None = None
+
+
 # (rows, seed) → inputs by name that look like what the stage is served.
 SyntheticInputs = Callable[[int, int], dict[str, np.ndarray]]
 # (speech file, face inputs, rows) → inputs by name built as a session builds them.
@@ -113,7 +134,8 @@ class EngineExport:
 
     ``builders``: the module (imported only when modules are built: it needs PyTorch) whose ``BUILDERS`` maps
     each stage to the function that builds it. ``optional_stages``: exported only when asked for (their weights
-    are an extra download)."""
+    are an extra download). ``files``: the official files its stages read (a licensed engine's first one is its
+    default); ``licence``: terms a user must accept before its files are fetched."""
 
     name: str
     stages: tuple[StageSpec, ...]
@@ -123,3 +145,5 @@ class EngineExport:
     # Networks TensorRT must build in FP32 even on an fp16 target, and why.
     tensorrt_fp32: Mapping[str, str] = field(default_factory=dict)
     optional_stages: tuple[str, ...] = ()
+    files: tuple[OfficialFile, ...] = ()
+    licence: str | None = None

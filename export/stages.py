@@ -42,7 +42,7 @@ class StageFactory:
 
     def __init__(self, variant: Variant) -> None:
         self.variant = variant
-        self._weights = None if variant.checkpoints is None else WeightFiles(variant.checkpoints, variant.size)
+        self._weights = None if variant.checkpoints is None else WeightFiles(variant)
 
     @functools.cache  # noqa: B019 - one factory per export run; the cache dies with it
     def build(self, stage: str) -> nn.Module:

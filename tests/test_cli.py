@@ -170,9 +170,9 @@ def test_install_can_take_pytorchs_cpu_build() -> None:
 
 
 def test_wav2lip_weights_are_optional_and_labelled_non_commercial() -> None:
-    from export.official import OPTIONAL, WAV2LIP_FILES
+    from export.official import LICENSED, OPTIONAL
 
-    for name in WAV2LIP_FILES:
+    for name in [f.name for f in LICENSED["wav2lip"].files]:
         assert all(name not in names for names in REQUIRED_FOR_SIZE.values()) and name not in OPTIONAL
         file = OFFICIAL_FILES[name]
         assert file.pickle_key == "state_dict" and file.url.startswith("https://") and file.url.endswith(name)
@@ -195,14 +195,16 @@ def test_onnx_exports_wav2lip_only_when_its_weights_are_there(tmp_path: Path) ->
     from export.__main__ import default_stages
     from export.stages import BUILDERS, Variant
 
-    assert "wav2lip" in default_stages(Variant(None), with_gfpgan=False)  # reduced: random weights
-    assert "wav2lip" not in default_stages(Variant(tmp_path), with_gfpgan=False)
+    assert "wav2lip" in default_stages(Variant(None))  # reduced: random weights
+    assert "wav2lip" not in default_stages(Variant(tmp_path))
     elsewhere = tmp_path / "elsewhere.pth"
-    assert "wav2lip" not in default_stages(Variant(tmp_path, wav2lip=elsewhere), with_gfpgan=False)
+    files = (("wav2lip_gan.pth", elsewhere),)
+    assert "wav2lip" not in default_stages(Variant(tmp_path, files=files))
     elsewhere.write_bytes(b"x")
-    assert "wav2lip" in default_stages(Variant(tmp_path, wav2lip=elsewhere), with_gfpgan=False)
+    assert "wav2lip" in default_stages(Variant(tmp_path, files=files))
     (tmp_path / "wav2lip_gan.pth").write_bytes(b"x")
-    assert default_stages(Variant(tmp_path), with_gfpgan=True) == list(BUILDERS)
+    assert "gfpgan" not in default_stages(Variant(tmp_path))
+    assert default_stages(Variant(tmp_path), with_optional=["gfpgan"]) == list(BUILDERS)
 
 
 def test_onnx_wav2lip_arguments_are_checked(tmp_path: Path) -> None:
@@ -230,5 +232,6 @@ def test_onnx_exports_wav2lip_from_a_file_without_the_sadtalker_weights(
     assert main([*argv, "--check"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["wav2lip.json", "wav2lip.onnx"]
     sidecar = json.loads((out / "wav2lip.json").read_text())
-    assert sidecar["weights"].startswith("SYNTHETIC") and sidecar["wav2lip_checkpoint"] == str(source)
+    assert sidecar["weights"].startswith("SYNTHETIC")
+    assert sidecar["checkpoint_files"] == {"wav2lip_gan.pth": str(source)}
     assert sidecar["parity"]["relative_error"]["3"] <= 1e-5

@@ -19,7 +19,7 @@ from gateway_helpers import ManualClock, read_wav_int16
 from starlette.testclient import TestClient
 from video_helpers import clip_bytes, moving_face
 
-from export.reference import Wav2LipReference
+from export.engines.wav2lip.reference import Wav2LipReference
 from export.stages import StageFactory
 from gateway.app import create_app
 from gateway.avatars.portrait import AvatarLimits

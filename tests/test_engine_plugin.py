@@ -286,3 +286,47 @@ def test_an_engine_declares_the_models_it_has_int8_graphs_of(monkeypatch: pytest
         assert Settings().int8_models == ["level_face"]
     finally:
         unregister("quantized")
+
+
+def test_the_export_names_no_engine_outside_its_engine_folders() -> None:
+    """On the export side too an engine is its folder (export/engines/<engine>/) plus its networks
+    (export/models/): the code that reads the registry names none. Comments and docstrings may (as provenance)."""
+    from export.engines import EXPORTS
+
+    names = {part.name for part in EXPORTS if part.stages and part.name != "shared"}
+    assert names == {"sadtalker", "wav2lip"}  # the registry's lines
+    export = Path(__file__).resolve().parent.parent / "export"
+    per_model = {"layers.py", "mel.py", "weights.py", "precision.py"}  # a network's building blocks or its study
+    for path in sorted(export.glob("*.py")):
+        if path.name in per_model:
+            continue
+        found = [word for word in _code_words(path.read_text()) if any(name in word.lower() for name in names)]
+        assert found == [], path.name
+
+
+def _code_words(source: str) -> list[str]:
+    """The identifiers, imported modules and string constants of a module, docstrings left out."""
+    import ast
+
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.append(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.append(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            words += [node.module, *(alias.name for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            words += [alias.name for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.append(node.value)
+    return words

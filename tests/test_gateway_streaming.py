@@ -22,8 +22,9 @@ from PIL import Image
 from skimage import data
 from starlette.testclient import TestClient
 
+from export.engines.sadtalker.reference import AvatarInputs, Options, ReferencePipeline
+from export.engines.wav2lip.reference import Wav2LipReference
 from export.quantize import INT8_TOLERANCE, quantize_stage, variation_error
-from export.reference import AvatarInputs, Options, ReferencePipeline, Wav2LipReference
 from export.repository import RepositorySettings, write_repository
 from export.stages import StageFactory
 from gateway.app import create_app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.reference import AvatarInputs, Options, ReferencePipeline
+from export.engines.sadtalker.reference import AvatarInputs, Options, ReferencePipeline
 from export.stages import StageFactory, Variant
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.reference import AvatarInputs, Options, ReferencePipeline
+from export.engines.sadtalker.reference import AvatarInputs, Options, ReferencePipeline
 from export.stages import StageFactory, Variant
 from gateway.engines.sadtalker.timeline import SadTalkerTimeline as Timeline
 from gateway.session.timeline import AudioTimeline, MelSpan, RenderRequest

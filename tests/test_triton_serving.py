@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from export.engines import ENSEMBLES
-from export.ensemble_steps import FaceToUint8
+from export.engines.sadtalker.steps import FaceToUint8
 from export.onnx import relative_error
 from export.repository import RepositorySettings, WrittenRepository, write_repository
 from export.stages import StageFactory

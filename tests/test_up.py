@@ -182,8 +182,8 @@ def test_official_only_when_every_sidecar_says_so(exported: Callable[..., Settin
 
 
 def test_the_export_adds_optional_stages_only_when_their_weights_are_there(tmp_path: Path) -> None:
-    assert optional_weights_here(Variant(None))  # the reduced architecture: random weights for every stage
-    assert not optional_weights_here(Variant(tmp_path))
+    assert optional_weights_here(Variant(None), "gfpgan")  # the reduced architecture: random weights for all
+    assert not optional_weights_here(Variant(tmp_path), "gfpgan")
     (tmp_path / "GFPGANv1.4.pth").touch()
-    assert optional_weights_here(Variant(tmp_path))
-    assert "gfpgan" in default_stages(Variant(tmp_path), with_gfpgan=optional_weights_here(Variant(tmp_path)))
+    assert optional_weights_here(Variant(tmp_path), "gfpgan")
+    assert "gfpgan" in default_stages(Variant(tmp_path), with_optional=["gfpgan"])

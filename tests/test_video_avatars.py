@@ -16,7 +16,7 @@ from gateway_helpers import decode_video, read_wav_int16, run_fed_in_pieces, wav
 from starlette.testclient import TestClient
 from video_helpers import clip_bytes, moving_face
 
-from export.reference import Wav2LipReference
+from export.engines.wav2lip.reference import Wav2LipReference
 from export.stages import StageFactory
 from gateway.app import create_app
 from gateway.avatars.portrait import DEFAULT_LIMITS, AvatarLimits

@@ -3,7 +3,7 @@
 Pure and synchronous: the session feeds audio in, asks for the next requests, runs them on Triton and hands
 the results back. Every request is a function of fixed-grid positions and, at the end only, of the clip's
 length — never of when audio arrived or of the chunk size — so a stream renders exactly the frames of a
-whole-clip run (``export.reference``).
+whole-clip run (``export.engines.<name>.reference``).
 
 :class:`AudioTimeline` is what every engine's timeline builds on: the audio received, the end, the mel spans
 that can no longer change, and the render chunks (the first may be shorter: see ``first_chunk_frames``). Each

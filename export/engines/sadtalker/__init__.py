@@ -5,9 +5,53 @@ and the face renderer (`render`, `render_enhanced` with GFPGAN). Torch-free: the
 from __future__ import annotations
 
 from export.engines.shared import ENHANCER_OUTPUT, GFPGAN, MEL
-from export.specs import BATCH, EngineExport, EnsembleSpec, StageSpec, TensorIO, f32, like, step
+from export.specs import BATCH, EngineExport, EnsembleSpec, OfficialFile, StageSpec, TensorIO, f32, like, step
 
-SADTALKER = "SadTalker_V0.0.2_256.safetensors"
+SADTALKER = "SadTalker_V0.0.2_256.safetensors"  # the 512 file stands in for it at render size 512
+_RELEASE = "https://github.com/OpenTalker/SadTalker/releases/download/v0.0.2-rc"
+
+FILES = (
+    OfficialFile(
+        "SadTalker_V0.0.2_256.safetensors",
+        f"{_RELEASE}/SadTalker_V0.0.2_256.safetensors",
+        None,
+        "audio2exp, audio2pose, face_recon, keypoint detector and generator (256² renderer)",
+        # LFS pointer in the SadTalker authors' Hugging Face copy of this release:
+        # https://huggingface.co/vinthony/SadTalker-V002rc/commit/a4827306558d062e5884afff655fdfeb75d9c8ab
+        "c211f5d6de003516bf1bbda9f47049a4c9c99133b1ab565c6961e5af16477bff",
+        725_066_984,
+        render_sizes=(256,),
+    ),
+    OfficialFile(
+        "SadTalker_V0.0.2_512.safetensors",
+        f"{_RELEASE}/SadTalker_V0.0.2_512.safetensors",
+        None,
+        "the same networks for the 512² renderer",
+        # same source as the 256 file
+        "0e063f7ff5258240bdb0f7690783a7b1374e6a4a81ce8fa33456f4cd49694340",
+        725_066_984,
+        render_sizes=(512,),
+        replaces=SADTALKER,
+    ),
+    OfficialFile(
+        "mapping_00229-model.pth.tar",
+        f"{_RELEASE}/mapping_00229-model.pth.tar",
+        "mapping",
+        "mapping net, 70 coefficients (crop and resize modes)",
+        # same source as the 256 file
+        "62a1e06006cc963220f6477438518ed86e9788226c62ae382ddc42fbcefb83f1",
+        155_521_183,
+    ),
+    OfficialFile(
+        "mapping_00109-model.pth.tar",
+        f"{_RELEASE}/mapping_00109-model.pth.tar",
+        "mapping",
+        "mapping net, 73 coefficients (full paste-back mode)",
+        # same source as the 256 file
+        "84a8642468a3fcfdd9ab6be955267043116c2bec2284686a5262f1eaf017f64c",
+        155_779_231,
+    ),
+)
 
 AUDIO2EXP = StageSpec(
     "audio2exp",
@@ -92,7 +136,7 @@ GENERATOR = StageSpec(
     doc="dense motion + occlusion-aware SPADE generator (≈1.2 TFLOP/frame at full size)",
 )
 
-# Small steps that glue the networks into Triton ensembles (export/ensemble_steps.py).
+# Small steps that glue the networks into Triton ensembles (export/engines/sadtalker/steps.py).
 MEL_WINDOWS = StageSpec(
     "mel_windows",
     inputs=(
@@ -223,6 +267,7 @@ EXPORT = EngineExport(
         ENHANCER_INPUT,
     ),
     builders="export.engines.sadtalker.build",
+    files=FILES,
     ensembles=ENSEMBLES,
     # The precision study (docs/gpu.md, bench/gpu.py): in fp16 the 4-D sampler's mosaic coordinates round to a
     # quarter of a pixel, and the face's error grows ≈ 5× (uint8 values off by up to 150 levels instead of 21).

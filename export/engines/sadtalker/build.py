@@ -7,9 +7,9 @@ import dataclasses
 
 from torch import nn
 
-from export import ensemble_steps
 from export.building import Builder, Variant, WeightSource, networks
 from export.engines.sadtalker import SADTALKER
+from export.engines.sadtalker.steps import EnhancerInput, FaceToUint8, MelWindows
 from export.models import audio2exp, audio2pose, face_recon, generator, keypoints, mapping
 
 
@@ -59,7 +59,7 @@ BUILDERS: dict[str, Builder] = {
         lambda v: generator.Generator(generator.REDUCED, v.grid_sample),
         lambda state, source, v: generator.load_generator(state, generator.FULL_256, source, v.grid_sample),
     ),
-    "mel_windows": lambda variant, weights: ensemble_steps.MelWindows(),
-    "face_to_uint8": lambda variant, weights: ensemble_steps.FaceToUint8(),
-    "enhancer_input": lambda variant, weights: ensemble_steps.EnhancerInput(),
+    "mel_windows": lambda variant, weights: MelWindows(),
+    "face_to_uint8": lambda variant, weights: FaceToUint8(),
+    "enhancer_input": lambda variant, weights: EnhancerInput(),
 }

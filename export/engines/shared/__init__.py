@@ -3,7 +3,7 @@ step. Torch-free: the modules are built by :mod:`export.engines.shared.build`.""
 
 from __future__ import annotations
 
-from export.specs import BATCH, EngineExport, StageSpec, TensorIO, f32
+from export.specs import BATCH, EngineExport, OfficialFile, StageSpec, TensorIO, f32
 
 MEL = StageSpec(
     "mel",
@@ -31,10 +31,25 @@ ENHANCER_OUTPUT = StageSpec(
     checkpoint="",
     doc="ensemble step of `render_enhanced`: clamp to [-1, 1], → [0, 255], round half to even, uint8",
 )
+_GFPGAN_RELEASE = "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0"
+FILES = (
+    OfficialFile(
+        "GFPGANv1.4.pth",
+        f"{_GFPGAN_RELEASE}/GFPGANv1.4.pth",
+        "params_ema",
+        "GFPGAN v1.4 face enhancer (optional)",
+        # LFS pointer https://huggingface.co/power2/TestModal/commit/fd3bdb0799a4531ed3ed6daded5f625fccb27386;
+        # public manifests pin the same digest to this release address
+        "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        348_632_874,
+        need="optional",
+    ),
+)
 
 EXPORT = EngineExport(
     "shared",
     stages=(MEL, GFPGAN, ENHANCER_OUTPUT),
     builders="export.engines.shared.build",
     optional_stages=("gfpgan",),
+    files=FILES,
 )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from export import ensemble_steps
 from export.building import Builder, networks
+from export.engines.shared.steps import EnhancerOutput
 from export.mel import MelSpectrogram
 from export.models import gfpgan
 
@@ -15,5 +15,5 @@ BUILDERS: dict[str, Builder] = {
         lambda v: gfpgan.GFPGAN(gfpgan.REDUCED),
         lambda state, source, v: gfpgan.load_gfpgan(state, gfpgan.FULL_512, source),
     ),
-    "enhancer_output": lambda variant, weights: ensemble_steps.EnhancerOutput(),
+    "enhancer_output": lambda variant, weights: EnhancerOutput(),
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from export.engines.shared import ENHANCER_OUTPUT, GFPGAN
 from export.engines.wav2lip.calibration import media_inputs, synthetic_inputs
-from export.specs import BATCH, EngineExport, EnsembleSpec, Int8Form, StageSpec, TensorIO, f32, like, step
+from export.specs import BATCH, EngineExport, EnsembleSpec, Int8Form, OfficialFile, StageSpec, TensorIO, f32, like, step
 
 WAV2LIP = StageSpec(
     "wav2lip",
@@ -29,7 +29,7 @@ WAV2LIP = StageSpec(
     max_frames=128,
 )
 
-# Small steps that glue the network into Triton ensembles (export/ensemble_steps.py).
+# Small steps that glue the network into Triton ensembles (export/engines/wav2lip/steps.py).
 WAV2LIP_TO_UINT8 = StageSpec(
     "wav2lip_to_uint8",
     inputs=(f32("prediction", 3, 96, 96, doc="Wav2Lip's output, BGR in [0, 1]"),),
@@ -78,10 +78,55 @@ ENSEMBLES = (
     ),
 )
 
+# Wav2Lip's authors publish wav2lip.pth and wav2lip_gan.pth only as Google Drive links in the Rudrabha/Wav2Lip
+# README (the earlier SharePoint links are dead); a Drive download needs a browser confirmation, so no script can
+# fetch it. Nekochu/Wav2Lip on Hugging Face holds both files as published (the torch pickles with optimizer,
+# ~416 MiB each; commit fb925b05 added them, the README names Rudrabha/Wav2Lip as the origin); numz/wav2lip_studio
+# and steinhaug/cache-repository hold the same bytes (same LFS digests). The address is pinned to a commit, so a
+# later push to that repository cannot change what is fetched. camenduru/Wav2Lip, the copy many notebooks use,
+# is not usable: its checkpoints/wav2lip.pth is a 167 kB file (LFS sha256 b6c6630c…), not the weights.
+_MIRROR = "https://huggingface.co/Nekochu/Wav2Lip/resolve/3b29710a61ce62afe87ba6fc3f37bd85728f9af4"
+_TERMS = (
+    "NON-COMMERCIAL use only: trained on LRS2 (BBC), research/academic/personal use; "
+    "see https://github.com/Rudrabha/Wav2Lip#license-and-citation"
+)
+# Never part of a default download (the licence forbids commercial use): fetched only with
+# `python -m export download --wav2lip --accept-wav2lip-licence`. The first file is the default one.
+FILES = (
+    OfficialFile(
+        "wav2lip_gan.pth",
+        f"{_MIRROR}/wav2lip_gan.pth",
+        "state_dict",
+        f"Wav2Lip + GAN lip-sync engine (optional; the default Wav2Lip file). {_TERMS}",
+        # LFS pointer in the commit that added both files to the mirror:
+        # https://huggingface.co/Nekochu/Wav2Lip/commit/fb925b05f0d353850ee0c56810e4545e274e2b5a
+        "ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8",
+        435_801_865,
+        need="licensed",
+    ),
+    OfficialFile(
+        "wav2lip.pth",
+        f"{_MIRROR}/wav2lip.pth",
+        "state_dict",
+        f"Wav2Lip without the GAN loss: more accurate lip sync, blurrier (optional). {_TERMS}",
+        # same source as wav2lip_gan.pth
+        "b78b681b68ad9fe6c6fb1debc6ff43ad05834a8af8a62ffc4167b7b34ef63c37",
+        435_807_851,
+        need="licensed",
+    ),
+)
+LICENCE = (
+    "Wav2Lip's weights (wav2lip_gan.pth, wav2lip.pth) are licensed for NON-COMMERCIAL use only: the models were "
+    "trained on the LRS2 dataset, and their authors allow research, academic and personal use; any commercial use "
+    "is prohibited (https://github.com/Rudrabha/Wav2Lip#license-and-citation; commercial requests go to the authors)."
+)
+
 EXPORT = EngineExport(
     "wav2lip",
     stages=(WAV2LIP, WAV2LIP_TO_UINT8, WAV2LIP_ENHANCER_INPUT),
     builders="export.engines.wav2lip.build",
+    files=FILES,
+    licence=LICENCE,
     ensembles=ENSEMBLES,
     int8={
         "wav2lip": Int8Form(

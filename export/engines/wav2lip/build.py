@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from export import ensemble_steps
 from export.building import Builder, Variant, WeightSource
+from export.engines.wav2lip import FILES
+from export.engines.wav2lip.steps import Wav2LipEnhancerInput, Wav2LipToUint8
 from export.layers import fold_batch_norms
 from export.models import wav2lip
-from export.official import WAV2LIP
-from export.weights import read_checkpoint
 
 
 def _wav2lip(variant: Variant, weights: WeightSource | None) -> nn.Module:
@@ -19,16 +18,13 @@ def _wav2lip(variant: Variant, weights: WeightSource | None) -> nn.Module:
     if weights is None:
         module: nn.Module = wav2lip.Wav2Lip(wav2lip.REDUCED)
     else:
-        if variant.wav2lip is not None:  # a file named explicitly, wherever it is
-            state, source = read_checkpoint(variant.wav2lip), variant.wav2lip.name
-        else:
-            state, source = weights.get(WAV2LIP)
+        state, source = weights.get(FILES[0].name)  # the default file, or the one the variant names for it
         module = wav2lip.load_wav2lip(state, wav2lip.FULL, source=source)
     return fold_batch_norms(module.eval())
 
 
 BUILDERS: dict[str, Builder] = {
     "wav2lip": _wav2lip,
-    "wav2lip_to_uint8": lambda variant, weights: ensemble_steps.Wav2LipToUint8(),
-    "wav2lip_enhancer_input": lambda variant, weights: ensemble_steps.Wav2LipEnhancerInput(),
+    "wav2lip_to_uint8": lambda variant, weights: Wav2LipToUint8(),
+    "wav2lip_enhancer_input": lambda variant, weights: Wav2LipEnhancerInput(),
 }

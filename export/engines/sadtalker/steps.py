@@ -1,4 +1,5 @@
-"""Small graphs that glue the networks into Triton ensembles; each is a stage in ``export.specs.STAGES``.
+"""SadTalker's small graphs that glue its networks into Triton ensembles; each is a stage of
+:mod:`export.engines.sadtalker`.
 
 They are exported and checked through the same path as the networks (``export.onnx``), so in the ensembles
 every tensor, from the request to the response, passes only through generated, named ONNX graphs.
@@ -7,9 +8,8 @@ every tensor, from the request to the response, passes only through generated, n
 - :class:`FaceToUint8` — ``render``: generator output → uint8 faces, NHWC.
 - :class:`EnhancerInput` — ``render_enhanced``: generator output → GFPGAN input, bit-exact with the gateway's
   ``gateway.media.pasteback.to_enhancer`` applied to the uint8 face (which enlarges with OpenCV).
-- :class:`EnhancerOutput` — ``render_enhanced``: GFPGAN output → uint8 faces, as ``from_enhancer`` rounds.
-- :class:`Wav2LipToUint8` — ``wav2lip_render``: Wav2Lip's BGR output → RGB uint8 faces, truncated as upstream.
-- :class:`Wav2LipEnhancerInput` — ``wav2lip_render_enhanced``: that uint8 face, enlarged to GFPGAN's 512².
+
+``render_enhanced`` ends with the shared ``EnhancerOutput`` (:mod:`export.engines.shared.steps`).
 
 Rounding: ``torch.round`` and ONNX ``Round`` both round half to even, as numpy's ``rint`` and scikit-image's
 ``img_as_ubyte`` (upstream SadTalker's conversion of the generator output) do.
@@ -104,40 +104,3 @@ class EnhancerInput(nn.Module):
         bottom = torch.floor(h.index_select(2, self.row1) * self.row_w1[:, None] / 4.0)
         enlarged = torch.floor((top + bottom + 2.0) / 4.0)
         return (enlarged / 255.0 - 0.5) / 0.5
-
-
-class EnhancerOutput(nn.Module):
-    """(B, 3, H, W) float in about [-1, 1] → (B, H, W, 3) uint8, as ``gateway.media.pasteback.from_enhancer``."""
-
-    def forward(self, restored: torch.Tensor) -> torch.Tensor:
-        unit = (torch.clamp(restored, -1.0, 1.0) + 1.0) / 2.0
-        return torch.round(unit * 255.0).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def _wav2lip_levels(prediction: torch.Tensor) -> torch.Tensor:
-    """Wav2Lip's BGR output in [0, 1] → RGB integer levels (float), truncated as upstream's ``astype(uint8)``."""
-    levels = torch.floor(torch.clamp(prediction, 0.0, 1.0) * 255.0)
-    return levels.flip(1)  # BGR → RGB
-
-
-class Wav2LipToUint8(nn.Module):
-    """(B, 3, 96, 96) BGR float in [0, 1] → (B, 96, 96, 3) RGB uint8 (upstream: ``(pred·255).astype(uint8)``)."""
-
-    def forward(self, prediction: torch.Tensor) -> torch.Tensor:
-        return _wav2lip_levels(prediction).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-class Wav2LipEnhancerInput(nn.Module):
-    """(B, 3, 96, 96) BGR float in [0, 1] → (B, 3, 512, 512) RGB in [-1, 1]: the uint8 face, enlarged bilinearly.
-
-    Upstream Wav2Lip has no enhancer; this is ours: GFPGAN on the mouth region, at its 512² input size.
-    """
-
-    def __init__(self, size: int = 512) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, prediction: torch.Tensor) -> torch.Tensor:
-        unit = _wav2lip_levels(prediction) / 255.0
-        enlarged = nn.functional.interpolate(unit, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return (enlarged - 0.5) / 0.5

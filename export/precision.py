@@ -33,7 +33,6 @@ import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -44,6 +43,7 @@ from torch.utils._pytree import tree_map
 from export.engines.sadtalker.steps import FaceToUint8
 from export.models.generator import Generator, SamplingPrecision
 from export.onnx import relative_error
+from lipsync.cpu import cpu_flags
 
 DTypeName = Literal["fp32", "fp16", "bf16"]
 DTYPES: dict[DTypeName, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -85,20 +85,11 @@ _BF16_ARITHMETIC_OPS = frozenset(
 )
 
 
-def _cpu_flags() -> frozenset[str]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no way to tell here
-        return frozenset()
-    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    return frozenset(flags.partition(":")[2].split())
-
-
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether PyTorch's CPU kernels multiply bf16 in hardware here: the CPU has AVX-512 BF16 or AMX, and
     neither ``ATEN_CPU_CAPABILITY`` nor ``ONEDNN_MAX_CPU_ISA`` holds PyTorch below it."""
-    if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    if not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         return False
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return False

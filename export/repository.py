@@ -406,7 +406,7 @@ def ensemble_config(ensemble: EnsembleSpec, settings: RepositorySettings) -> dic
 
 def config_text(config: Mapping[str, Any], settings: RepositorySettings, doc: str) -> str:
     header = [
-        f"{GENERATED_MARK} (target {settings.target}) from export/specs.py; do not edit.",
+        f"{GENERATED_MARK} (target {settings.target}) from the engines' specs (export/engines/); do not edit.",
         f"# {config['name']}: {doc}",
     ]
     return "\n".join(header) + "\n" + to_pbtxt(config) + "\n"
@@ -546,7 +546,8 @@ def _write_manifest(written: WrittenRepository, settings: RepositorySettings, si
     (written.path / "repository.json").write_text(json.dumps(manifest, indent=2) + "\n")
     intro = (
         f"# Generated Triton model repository (target `{settings.target}`)\n\n"
-        "Written by `python -m export repository` from `export/specs.py`; do not edit: regenerate it.\n"
+        "Written by `python -m export repository` from the engines' specs (`export/engines/`); do not edit: "
+        "regenerate it.\n"
         f"Weights: {'; '.join(weights) or 'none'}.\n"
         f"Per-frame models batch up to {settings.frame_batch} frames, the others up to {settings.other_batch}; "
         f"the dynamic batcher waits up to {settings.max_queue_delay_us} µs. {_queue_words(settings)}\n\n"

@@ -219,6 +219,15 @@ def measure(
     return rows
 
 
+def concurrency_levels(spec: str) -> list[int]:
+    """The concurrencies of perf_analyzer's ``start:end:step`` (``start``, ``start:end``: step 1)."""
+    parts = [int(part) for part in spec.split(":")]
+    start = parts[0]
+    end = parts[1] if len(parts) > 1 else start
+    step = parts[2] if len(parts) > 2 else 1
+    return list(range(start, end + 1, step))
+
+
 def write_reports(measurements: Sequence[Measurement], csv_path: Path, markdown_path: Path, how: str) -> None:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with csv_path.open("w", newline="") as handle:
@@ -319,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except PerfAnalyzerError as error:  # e.g. no stable measurement on a busy machine: go on, say so
                 log.error("%s", error)
                 failed.append(model)
+                continue
+            # perf_analyzer leaves a concurrency out of its CSV when no window there was stable: say which.
+            have = {m.concurrency for m in measurements if m.model == model}
+            if missing := [c for c in concurrency_levels(args.concurrency) if c not in have]:
+                log.error("%s: no stable measurement at concurrency %s", model, ", ".join(map(str, missing)))
+                failed += [f"{model} at concurrency {c}" for c in missing]
     if not measurements:
         log.error("nothing was measured")
         return 1

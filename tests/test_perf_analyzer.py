@@ -90,3 +90,10 @@ def test_input_data_matches_the_interface(model: str) -> None:
         mel_frames = (signal_or_mel[1] - 800) // 200 + 1 if model == "motion" else signal_or_mel[1]
         assert index.view(np.int64).max() < mel_frames
     json.dumps(data)
+
+
+def test_the_concurrencies_asked_for_are_known_so_a_missing_one_is_reported() -> None:
+    """perf_analyzer leaves out of its CSV a concurrency it never measured stably; the bench names it."""
+    assert perf.concurrency_levels("1:4:1") == [1, 2, 3, 4]
+    assert perf.concurrency_levels("1:8:3") == [1, 4, 7]
+    assert perf.concurrency_levels("2") == [2] and perf.concurrency_levels("1:3") == [1, 2, 3]

@@ -158,9 +158,13 @@ def quantize_stage(
     *,
     described: str = "the given inputs",
     seed: int = 0,
+    reduce_range: bool = True,
 ) -> dict[str, Any]:
     """Write ``<stage>.int8.onnx`` (+ sidecar) from ``<stage>.onnx``; return the sidecar. ValueError when the
-    int8 graph is further from fp32 than :data:`INT8_TOLERANCE` on held-out inputs (then nothing is written)."""
+    int8 graph is further from fp32 than :data:`INT8_TOLERANCE` on held-out inputs (then nothing is written).
+
+    ``reduce_range=False`` (weights in 8 bits) is for studies (bench/int8_isa.py): a graph made so may saturate
+    where it is served without VNNI."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -189,8 +193,9 @@ def quantize_stage(
             per_channel=True,
             # Weights in 7 bits: on CPUs without VNNI (AVX2) ONNX Runtime's u8×s8 kernels add pairs of products in
             # 16 bits, which full-range weights can saturate; a graph made here may be served on any x86-64.
-            # Measured at full size: 0.044 of the output's variation from fp32 (0.040 with 8 bits), ≤ 5.6/255.
-            reduce_range=True,
+            # Measured at full size: 0.044 of the output's variation from fp32 (0.040 with 8 bits), ≤ 5.6/255;
+            # on AVX2 kernels (bench/int8_isa.py) see docs/measurements.md.
+            reduce_range=reduce_range,
         )
         want, have = _run(source, held_out), _run(quantized, held_out)
         error = variation_error(have, want)
@@ -209,7 +214,10 @@ def quantize_stage(
     sidecar.update(
         source_sha256=sidecar.get("sha256"),  # the fp32 graph it was made from (int8_is_current)
         sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
-        precision="int8: static QDQ, weights int8 per channel in a 7-bit range, activations uint8 (min–max ranges)",
+        precision=(
+            f"int8: static QDQ, weights int8 per channel in a {7 if reduce_range else 8}-bit range, activations uint8 "
+            "(min–max ranges)"
+        ),
         calibration=f"{next(iter(calibration.values())).shape[0]} rows of {described}",
         int8_error={
             "relative_to_variation": error,

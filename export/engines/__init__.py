@@ -1,8 +1,10 @@
-"""The export side's engine registry: each engine's folder describes its stages, ensembles, int8 forms and
-TensorRT rules (``__init__.py``, torch-free) and builds its modules (``build.py``); ``shared`` holds what
-several engines use. A new engine is a new folder here plus one line in :data:`EXPORTS`.
+"""The export side's engine registry. Each engine's folder holds all of its own:
+- ``__init__.py`` (torch-free): its stages, ensembles, int8 forms, TensorRT rules and official files;
+- ``build.py``: each stage's PyTorch module; ``steps.py``: the small graphs that glue its ensembles;
+- ``reference.py``: its offline whole-clip pipeline, the ground truth of the served path.
 
-Everything else reads the merged tables below. Torch-free.
+``shared`` holds what several engines use (the mel front-end, the GFPGAN enhancer). A new engine is a new
+folder here plus one line in :data:`EXPORTS`; everything else reads the merged tables below. Torch-free.
 """
 
 from __future__ import annotations
@@ -37,5 +39,3 @@ ENSEMBLES: dict[str, EnsembleSpec] = {s.name: s for e in EXPORTS for s in e.ense
 QUANTIZABLE: dict[str, Int8Form] = {name: form for e in EXPORTS for name, form in e.int8.items()}
 # Networks TensorRT builds in FP32 on the gpu target even when it is fp16, and why (export/repository.py).
 TENSORRT_FP32_MODELS: dict[str, str] = {name: why for e in EXPORTS for name, why in e.tensorrt_fp32.items()}
-# Stages exported only when asked for: their weights are an extra download.
-OPTIONAL_STAGES: tuple[str, ...] = tuple(name for e in EXPORTS for name in e.optional_stages)

@@ -139,13 +139,14 @@ def _onnx(args: argparse.Namespace) -> int:
         log.warning("exporting the REDUCED architecture with RANDOM weights: for tests and demos, not results")
     else:
         # Only the files the chosen stages read must be there (one engine's stages need no other engine's files).
-        needed = {file_for_size(STAGES[s].checkpoint.split(":")[0], args.size) for s in stages} - {""}
+        reads = {stage: STAGES[stage].weights_file for stage in stages if STAGES[stage].weights_file}
+        needed = {file_for_size(name, args.size) for name in reads.values()}
         if missing := [f for f in missing_files(args.checkpoints, args.size) if f.name in needed]:
             log.error("%s", how_to_get(missing, args.checkpoints))
             return 1
-        for stage in stages:
-            path = variant.file(file_for_size(STAGES[stage].checkpoint.split(":")[0], args.size))
-            if STAGES[stage].checkpoint and path is not None and not path.is_file():
+        for stage, name in reads.items():
+            path = variant.file(name)
+            if path is not None and not path.is_file():
                 log.error("the %s stage needs %s, which does not exist", stage, path)
                 return 1
     factory = StageFactory(variant)

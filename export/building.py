@@ -16,6 +16,8 @@ from export.weights import MANIFESTED_FILES, StateDict, is_synthetic, read_check
 if TYPE_CHECKING:
     from torch import nn
 
+    from export.specs import StageSpec
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -98,17 +100,17 @@ Builder = Callable[[Variant, WeightSource | None], "nn.Module"]
 
 
 def networks(
-    file_name: str,
-    prefix: str,
+    spec: StageSpec,
     reduced: Callable[[Variant], nn.Module],
     load: Callable[[StateDict, str, Variant], nn.Module],
 ) -> Builder:
-    """A network built from ``prefix`` in an official file, or its reduced form with random weights."""
+    """A network built from the tensors its spec names (``checkpoint``: file and prefix), or its reduced form
+    with random weights."""
 
     def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             return reduced(variant)
-        state, source = weights.get(file_name, prefix)
+        state, source = weights.get(spec.weights_file, spec.weights_prefix)
         return load(state, source, variant)
 
     return build

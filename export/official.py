@@ -26,10 +26,7 @@ REQUIRED_FOR_SIZE: dict[int, tuple[str, ...]] = {
 }
 # Files fetched with their stage's flag (`download --gfpgan`), by stage.
 OPTIONAL_FILES: dict[str, tuple[str, ...]] = {
-    stage.name: (stage.checkpoint.split(":")[0],)
-    for e in EXPORTS
-    for stage in e.stages
-    if stage.name in e.optional_stages
+    stage.name: (stage.weights_file,) for e in EXPORTS for stage in e.stages if stage.name in e.optional_stages
 }
 OPTIONAL: tuple[str, ...] = tuple(name for names in OPTIONAL_FILES.values() for name in names)
 # Engines whose files are fetched only once their licence is accepted.

@@ -55,6 +55,16 @@ class StageSpec:
     # Also called directly by the gateway, once per avatar it prepares (not only inside ensembles).
     avatar_calls: bool = False
 
+    @property
+    def weights_file(self) -> str:
+        """The official file its weights come from ("" for a graph without weights)."""
+        return self.checkpoint.partition(":")[0]
+
+    @property
+    def weights_prefix(self) -> str:
+        """The prefix of its tensors inside that file ("" for the whole file)."""
+        return self.checkpoint.partition(":")[2]
+
 
 def f32(name: str, *shape: Dim, doc: str = "", sample: str = "normal") -> TensorIO:
     return TensorIO(name, "float32", (BATCH, *shape), doc, sample)

@@ -1,5 +1,5 @@
-"""SadTalker's PyTorch modules, from the official files (prefixes inside ``SadTalker_V0.0.2_256.safetensors``,
-the mapping files) or in the reduced demo architecture."""
+"""SadTalker's PyTorch modules, from the official files its stages name (file and prefix: ``checkpoint``) or in
+the reduced demo architecture."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import dataclasses
 from torch import nn
 
 from export.building import Builder, Variant, WeightSource, networks
-from export.engines.sadtalker import SADTALKER
+from export.engines.sadtalker import AUDIO2EXP, AUDIO2POSE, FACE_RECON, GENERATOR, KP_DETECTOR, MAPPING, MAPPING_FULL
 from export.engines.sadtalker.steps import EnhancerInput, FaceToUint8, MelWindows
 from export.models import audio2exp, audio2pose, face_recon, generator, keypoints, mapping
+from export.specs import StageSpec
 
 
-def _mapping(file_name: str) -> Builder:
-    config = mapping.CONFIG_FOR_FILE[file_name]
+def _mapping(spec: StageSpec) -> Builder:
+    config = mapping.CONFIG_FOR_FILE[spec.weights_file]
 
     def build(variant: Variant, weights: WeightSource | None) -> nn.Module:
         if weights is None:
             reduced = dataclasses.replace(mapping.REDUCED, coeff_nc=config.coeff_nc)
             return mapping.MappingWithTransform(mapping.MappingNet(reduced))
-        state, source = weights.get(file_name)
+        state, source = weights.get(spec.weights_file)
         return mapping.load_mapping_with_transform(state, config, source)
 
     return build
@@ -28,34 +29,29 @@ def _mapping(file_name: str) -> Builder:
 
 BUILDERS: dict[str, Builder] = {
     "audio2exp": networks(
-        SADTALKER,
-        "audio2exp.",
+        AUDIO2EXP,
         lambda v: audio2exp.Audio2Exp(audio2exp.REDUCED),
         lambda state, source, v: audio2exp.load_audio2exp(state, audio2exp.FULL_256, source),
     ),
     "audio2pose": networks(
-        SADTALKER,
-        "audio2pose.",
+        AUDIO2POSE,
         lambda v: audio2pose.Audio2Pose(audio2pose.REDUCED),
         lambda state, source, v: audio2pose.load_audio2pose(state, audio2pose.FULL_256, source),
     ),
     "face_recon": networks(
-        SADTALKER,
-        "face_3drecon.",
+        FACE_RECON,
         lambda v: face_recon.FaceRecon(face_recon.REDUCED),
         lambda state, source, v: face_recon.load_face_recon(state, face_recon.FULL_256, source),
     ),
     "kp_detector": networks(
-        SADTALKER,
-        "kp_extractor.",
+        KP_DETECTOR,
         lambda v: keypoints.KPDetector(keypoints.REDUCED),
         lambda state, source, v: keypoints.load_kp_detector(state, keypoints.FULL_256, source),
     ),
-    "mapping": _mapping("mapping_00229-model.pth.tar"),
-    "mapping_full": _mapping("mapping_00109-model.pth.tar"),
+    "mapping": _mapping(MAPPING),
+    "mapping_full": _mapping(MAPPING_FULL),
     "generator": networks(
-        SADTALKER,
-        "generator.",
+        GENERATOR,
         lambda v: generator.Generator(generator.REDUCED, v.grid_sample),
         lambda state, source, v: generator.load_generator(state, generator.FULL_256, source, v.grid_sample),
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from export.building import Builder, networks
+from export.engines.shared import GFPGAN
 from export.engines.shared.steps import EnhancerOutput
 from export.mel import MelSpectrogram
 from export.models import gfpgan
@@ -10,8 +11,7 @@ from export.models import gfpgan
 BUILDERS: dict[str, Builder] = {
     "mel": lambda variant, weights: MelSpectrogram(),
     "gfpgan": networks(
-        "GFPGANv1.4.pth",
-        "",
+        GFPGAN,
         lambda v: gfpgan.GFPGAN(gfpgan.REDUCED),
         lambda state, source, v: gfpgan.load_gfpgan(state, gfpgan.FULL_512, source),
     ),

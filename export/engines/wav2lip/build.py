@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from export.building import Builder, Variant, WeightSource
-from export.engines.wav2lip import FILES
+from export.engines.wav2lip import WAV2LIP
 from export.engines.wav2lip.steps import Wav2LipEnhancerInput, Wav2LipToUint8
 from export.layers import fold_batch_norms
 from export.models import wav2lip
@@ -18,7 +18,7 @@ def _wav2lip(variant: Variant, weights: WeightSource | None) -> nn.Module:
     if weights is None:
         module: nn.Module = wav2lip.Wav2Lip(wav2lip.REDUCED)
     else:
-        state, source = weights.get(FILES[0].name)  # the default file, or the one the variant names for it
+        state, source = weights.get(WAV2LIP.weights_file)  # or the file the variant names in its place
         module = wav2lip.load_wav2lip(state, wav2lip.FULL, source=source)
     return fold_batch_norms(module.eval())
 

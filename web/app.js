@@ -574,7 +574,7 @@ function onReady(session, msg) {
   if (session.transport === "websocket") {
     // A conversation sends speech up to max_ahead_ms before it is due and idle frames once their silence is
     // overdue (docs/protocol.md): the buffer swings by that much, which is not falling behind.
-    const fragmentS = Number($("opt-chunk").value) / msg.fps;
+    const fragmentS = hook.options.chunk_frames / msg.fps; // the chunk this session asked for
     const swingS = conversation ? (msg.limits.max_ahead_ms + msg.lookahead_ms) / 1000 + 2 * fragmentS : 0;
     player.open(msg.mime_type, { live: mic || conversation, swingS }).catch((err) => {
       reportError("player", "unsupported_media", err.message);

@@ -144,7 +144,7 @@ export class MsePlayer {
         return;
       }
     }
-    this.seekTo = Math.max(now, cut.cut + sb.timestampOffset);
+    this.seekTo = Math.max(now, cut.cut); // timestampOffset stays 0: fragments keep the server's times
     this.queue.shift();
     this.pump();
   }

@@ -163,7 +163,7 @@ class Conversation:
         if self.timeline.finished:
             return
         self._admit(limit=self._admit_limit(now))
-        overdue = math.floor(self.frames_shown_by(now) - (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S)
+        overdue = math.floor(self.frames_shown_by(now) - self._overdue_after_frames)
         if not self._queue and not self._ending and overdue >= 0:
             self._silence(until=(overdue + 1) * SAMPLES_PER_VIDEO_FRAME)
         if self._ending and not self._queue:
@@ -174,11 +174,16 @@ class Conversation:
         the horizon), and their look-ahead."""
         return self._audio_for_fragment_at(math.floor(self.frames_shown_by(now) + self.max_ahead_ms / 1000 / FRAME_S))
 
+    @property
+    def _overdue_after_frames(self) -> float:
+        """How long after it is shown (in frames) a frame's audio is overdue and silence is played for it."""
+        return (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S
+
     def _idle_render_clock(self, frame: int) -> float:
         """The clock, in frames, at which the idle fragment starting at ``frame`` can be rendered: its audio
         (:meth:`_audio_for_fragment_at`) is all overdue silence."""
         last_frame = self._audio_for_fragment_at(frame) // SAMPLES_PER_VIDEO_FRAME - 1
-        return last_frame + (self.lookahead_ms + self.margin_ms) / 1000 / FRAME_S
+        return last_frame + self._overdue_after_frames
 
     def _audio_for_fragment_at(self, frame: int) -> int:
         """Samples a fragment that starts at ``frame`` needs played before it can be rendered: its

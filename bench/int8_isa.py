@@ -46,18 +46,12 @@ GRAPHS = ("fp32", "int8 weights 7 bits", "int8 weights 8 bits")
 
 def prepare(folder: Path, rows: int) -> None:
     """fp32.onnx, int8-7.onnx, int8-8.onnx and held_out.npz in ``folder``."""
-    import torch
+    from wav2lip import export_full_size  # bench/wav2lip.py: the served stages at full size, synthetic weights
 
-    from export.building import Variant
-    from export.onnx import export_and_check
     from export.quantize import int8_graph, quantize_stage, synthetic_inputs
-    from export.stages import BUILDERS
-    from export.synthetic import SyntheticWeights
 
     onnx = folder / "onnx"
-    module = BUILDERS[STAGE](Variant(checkpoints=Path("synthetic")), SyntheticWeights(seed=0)).eval()
-    with torch.no_grad():
-        export_and_check(STAGE, module, onnx, grid_sample="5d", provenance={"weights": "SYNTHETIC"}, check=False)
+    export_full_size(onnx)
     shutil.copyfile(onnx / f"{STAGE}.onnx", folder / "fp32.onnx")
     for bits in (7, 8):
         quantize_stage(onnx, STAGE, reduce_range=bits == 7)

@@ -55,9 +55,10 @@ def test_perf_analyzer_measures_throughput_on_the_embedded_server(server: Embedd
         work_dir=tmp_path,
         request_count=10,
         # What is tested is that perf_analyzer runs against this server, not how steady a shared 2-core machine
-        # is: windows may differ by 100 %, and there are enough of them to find three that agree under load.
+        # is. perf_analyzer calls three windows stable when the fastest is at most (1 + stability) times the
+        # slowest, in throughput and in latency; CI found no three within 2x in ten windows, so allow 20x.
         max_trials=10,
-        stability=100,
+        stability=1900,
     )
     assert len(rows) == 1
     (row,) = rows

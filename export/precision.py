@@ -37,8 +37,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
+from torch.overrides import TorchFunctionMode
 
 from export.engines.sadtalker.steps import FaceToUint8
 from export.models.generator import Generator, SamplingPrecision
@@ -72,17 +71,26 @@ FP32 = Precision("fp32")
 
 # ----------------------------------------------------------------------------------------- CPU emulation
 
-_aten = torch.ops.aten
-# Ops a reduced dtype runs in fp32 on the CPU whatever happens: fp16 convolutions (reference kernels, far too
-# slow) and the grid samplers (wrong results in reduced precision).
-_CPU_FP32_OPS: dict[torch.dtype, frozenset[Any]] = {
-    torch.float16: frozenset({_aten.convolution.default, _aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
-    torch.bfloat16: frozenset({_aten.grid_sampler_2d.default, _aten.grid_sampler_3d.default}),
-}
-# ... and, on a CPU without bf16 arithmetic, bf16's convolutions and matrix products.
-_BF16_ARITHMETIC_OPS = frozenset(
-    {_aten.convolution.default, _aten.addmm.default, _aten.mm.default, _aten.bmm.default, _aten.baddbmm.default}
+_F = torch.nn.functional
+# The convolutions and matrix products, as the model code calls them (functions and tensor methods): the ops
+# autocast runs in its lower dtype, and those a CPU without bf16 arithmetic emulates slowly.
+_CONVOLUTIONS = frozenset(
+    {_F.conv1d, _F.conv2d, _F.conv3d, _F.conv_transpose1d, _F.conv_transpose2d, _F.conv_transpose3d}
 )
+_MATRIX_PRODUCTS = frozenset(
+    {
+        _F.linear,
+        *(getattr(torch, name) for name in ("matmul", "mm", "bmm", "addmm", "baddbmm")),
+        *(getattr(Tensor, name) for name in ("matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__", "__rmatmul__")),
+    }
+)
+_AUTOCAST_LOWERED = _CONVOLUTIONS | _MATRIX_PRODUCTS
+# Ops a reduced dtype runs in fp32 on the CPU whatever happens: fp16 convolutions (reference kernels, far too
+# slow) and the grid sampler (wrong results in reduced precision).
+_CPU_FP32_OPS: dict[torch.dtype, frozenset[Any]] = {
+    torch.float16: _CONVOLUTIONS | {_F.grid_sample},
+    torch.bfloat16: frozenset({_F.grid_sample}),
+}
 
 
 @functools.cache
@@ -98,45 +106,74 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _cpu_fp32_ops(dtype: torch.dtype) -> frozenset[Any]:
+    """The ops ``dtype`` runs in fp32 here: those above and, on a CPU without bf16 arithmetic, bf16's convolutions
+    and matrix products."""
     ops = _CPU_FP32_OPS[dtype]
     if dtype == torch.bfloat16 and not cpu_has_native_bf16():
-        ops |= _BF16_ARITHMETIC_OPS
+        ops |= _AUTOCAST_LOWERED
     return ops
 
 
-class _CpuEmulation(TorchDispatchMode):
-    """Runs some reduced-precision CPU ops in fp32 and rounds the result back (see the module docstring)."""
+def _map_tensors(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
+    """``fn`` applied to every tensor in a call's arguments or result (nested tuples, lists and dicts)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple | list):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
+    return value
+
+
+class _CpuEmulation(TorchFunctionMode):
+    """Runs some reduced-precision CPU ops in fp32 and rounds the result back (see the module docstring).
+
+    A function mode sees a call before autocast lowers its inputs, so for the ops autocast lowers it does the
+    lowering itself: the floating inputs are rounded to autocast's dtype, as autocast would.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.emulated: set[str] = set()
 
-    def __torch_dispatch__(
+    def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        low = next((a.dtype for a in args if isinstance(a, Tensor) and a.dtype in REDUCED_DTYPES), None)
-        if low is None:
+        autocast = torch.is_autocast_enabled("cpu")
+        lowered = autocast and func in _AUTOCAST_LOWERED
+        if lowered:
+            low: torch.dtype | None = torch.get_autocast_dtype("cpu")
+        else:
+            tensors = (a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+            low = next((t.dtype for t in tensors if t.dtype in REDUCED_DTYPES), None)
+        if low is None or low not in REDUCED_DTYPES:
             return func(*args, **kwargs)
-        if func in _cpu_fp32_ops(low):
-            return self._in_fp32(func, low, args, kwargs)
+        # Under autocast the other ops on the list (the grid sampler) are among those autocast runs in fp32.
+        if func in _cpu_fp32_ops(low) and (lowered or not autocast):
+            return self._in_fp32(func, low, args, kwargs, round_fp32_inputs=lowered)
         try:
             return func(*args, **kwargs)
         except (NotImplementedError, RuntimeError) as error:
             if "not implemented for" not in str(error):
                 raise
-            return self._in_fp32(func, low, args, kwargs)
+            return self._in_fp32(func, low, args, kwargs, round_fp32_inputs=lowered)
 
-    def _in_fp32(self, func: Any, low: torch.dtype, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.emulated.add(str(func))
+    def _in_fp32(
+        self, func: Any, low: torch.dtype, args: tuple[Any, ...], kwargs: dict[str, Any], round_fp32_inputs: bool
+    ) -> Any:
+        self.emulated.add(getattr(func, "__name__", str(func)))
+        rounded = (low, torch.float32) if round_fp32_inputs else (low,)
 
-        def up(x: Any) -> Any:
-            return x.float() if isinstance(x, Tensor) and x.dtype == low else x
+        def up(x: Tensor) -> Tensor:
+            return x.to(low).float() if x.dtype in rounded else x
 
-        def down(x: Any) -> Any:
-            return x.to(low) if isinstance(x, Tensor) and x.dtype == torch.float32 else x
+        def down(x: Tensor) -> Tensor:
+            return x.to(low) if x.dtype == torch.float32 else x
 
-        return tree_map(down, func(*tree_map(up, args), **tree_map(up, kwargs)))
+        with torch.autocast("cpu", enabled=False):
+            result = func(*_map_tensors(up, args), **_map_tensors(up, kwargs))
+        return _map_tensors(down, result)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from golden_data import GOLDEN_DIR
+from torch.overrides import TorchFunctionMode
 
 from export.layers import coordinate_grid_3d
 from export.models.generator import (
@@ -147,20 +149,28 @@ def test_fp32_sampling_coordinates_change_nothing_in_float32(form: GridSampleFor
         assert torch.equal(net.copy_with(sampling_precision="fp32")(*args), net(*args))
 
 
+class _SamplerSpy(TorchFunctionMode):
+    """Records the (volume, grid) dtypes of every ``grid_sample`` call, then lets the call go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        if func is torch.nn.functional.grid_sample:
+            self.seen.append((args[0].dtype, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
 def _sampler_dtypes(net: Generator, args: tuple[torch.Tensor, ...]) -> list[tuple[torch.dtype, torch.dtype]]:
     """(volume, grid) dtypes of every grid_sample call while ``net`` runs."""
-    seen: list[tuple[torch.dtype, torch.dtype]] = []
-    original = torch.nn.functional.grid_sample
-
-    def spy(volume: torch.Tensor, grid: torch.Tensor, *rest: object, **options: object) -> torch.Tensor:
-        seen.append((volume.dtype, grid.dtype))
-        return original(volume, grid, *rest, **options)  # type: ignore[arg-type]
-
-    # The CPU has no bfloat16 avg_pool3d: export.precision's emulation runs it in float32 and rounds back.
-    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), cpu_emulation(torch.device("cpu")):
-        patch.setattr(torch.nn.functional, "grid_sample", spy)
+    # The CPU has no bfloat16 avg_pool3d: export.precision's emulation runs it in float32 and rounds back. The
+    # spy is entered last, so it sees each call first.
+    with torch.no_grad(), cpu_emulation(torch.device("cpu")), _SamplerSpy() as spy:
         net(*args)
-    return seen
+    return spy.seen
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -15,7 +15,7 @@ Pad = Annotated[int, Field(ge=0, le=1000)]
 
 
 class Wav2LipOptions(EngineOptions):
-    label: ClassVar[str] = "Wav2Lip — lips only, fast (non-commercial weights)"
+    label: ClassVar[str] = "Wav2Lip — lips only (non-commercial)"
 
     engine: Literal["wav2lip"] = "wav2lip"
     # Face box padding in photo pixels [top, bottom, left, right], and how the face is blended in.

@@ -108,7 +108,8 @@ def default_stages(variant: Variant, with_optional: Iterable[str] = ()) -> list[
 def optional_weights_here(variant: Variant, stage: str) -> bool:
     """Whether an optional stage's weights (the enhancer's) are there: always for the reduced architecture's
     random ones."""
-    return variant.checkpoints is None or all((variant.checkpoints / name).is_file() for name in OPTIONAL_FILES[stage])
+    paths = [variant.file(name) for name in OPTIONAL_FILES[stage]]
+    return variant.reduced or all(path is not None and path.is_file() for path in paths)
 
 
 def _onnx(args: argparse.Namespace) -> int:

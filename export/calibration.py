@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from lipsync.audio import SAMPLE_RATE
 
 
 def synthetic_voice(seconds: float, seed: int) -> np.ndarray:
